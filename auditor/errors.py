@@ -1,0 +1,33 @@
+"""The exceptions the library raises; the CLI maps them to exit codes.
+
+``DataError`` and friends are expected runtime failures (exit 1); ``ConfigError`` is a
+usage error (exit 2). Anything else is a bug and keeps its traceback.
+"""
+
+
+class AuditorError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(AuditorError):
+    """An option value or combination of options that cannot work."""
+
+    exit_code = 2
+
+
+class DataError(AuditorError):
+    """A dataset that cannot be read or used (corrupt file, NaN features, one class...)."""
+
+
+class StoreError(AuditorError):
+    """The database cannot be opened, written, or is at an unknown schema revision."""
+
+
+class RunNotFound(StoreError):
+    """A run id that does not exist in the database."""
+
+
+class SolverError(AuditorError):
+    """An inverse-Hessian solve that diverged or failed (not positive definite, non-finite)."""
