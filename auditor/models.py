@@ -1,0 +1,241 @@
+"""Models as small functional tasks: the only file that knows what a model is.
+
+A :class:`ModelTask` maps a flat parameter vector ``theta`` of shape ``(p,)`` and features
+``x`` of shape ``(n, d)`` to outputs ``(n, k)`` and per-example losses ``(n,)``. Everything
+downstream (fitting, gradients, Hessians, solvers) works on ``theta`` alone, so adding a
+model touches this file only. The generalised linear models also give their Hessian and
+Hessian-vector products in closed form, which is much faster than autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+import torch.nn.functional as F
+
+from auditor.errors import ConfigError
+
+MODEL_NAMES = ("linear", "logistic", "mlp")
+
+
+class ModelTask(ABC):
+    """A model's forward pass and per-example loss over a flat parameter vector."""
+
+    name: str
+    n_params: int
+
+    def __init__(self, n_features: int, n_outputs: int) -> None:
+        self.n_features = n_features
+        self.n_outputs = n_outputs
+
+    def init_params(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """Starting parameters ``(p,)``; zeros suit the convex models."""
+        return torch.zeros(self.n_params, dtype=dtype)
+
+    @abstractmethod
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs ``(n, k)`` (values, logits) for features ``x`` ``(n, d)``."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example loss ``(n,)`` from outputs ``(n, k)`` and targets ``(n,)``."""
+
+    @abstractmethod
+    def predict(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions ``(n,)`` and the probability of each prediction ``(n,)`` (NaN for
+        regression)."""
+
+    def example_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of one example: ``x`` ``(d,)``, ``y`` scalar -> scalar (for ``vmap(grad)``)."""
+        return self.loss(self.outputs(theta, x[None]), y[None])[0]
+
+    def hvp(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor):
+        """Hessian of the mean loss over ``(x, y)`` times ``v`` ``(p, m)``, or ``None`` when the
+        model has no closed form (autograd is used then)."""
+        return None
+
+    def loss_hessian(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+        """Hessian ``(p, p)`` of the mean loss over ``(x, y)``, or ``None`` without a closed
+        form."""
+        return None
+
+
+def _with_bias(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+
+
+class LinearRegression(ModelTask):
+    """``y = w.x + b`` with loss ``(y_hat - y)^2 / 2``; ``theta = [w, b]``."""
+
+    name = "linear"
+
+    def __init__(self, n_features: int, n_outputs: int = 1) -> None:
+        super().__init__(n_features, 1)
+        self.n_params = n_features + 1
+
+    def outputs(self, theta, x):
+        return x @ theta[:-1, None] + theta[-1]
+
+    def loss(self, outputs, y):
+        return 0.5 * (outputs[:, 0] - y) ** 2
+
+    def predict(self, outputs):
+        return outputs[:, 0], torch.full_like(outputs[:, 0], math.nan)
+
+    def hvp(self, theta, x, y, v):
+        xb = _with_bias(x)
+        return xb.T @ (xb @ v) / x.shape[0]
+
+    def loss_hessian(self, theta, x, y):
+        xb = _with_bias(x)
+        return xb.T @ xb / x.shape[0]
+
+
+class BinaryLogistic(ModelTask):
+    """``p(y=1) = sigmoid(w.x + b)`` with the log loss; ``theta = [w, b]``."""
+
+    name = "logistic"
+
+    def __init__(self, n_features: int, n_outputs: int = 2) -> None:
+        super().__init__(n_features, 2)
+        self.n_params = n_features + 1
+
+    def outputs(self, theta, x):
+        return x @ theta[:-1, None] + theta[-1]
+
+    def loss(self, outputs, y):
+        return F.binary_cross_entropy_with_logits(outputs[:, 0], y.to(outputs.dtype), reduction="none")
+
+    def predict(self, outputs):
+        p1 = torch.sigmoid(outputs[:, 0])
+        pred = (p1 >= 0.5).long()
+        return pred, torch.where(pred == 1, p1, 1 - p1)
+
+    def _curvature(self, theta, x):
+        p1 = torch.sigmoid(self.outputs(theta, x)[:, 0])
+        return p1 * (1 - p1)
+
+    def hvp(self, theta, x, y, v):
+        xb = _with_bias(x)
+        return xb.T @ (self._curvature(theta, x)[:, None] * (xb @ v)) / x.shape[0]
+
+    def loss_hessian(self, theta, x, y):
+        xb = _with_bias(x)
+        return (xb * self._curvature(theta, x)[:, None]).T @ xb / x.shape[0]
+
+
+class MultinomialLogistic(ModelTask):
+    """Softmax regression over ``k`` classes; ``theta`` is the ``(d + 1, k)`` weight matrix
+    (last row the biases) flattened row-major."""
+
+    name = "logistic"
+
+    def __init__(self, n_features: int, n_outputs: int) -> None:
+        super().__init__(n_features, n_outputs)
+        self.n_params = (n_features + 1) * n_outputs
+
+    def _weights(self, theta):
+        return theta.reshape(self.n_features + 1, self.n_outputs)
+
+    def outputs(self, theta, x):
+        w = self._weights(theta)
+        return x @ w[:-1] + w[-1]
+
+    def loss(self, outputs, y):
+        return F.cross_entropy(outputs, y, reduction="none")
+
+    def predict(self, outputs):
+        prob, pred = torch.softmax(outputs, dim=1).max(dim=1)
+        return pred, prob
+
+    def hvp(self, theta, x, y, v):
+        # H v for softmax regression: X^T (S.Z - s (s^T Z)) / n with Z = X V, per column of v.
+        xb = _with_bias(x)
+        k, m = self.n_outputs, v.shape[1]
+        s = torch.softmax(self.outputs(theta, x), dim=1)  # (n, k)
+        vw = v.T.reshape(m, xb.shape[1], k)  # (m, d+1, k)
+        z = torch.einsum("nd,mdk->mnk", xb, vw)  # (m, n, k)
+        mz = s * z - s * (s * z).sum(dim=2, keepdim=True)
+        hv = torch.einsum("nd,mnk->mdk", xb, mz) / x.shape[0]
+        return hv.reshape(m, -1).T
+
+    def loss_hessian(self, theta, x, y):
+        # Block (a, b) of size (d+1)^2 is X^T diag(s_a (delta_ab - s_b)) X / n.
+        xb = _with_bias(x)
+        n, d1 = xb.shape
+        k = self.n_outputs
+        s = torch.softmax(self.outputs(theta, x), dim=1)
+        h = torch.empty(d1, k, d1, k, dtype=x.dtype, device=x.device)
+        for a in range(k):
+            for b in range(a, k):
+                w = s[:, a] * ((1.0 if a == b else 0.0) - s[:, b])
+                block = (xb * w[:, None]).T @ xb / n
+                h[:, a, :, b] = block
+                h[:, b, :, a] = block.T
+        return h.reshape(d1 * k, d1 * k)
+
+
+class MLP(ModelTask):
+    """One hidden tanh layer (smooth, so the Hessian exists everywhere).
+
+    Regression has one output and the squared loss; classification ``k`` logits and
+    cross-entropy. ``theta = [W1 (d*h), b1 (h), W2 (h*k), b2 (k)]``.
+    """
+
+    name = "mlp"
+
+    def __init__(self, n_features: int, n_outputs: int, hidden: int = 32, regression: bool = False):
+        super().__init__(n_features, 1 if regression else n_outputs)
+        self.hidden = hidden
+        self.regression = regression
+        self.n_params = n_features * hidden + hidden + hidden * self.n_outputs + self.n_outputs
+
+    def init_params(self, generator, dtype):
+        d, h, k = self.n_features, self.hidden, self.n_outputs
+        w1 = torch.randn(d * h, generator=generator, dtype=dtype) / math.sqrt(d)
+        w2 = torch.randn(h * k, generator=generator, dtype=dtype) / math.sqrt(h)
+        return torch.cat([w1, torch.zeros(h, dtype=dtype), w2, torch.zeros(k, dtype=dtype)])
+
+    def outputs(self, theta, x):
+        d, h, k = self.n_features, self.hidden, self.n_outputs
+        w1, b1, w2, b2 = torch.split(theta, [d * h, h, h * k, k])
+        hidden = torch.tanh(x @ w1.reshape(d, h) + b1)
+        return hidden @ w2.reshape(h, k) + b2
+
+    def loss(self, outputs, y):
+        if self.regression:
+            return 0.5 * (outputs[:, 0] - y) ** 2
+        return F.cross_entropy(outputs, y, reduction="none")
+
+    def predict(self, outputs):
+        if self.regression:
+            return outputs[:, 0], torch.full_like(outputs[:, 0], math.nan)
+        prob, pred = torch.softmax(outputs, dim=1).max(dim=1)
+        return pred, prob
+
+
+def build_model(name: str, task: str, n_features: int, n_classes: int, hidden: int = 32) -> ModelTask:
+    """The model ``name`` (``linear``, ``logistic`` or ``mlp``) for a ``task``.
+
+    ``logistic`` is binary for two classes and multinomial for more.
+    """
+    if name == "linear":
+        if task != "regression":
+            raise ConfigError("--model linear is a regression model; the data has class labels")
+        return LinearRegression(n_features)
+    if name == "logistic":
+        if task != "classification":
+            raise ConfigError("--model logistic needs class labels; the data has a numeric target")
+        if n_classes == 2:
+            return BinaryLogistic(n_features)
+        return MultinomialLogistic(n_features, n_classes)
+    if name == "mlp":
+        return MLP(n_features, n_classes, hidden=hidden, regression=task == "regression")
+    raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def default_model_name(task: str) -> str:
+    """The model that follows the data: ``linear`` for regression, ``logistic`` otherwise."""
+    return "linear" if task == "regression" else "logistic"

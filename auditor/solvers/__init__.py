@@ -1,0 +1,34 @@
+"""Inverse-Hessian-vector products for many right-hand sides at once.
+
+Every solver takes a :class:`~auditor.hessian.HessianOperator` ``A`` and a matrix ``V``
+``(p, m)`` whose columns are gradients, and returns ``A^{-1} V`` ``(p, m)`` with
+:class:`SolveDiagnostics`. Adding a solver means one file here and one line in ``SOLVERS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from auditor.hessian import HessianOperator
+from auditor.solvers.base import SolveDiagnostics, SolverArgs
+from auditor.solvers.cg import cg_ihvp
+from auditor.solvers.exact import exact_ihvp
+from auditor.solvers.lissa import lissa_ihvp
+
+SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolveDiagnostics]]] = {
+    "lissa": lissa_ihvp,
+    "exact": exact_ihvp,
+    "cg": cg_ihvp,
+}
+
+
+def solve(
+    op: HessianOperator, v: torch.Tensor, args: SolverArgs
+) -> tuple[torch.Tensor, SolveDiagnostics]:
+    """``A^{-1} V`` with the solver named in ``args.solver``."""
+    return SOLVERS[args.solver](op, v, args)
+
+
+__all__ = ["SOLVERS", "SolveDiagnostics", "SolverArgs", "solve", "cg_ihvp", "exact_ihvp", "lissa_ihvp"]

@@ -1,0 +1,77 @@
+"""Solver settings and diagnostics, shared by every solver."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from auditor.errors import ConfigError
+
+
+@dataclass
+class SolverArgs:
+    """How to solve ``(H + damping I) s = v``.
+
+    Attributes:
+        solver: ``lissa``, ``exact`` or ``cg``.
+        damping: Added to the Hessian's diagonal (all solvers), on top of the weight decay.
+        tol: Target relative residual ``||A s - v|| / ||v||`` (largest over columns).
+        scale: LiSSA's scale; ``None`` picks 1.1x (full batch) or 1.5x (minibatches) a
+            power-iteration estimate of the largest eigenvalue.
+        depth: LiSSA's most recursion steps (it stops early once ``tol`` is met).
+        repeats: LiSSA recursions averaged (only useful with minibatches).
+        batch_size: LiSSA's minibatch size; ``None`` or ``>= n`` uses every training point.
+        max_iter: CG's most iterations.
+        seed: Seeds minibatch sampling and the power iteration.
+    """
+
+    solver: str = "lissa"
+    damping: float = 0.0
+    tol: float = 1e-4
+    scale: float | None = None
+    depth: int = 5000
+    repeats: int = 1
+    batch_size: int | None = None
+    max_iter: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.solver not in ("lissa", "exact", "cg"):
+            raise ConfigError(f"unknown solver {self.solver!r}; choose lissa, exact or cg")
+        if self.damping < 0:
+            raise ConfigError(f"--damping must be >= 0, got {self.damping}")
+        if self.depth < 1 or self.repeats < 1 or self.max_iter < 1:
+            raise ConfigError("--depth, --repeats and the iteration limit must be >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.scale is not None and self.scale <= 0:
+            raise ConfigError(f"--scale must be > 0, got {self.scale}")
+        if not self.tol > 0:
+            raise ConfigError(f"the solver tolerance must be > 0, got {self.tol}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SolveDiagnostics:
+    """What a solve did and how well it converged.
+
+    Attributes:
+        residual_max / residual_mean: relative residual ``||A s - v|| / ||v||`` over columns,
+            measured with the full-data Hessian after the solve.
+        history: ``[step, max relative residual]`` pairs recorded while iterating.
+    """
+
+    solver: str
+    converged: bool
+    residual_max: float
+    residual_mean: float
+    iterations: int
+    seconds: float
+    tol: float
+    scale: float | None = None
+    lambda_max: float | None = None
+    history: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

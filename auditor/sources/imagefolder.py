@@ -1,0 +1,139 @@
+"""Image folders: one sub-folder per class, ``root/<class>/<any/sub/path>.png``.
+
+Images are decoded with :func:`torchvision.io.decode_image` (PNG, JPEG, GIF, WebP) and
+kept as uint8 ``(C, H, W)``. Files with other extensions and hidden files or folders are
+ignored; class folders without any image are not classes.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import functional as F
+
+from auditor.data import Dataset, SourceInfo
+from auditor.errors import ConfigError, DataError
+from auditor.sources.images import images_to_features, to_rgb, to_uint8_chw
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+
+
+def find_images(root: Path) -> list[tuple[str, str]]:
+    """Every image under ``root``'s class folders, in a stable order.
+
+    Returns:
+        ``(id, class name)`` pairs; the id is the path relative to ``root`` with forward
+        slashes (``"cat/001.png"``), sorted by class folder then path.
+    """
+    found: list[tuple[str, str]] = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)):
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+            for name in sorted(filenames):
+                if not _hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
+                    rel = (Path(dirpath) / name).relative_to(root).as_posix()
+                    found.append((rel, class_dir.name))
+    return found
+
+
+def decode(path: Path) -> torch.Tensor:
+    """Decode one image file (the first frame of an animation) to ``(1|3, H, W)`` uint8.
+
+    Raises:
+        DataError: The file cannot be read or decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            image = decode_image(str(path), mode=ImageReadMode.UNCHANGED)
+        if image.ndim == 4:
+            image = image[0]
+        return to_uint8_chw(image)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot decode image ({exc})") from exc
+
+
+def check_resize(resize: tuple[int, int] | None) -> tuple[int, int] | None:
+    """Validate a ``resize=(H, W)`` option (two positive integers) or raise ConfigError."""
+    if resize is None:
+        return None
+    try:
+        height, width = (int(v) for v in resize)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"resize must be two integers (H, W), got {resize!r}") from exc
+    if height <= 0 or width <= 0:
+        raise ConfigError(f"resize sizes must be positive, got {resize!r}")
+    return height, width
+
+
+def read_images(root: Path, ids: list[str], resize: tuple[int, int] | None) -> torch.Tensor:
+    """Decode the images at ``ids`` (relative to ``root``) into one batch.
+
+    All images must share one size unless ``resize`` is given; if any is RGB, gray
+    images are converted to RGB.
+
+    Returns:
+        ``(n, C, H, W)`` uint8 pixels, C = 1 or 3.
+    """
+    pixels: list[torch.Tensor] = []
+    for rel in ids:
+        image = decode(root / rel)
+        if resize is not None:
+            image = F.resize(image, list(resize), antialias=True)
+        elif pixels and image.shape[1:] != pixels[0].shape[1:]:
+            h0, w0 = pixels[0].shape[1:]
+            h, w = image.shape[1:]
+            raise DataError(
+                f"{root / rel}: size {h}x{w} (HxW) differs from {h0}x{w0} of {root / ids[0]}; "
+                "resize all images to one size (resize=(H, W))"
+            )
+        pixels.append(image)
+    if any(p.shape[0] == 3 for p in pixels):
+        pixels = [to_rgb(p) for p in pixels]
+    return torch.stack(pixels)
+
+
+def load_imagefolder(
+    root: Path, normalize: str = "unit", resize: tuple[int, int] | None = None
+) -> Dataset:
+    """Load a folder of class sub-folders as a classification dataset.
+
+    Args:
+        root: The folder holding one sub-folder per class.
+        normalize: Feature scaling, see :func:`images_to_features`.
+        resize: ``(H, W)`` to resize every image to (antialiased); needed when sizes differ.
+
+    Returns:
+        A dataset with ``(n, C*H*W)`` features, ``(n, C, H, W)`` uint8 images, class names
+        the sorted sub-folder names and ids the relative paths (``"cat/001.png"``).
+    """
+    resize = check_resize(resize)
+    entries = find_images(root)
+    if not entries:
+        raise DataError(
+            f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in class sub-folders; "
+            "expected root/<class>/<image>"
+        )
+    ids = [rel for rel, _ in entries]
+    class_names = sorted({name for _, name in entries})
+    index = {name: i for i, name in enumerate(class_names)}
+    images = read_images(root, ids, resize)
+    options = {"normalize": normalize, "resize": list(resize) if resize else None}
+    return Dataset(
+        features=images_to_features(images, normalize),
+        targets=torch.tensor([index[name] for _, name in entries], dtype=torch.long),
+        ids=ids,
+        task="classification",
+        class_names=class_names,
+        images=images,
+        source=SourceInfo("imagefolder", str(root.resolve()), options),
+        name=root.name,
+    )
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")

@@ -1,0 +1,189 @@
+"""Tabular files: CSV with a ``label`` or ``target`` column, and NPZ with ``X`` and ``y``.
+
+CSV: a header row, numeric feature columns and exactly one ``label`` column
+(classification) or ``target`` column (regression). NPZ: ``X`` of shape ``(n, d)``,
+``(n, H, W)`` or ``(n, C, H, W)`` (uint8 image-shaped ``X`` is treated as pixels) and ``y``
+(integer: classification, float: regression). Ids are ``"{file name}#{row}"`` with the
+0-based data row.
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from auditor.data import Dataset, SourceInfo
+from auditor.errors import DataError
+from auditor.sources.images import check_normalize, images_to_features
+from auditor.sources.labels import canonical_labels, encode_labels
+
+LABEL, TARGET = "label", "target"
+
+
+def read_csv_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Read a CSV file's header and data rows (blank lines skipped).
+
+    Returns:
+        The stripped header names and ``(line number, cells)`` for every data row.
+
+    Raises:
+        DataError: Unreadable, not UTF-8, empty, no data rows, or a ragged row.
+    """
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows = [(reader.line_num, row) for row in reader if row]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read CSV ({exc})") from exc
+    if not rows:
+        raise DataError(f"{path}: empty file; expected a header row and data rows")
+    header = [name.strip() for name in rows[0][1]]
+    data = rows[1:]
+    if not data:
+        raise DataError(f"{path}: a header row but no data rows")
+    for i, (line, row) in enumerate(data):
+        if len(row) != len(header):
+            raise DataError(
+                f"{path}: line {line} (data row {i}) has {len(row)} fields "
+                f"but the header has {len(header)}"
+            )
+    return header, data
+
+
+def target_column(header: list[str], path: Path) -> tuple[int, str]:
+    """The index and kind (``"label"`` or ``"target"``) of the one target column."""
+    found = [(i, name) for i, name in enumerate(header) if name in (LABEL, TARGET)]
+    if not found:
+        raise DataError(
+            f"{path}: missing label column: expected one column named 'label' "
+            f"(classification) or 'target' (regression); the columns are {', '.join(header)}"
+        )
+    if len(found) > 1:
+        raise DataError(f"{path}: several label/target columns; keep exactly one")
+    if len(header) == 1:
+        raise DataError(f"{path}: no feature columns besides '{found[0][1]}'")
+    return found[0]
+
+
+def parse_number(cell: str, path: Path, line: int, row: int, column: str) -> float:
+    """Parse one numeric cell, or raise DataError naming the line, row and column."""
+    where = f"{path}: line {line} (data row {row}), column '{column}'"
+    try:
+        value = float(cell)
+    except ValueError:
+        raise DataError(f"{where}: {cell!r} is not a number") from None
+    if not np.isfinite(value) or not np.isfinite(np.float32(value)):
+        raise DataError(f"{where}: non-finite value {cell!r} (NaN or inf, or too large)")
+    return value
+
+
+def load_csv(path: Path, normalize: str = "unit") -> Dataset:
+    """Load a CSV file; ``normalize`` only is recorded (tabular features are used as is).
+
+    Returns:
+        A dataset with ``(n, d)`` features (the non-target columns in file order); class
+        names sorted numerically if all labels are integers, else lexically.
+    """
+    check_normalize(normalize)
+    header, data = read_csv_table(path)
+    col, kind = target_column(header, path)
+    features = [
+        [parse_number(cell, path, line, i, header[j]) for j, cell in enumerate(row) if j != col]
+        for i, (line, row) in enumerate(data)
+    ]
+    raw = [row[col] for _, row in data]
+    common = {
+        "features": torch.tensor(features, dtype=torch.float32),
+        "ids": [f"{path.name}#{i}" for i in range(len(data))],
+        "source": SourceInfo("csv", str(path.resolve()), {"normalize": normalize}),
+        "name": path.name,
+    }
+    lines = [line for line, _ in data]
+    if kind == TARGET:
+        values = [parse_number(v, path, lines[i], i, TARGET) for i, v in enumerate(raw)]
+        targets = torch.tensor(values, dtype=torch.float32)
+        return Dataset(targets=targets, task="regression", **common)
+    for i, (line, value) in enumerate(zip(lines, raw, strict=True)):
+        if not value.strip():
+            raise DataError(f"{path}: line {line} (data row {i}), column 'label': empty label")
+    targets, class_names = encode_labels(canonical_labels(raw))
+    return Dataset(targets=targets, task="classification", class_names=class_names, **common)
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an NPZ file (no pickled objects), by name."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: not an NPZ archive (a single .npy array?)")
+        with archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: cannot read NPZ ({exc})") from exc
+
+
+def load_npz(path: Path, normalize: str = "unit") -> Dataset:
+    """Load ``X`` and ``y`` from an NPZ file.
+
+    Returns:
+        A dataset with ``(n, d)`` features (``X`` flattened per row; uint8 image-shaped
+        ``X`` is scaled as pixels and kept as ``(n, C, H, W)`` images), classification
+        for integer ``y`` (class names the sorted distinct values) or regression for float.
+    """
+    check_normalize(normalize)
+    arrays = read_npz(path)
+    missing = [k for k in ("X", "y") if k not in arrays]
+    if missing:
+        raise DataError(
+            f"{path}: missing array {', '.join(missing)}; it holds {', '.join(arrays) or 'nothing'}"
+        )
+    x, y = arrays["X"], arrays["y"]
+    if x.ndim not in (2, 3, 4) or len(x) == 0:
+        raise DataError(
+            f"{path}: X must be (n, d), (n, H, W) or (n, C, H, W) with n > 0, got {x.shape}"
+        )
+    if y.shape != (len(x),):
+        raise DataError(f"{path}: y must have shape ({len(x)},) to match X, got {y.shape}")
+    ids = [f"{path.name}#{i}" for i in range(len(x))]
+    images, features = _npz_features(x, normalize, path, ids)
+    common = {
+        "features": features,
+        "ids": ids,
+        "images": images,
+        "source": SourceInfo("npz", str(path.resolve()), {"normalize": normalize}),
+        "name": path.name,
+    }
+    if np.issubdtype(y.dtype, np.integer):
+        values = np.unique(y)
+        targets = torch.from_numpy(np.searchsorted(values, y).astype(np.int64))
+        names = [str(v) for v in values.tolist()]
+        return Dataset(targets=targets, task="classification", class_names=names, **common)
+    if np.issubdtype(y.dtype, np.floating):
+        targets = torch.from_numpy(y.astype(np.float32))
+        bad = (~torch.isfinite(targets)).nonzero().flatten()
+        if len(bad):
+            raise DataError(f"{path}: non-finite y (NaN or inf) at row {bad[0].item()}")
+        return Dataset(targets=targets, task="regression", **common)
+    raise DataError(f"{path}: y must be integer (classes) or float (regression), got {y.dtype}")
+
+
+def _npz_features(
+    x: np.ndarray, normalize: str, path: Path, ids: list[str]
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """``(images or None, (n, d) float32 features)`` from an NPZ ``X``."""
+    if x.dtype == np.uint8 and x.ndim in (3, 4):
+        images = torch.from_numpy(np.ascontiguousarray(x[:, None] if x.ndim == 3 else x))
+        return images, images_to_features(images, normalize)
+    if not any(np.issubdtype(x.dtype, t) for t in (np.integer, np.floating, np.bool_)):
+        raise DataError(f"{path}: X must be integer, float or bool, got {x.dtype}")
+    with np.errstate(over="ignore"):
+        flat = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+    features = torch.from_numpy(flat)
+    bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten()
+    if len(bad):
+        raise DataError(f"{path}: non-finite value in X (NaN or inf) at row {bad[0].item()}")
+    return None, features

@@ -1,0 +1,60 @@
+"""Persistence: runs, points and pair scores in any SQLAlchemy database (SQLite default).
+
+Open a database with :func:`open_db`; read and write through the functions of
+:mod:`auditor.store.runs`, :mod:`auditor.store.points` and :mod:`auditor.store.pairs`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from auditor.errors import StoreError
+from auditor.store import migrate
+
+
+def database_url(db: str) -> str:
+    """A SQLAlchemy URL for ``db``: a URL is kept, a path becomes ``sqlite:///path``."""
+    return db if "://" in db else f"sqlite:///{Path(db).expanduser()}"
+
+
+def open_db(db: str, *, create: bool = True) -> Engine:
+    """An engine on ``db`` (path or URL) with the schema upgraded to the current head.
+
+    Args:
+        db: A file path (SQLite) or any SQLAlchemy URL.
+        create: Create a missing SQLite file; with ``False`` a missing file is an error.
+
+    Raises:
+        StoreError: missing or unwritable file, unknown schema revision, unreachable server.
+    """
+    url = database_url(db)
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            if not create:
+                raise StoreError(f"database {path} does not exist")
+            if not path.parent.exists():
+                raise StoreError(f"cannot create database {path}: {path.parent} does not exist")
+            if not os.access(path.parent, os.W_OK):
+                raise StoreError(f"cannot create database {path}: directory is not writable")
+    engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    try:
+        migrate.upgrade(engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot open database {db}: {exc.orig or exc}") from None
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()

@@ -1,0 +1,49 @@
+"""Bring a database to the current schema through Alembic, refusing unknown revisions."""
+
+from __future__ import annotations
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+
+from auditor.errors import StoreError
+from auditor.resources import resource_dir
+
+
+def alembic_config() -> Config:
+    """An Alembic config pointing at the shipped ``migrations/``."""
+    config = Config()
+    config.set_main_option("script_location", str(resource_dir("migrations")))
+    return config
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the database to ``revision``; raise :class:`StoreError` if it is at a revision
+    this version of auditor does not know (written by a newer auditor)."""
+    script = ScriptDirectory.from_config(alembic_config())
+    current = current_revision(engine)
+    if current is not None:
+        try:
+            script.get_revision(current)
+        except Exception:
+            raise StoreError(
+                f"the database schema is at revision {current}, newer than this auditor "
+                f"knows (head {script.get_current_head()}); upgrade auditor to read it"
+            ) from None
+        if current == script.get_current_head() and revision == "head":
+            return
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, revision)

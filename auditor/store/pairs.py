@@ -1,0 +1,80 @@
+"""Pair scores: one float32 BLOB per (run, test point) holding its scores against every
+training point, in training-index order (little-endian, 4 bytes per pair)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection, Engine
+
+from auditor.errors import StoreError
+from auditor.store.schema import pair_scores
+
+DTYPE = np.dtype("<f4")
+
+
+def write_pair_scores(conn: Connection, run_id: int, first_test: int, scores: np.ndarray) -> None:
+    """Insert the scores of test points ``first_test .. first_test + c - 1``.
+
+    Args:
+        conn: A connection inside the caller's transaction (the caller decides when a
+            block is committed).
+        scores: ``(c, n_train)`` array; row j holds I(z_i, z_test_{first_test + j}).
+    """
+    if not np.isfinite(scores).all():
+        raise StoreError("refusing to store non-finite pair scores")
+    scores = np.ascontiguousarray(scores, dtype=DTYPE)
+    conn.execute(
+        pair_scores.insert(),
+        [
+            {"run_id": run_id, "test_idx": first_test + j, "scores": row.tobytes()}
+            for j, row in enumerate(scores)
+        ],
+    )
+
+
+def read_pair_scores(engine: Engine, run_id: int) -> np.ndarray:
+    """All pair scores of a run: ``(n_test, n_train)`` float32, row = test point."""
+    query = (
+        select(pair_scores.c.scores)
+        .where(pair_scores.c.run_id == run_id)
+        .order_by(pair_scores.c.test_idx)
+    )
+    with engine.connect() as conn:
+        blobs = conn.execute(query).scalars().all()
+    if not blobs:
+        return np.zeros((0, 0), dtype=DTYPE)
+    return np.frombuffer(b"".join(blobs), dtype=DTYPE).reshape(len(blobs), -1)
+
+
+def read_test_scores(engine: Engine, run_id: int, test_idx: int) -> np.ndarray:
+    """Scores of one test point against every training point: ``(n_train,)``."""
+    query = select(pair_scores.c.scores).where(
+        pair_scores.c.run_id == run_id, pair_scores.c.test_idx == test_idx
+    )
+    with engine.connect() as conn:
+        blob = conn.execute(query).scalar()
+    if blob is None:
+        raise StoreError(f"run {run_id} has no scores for test point {test_idx}")
+    return np.frombuffer(blob, dtype=DTYPE)
+
+
+def read_train_scores(engine: Engine, run_id: int, train_idx: int) -> np.ndarray:
+    """Scores of one training point on every test point: ``(n_test,)``."""
+    return read_pair_scores(engine, run_id)[:, train_idx]
+
+
+def stored_test_indexes(engine: Engine, run_id: int) -> set[int]:
+    """The test indexes whose scores are stored (to resume a scan)."""
+    query = select(pair_scores.c.test_idx).where(pair_scores.c.run_id == run_id)
+    with engine.connect() as conn:
+        return set(conn.execute(query).scalars())
+
+
+def count_pairs(engine: Engine, run_id: int) -> int:
+    """Number of stored (train, test) pair scores of a run."""
+    query = select(func.coalesce(func.sum(func.length(pair_scores.c.scores)), 0)).where(
+        pair_scores.c.run_id == run_id
+    )
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar()) // DTYPE.itemsize
