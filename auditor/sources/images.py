@@ -33,10 +33,10 @@ def images_to_features(images: torch.Tensor, normalize: str) -> torch.Tensor:
     if images.dtype != torch.uint8 or images.ndim != 4:
         shape = tuple(images.shape)
         raise ValueError(f"expected (n, C, H, W) uint8 images, got {images.dtype} {shape}")
-    features = images.reshape(images.shape[0], -1).to(torch.float32) / 255.0
+    features = images.reshape(images.shape[0], -1).to(torch.float32).div_(255.0)
     if normalize == "unit":
         norms = features.norm(dim=1, keepdim=True)
-        features = features / torch.where(norms > 0, norms, torch.ones_like(norms))
+        features.div_(torch.where(norms > 0, norms, torch.ones_like(norms)))
     return features
 
 

@@ -62,7 +62,7 @@ def get_run(engine: Engine, run_id: int, *, with_theta: bool = False) -> dict:
 def list_runs(engine: Engine) -> list[dict]:
     """Every run, newest first, with its count of stored pair scores as ``n_pairs``."""
     n_pairs = (
-        select(func.coalesce(func.sum(func.length(pair_scores.c.scores) / 4), 0))
+        select(func.coalesce(func.sum(func.length(pair_scores.c.scores)), 0) / 4)
         .where(pair_scores.c.run_id == runs.c.id)
         .scalar_subquery()
     )

@@ -1,0 +1,280 @@
+"""The ``auditor`` command line: a thin shell over the library.
+
+Usage errors exit 2 (``click.UsageError``), expected runtime failures exit 1
+(``click.ClickException``); anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+
+import click
+
+from auditor import exports
+from auditor.config import DataArgs, ModelArgs, ScanConfig
+from auditor.errors import AuditorError, ConfigError
+from auditor.ranking import FlagRule
+from auditor.scan import scan as run_scan
+from auditor.solvers.base import SolverArgs
+from auditor.store import open_db, runs
+
+
+def handle_errors(func):
+    """Turn library errors into one clean line and the right exit status."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        except AuditorError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; the run is marked failed") from None
+
+    return wrapper
+
+
+def db_option(func):
+    return click.option(
+        "--db",
+        default="audit.db",
+        show_default=True,
+        help="SQLite file or any SQLAlchemy URL.",
+    )(func)
+
+
+def open_existing(db: str):
+    """Open a database that must already exist (read commands)."""
+    return open_db(db, create=False)
+
+
+def resolve_run(engine, run: int | None) -> int:
+    return runs.latest_run_id(engine) if run is None else runs.get_run(engine, run)["id"]
+
+
+@click.group()
+@click.version_option(package_name="auditor")
+def cli() -> None:
+    """Find the training points most likely to be mislabelled or outliers.
+
+    \b
+    Example:
+        auditor scan --train toy-linear
+        auditor export --format csv
+    """
+
+
+def _classes(_ctx, _param, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    classes = [c.strip() for c in value.split(",") if c.strip()]
+    if len(classes) < 2:
+        raise click.BadParameter("give at least two comma-separated classes, e.g. 1,7")
+    return classes
+
+
+def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HxW such as 28x28, got {value!r}") from None
+    return h, w
+
+
+@cli.command()
+@click.option("--train", "train", metavar="DATA", help="toy-linear, an idx or image folder, a .csv or .npz.")
+@click.option("--test", "test", metavar="DATA", help="Test data (same kinds as --train).")
+@click.option("--test-split", type=float, help="Hold out this fraction of --train as test points.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split and sampling.")
+@click.option("--classes", callback=_classes, help="Keep these classes, e.g. 1,7 (binary task).")
+@click.option("--normalize", type=click.Choice(["unit", "none"]), default="unit", show_default=True,
+              help="Scale each image to unit L2 norm, or keep pixels in [0, 1].")
+@click.option("--resize", callback=_resize, metavar="HxW", help="Resize images of different sizes.")
+@click.option("--download", type=click.Choice(["mnist"]), help="Fetch MNIST through torchvision.")
+@click.option("--download-root", default="data", show_default=True, help="Where --download stores files.")
+@click.option("--model", type=click.Choice(["linear", "logistic", "mlp"]),
+              help="Default: linear for a numeric target, logistic for labels.")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="L2 coefficient.")
+@click.option("--hidden", type=int, default=32, show_default=True, help="Hidden units of --model mlp.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--solver", type=click.Choice(["lissa", "exact", "cg"]), default="lissa", show_default=True)
+@click.option("--damping", type=float, default=0.0, show_default=True, help="Added to the Hessian.")
+@click.option("--scale", type=float, help="LiSSA scale (default: from the largest eigenvalue).")
+@click.option("--depth", type=int, default=5000, show_default=True, help="Most LiSSA steps.")
+@click.option("--repeats", type=int, default=1, show_default=True, help="LiSSA repeats averaged.")
+@click.option("--batch-size", type=int, help="LiSSA minibatch size (default: all points).")
+@click.option("--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual.")
+@click.option("--outlier-z", type=float, default=FlagRule.outlier_z, show_default=True,
+              help="Flag outlier at this robust z of the influence norm.")
+@click.option("--mislabel-z", type=float, default=FlagRule.mislabel_z, show_default=True,
+              help="Flag mislabel at this z when the prediction disagrees.")
+@click.option("--trim", type=float, default=FlagRule.trim, show_default=True,
+              help="Fraction left out of the masking refits (0: no refits).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@db_option
+@handle_errors
+def scan(**opts) -> None:
+    """Fit a model, score every (train, test) pair by influence, rank and flag.
+
+    Prints the id of the run it wrote to standard output.
+
+    \b
+    Examples:
+        auditor scan --train toy-linear
+        auditor scan --train ../shared/data/mnist --classes 1,7 --test-split 0.2
+        auditor scan --train train.csv --test test.csv --solver exact --db audit.db
+    """
+    config = ScanConfig(
+        data=DataArgs(
+            train=opts["train"], test=opts["test"], test_split=opts["test_split"],
+            seed=opts["seed"], classes=opts["classes"], normalize=opts["normalize"],
+            resize=opts["resize"], download=opts["download"], download_root=opts["download_root"],
+        ),
+        model=ModelArgs(
+            name=opts["model"], weight_decay=opts["weight_decay"], hidden=opts["hidden"],
+            dtype=opts["dtype"],
+        ),
+        solver=SolverArgs(
+            solver=opts["solver"], damping=opts["damping"], scale=opts["scale"],
+            depth=opts["depth"], repeats=opts["repeats"], batch_size=opts["batch_size"],
+            tol=opts["tol"], seed=opts["seed"],
+        ),
+        rule=FlagRule(outlier_z=opts["outlier_z"], mislabel_z=opts["mislabel_z"], trim=opts["trim"]),
+        device=opts["device"],
+    )
+    engine = open_db(opts["db"])
+    start = time.perf_counter()
+    bars = _Bars()
+    try:
+        result = run_scan(engine, config, progress=bars)
+    finally:
+        bars.close()
+    for warning in result.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    flags = ", ".join(f"{n} {f}" for f, n in sorted(result.flag_counts.items())) or "none"
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    click.echo(
+        f"run {result.run_id}: {result.n_pairs:,} pair scores in {time.perf_counter() - start:.1f}s "
+        f"({phases}); flagged: {flags}; database: {opts['db']}",
+        err=True,
+    )
+    click.echo(result.run_id)
+
+
+class _Bars:
+    """One click progress bar per phase, drawn on stderr."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.phase = None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = click.progressbar(length=total, label=phase, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        self.bar, self.phase = None, None
+
+
+
+@cli.command("runs")
+@db_option
+@handle_errors
+def list_runs(db: str) -> None:
+    """List the runs in a database, newest first.
+
+    \b
+    Example:
+        auditor runs --db audit.db
+    """
+    engine = open_existing(db)
+    rows = runs.list_runs(engine)
+    if not rows:
+        click.echo("no runs yet")
+        return
+    header = f"{'id':>4}  {'status':<9} {'created':<19}  {'dataset':<16} {'model':<9} {'solver':<6} {'train':>7} {'test':>6} {'pairs':>11}  flagged"
+    click.echo(header)
+    for r in rows:
+        flags = (r["ranking"] or {}).get("flag_counts", {})
+        solver = (r["config"].get("solver") or {}).get("solver", "")
+        click.echo(
+            f"{r['id']:>4}  {r['status']:<9} {r['created_at']:%Y-%m-%d %H:%M:%S}  "
+            f"{r['dataset'][:16]:<16} {r['model']:<9} {solver:<6} {r['n_train']:>7} "
+            f"{r['n_test']:>6} {int(r['n_pairs']):>11,}  {sum(flags.values())}"
+        )
+
+
+@cli.command()
+@click.argument("run", type=int, required=False)
+@click.option("--test-index", type=int, help="Training points that most harm / help this test point.")
+@click.option("--train-index", type=int, help="Test points this training point hurts most.")
+@click.option("--top", type=int, default=10, show_default=True, help="Rows per table.")
+@db_option
+@handle_errors
+def show(run: int | None, test_index: int | None, train_index: int | None, top: int, db: str) -> None:
+    """Show the most harmful and most helpful training points for a test point.
+
+    RUN defaults to the latest run.
+
+    \b
+    Examples:
+        auditor show 1 --test-index 0
+        auditor show --train-index 15 --top 5
+    """
+    if (test_index is None) == (train_index is None):
+        raise click.UsageError("give exactly one of --test-index or --train-index")
+    if top < 1:
+        raise click.UsageError("--top must be >= 1")
+    engine = open_existing(db)
+    run_id = resolve_run(engine, run)
+    if test_index is not None:
+        click.echo(exports.format_test_point(engine, run_id, test_index, top))
+    else:
+        click.echo(exports.format_train_point(engine, run_id, train_index, top))
+
+
+@cli.command()
+@click.argument("run", type=int, required=False)
+@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout).")
+@db_option
+@handle_errors
+def export(run: int | None, fmt: str, out: str | None, db: str) -> None:
+    """Export one record per training point (rank, scores, flags) as JSON or CSV.
+
+    RUN defaults to the latest run. JSON is {"run": {...}, "train": [...]}.
+
+    \b
+    Examples:
+        auditor export --format csv --out ranking.csv
+        auditor export 3 --format json | jq '.train[:5]'
+    """
+    engine = open_existing(db)
+    run_id = resolve_run(engine, run)
+    text = exports.export_json(engine, run_id) if fmt == "json" else exports.export_csv(engine, run_id)
+    if out:
+        with open(out, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def main() -> None:
+    cli(prog_name="auditor")
+
+
+if __name__ == "__main__":
+    main()
