@@ -88,34 +88,71 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
 
 
 @cli.command()
-@click.option("--train", "train", metavar="DATA", help="toy-linear, an idx or image folder, a .csv or .npz.")
+@click.option(
+    "--train", "train", metavar="DATA", help="toy-linear, an idx or image folder, a .csv or .npz."
+)
 @click.option("--test", "test", metavar="DATA", help="Test data (same kinds as --train).")
 @click.option("--test-split", type=float, help="Hold out this fraction of --train as test points.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split and sampling.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the split and sampling."
+)
 @click.option("--classes", callback=_classes, help="Keep these classes, e.g. 1,7 (binary task).")
-@click.option("--normalize", type=click.Choice(["unit", "none"]), default="unit", show_default=True,
-              help="Scale each image to unit L2 norm, or keep pixels in [0, 1].")
+@click.option(
+    "--normalize",
+    type=click.Choice(["unit", "none"]),
+    default="unit",
+    show_default=True,
+    help="Scale each image to unit L2 norm, or keep pixels in [0, 1].",
+)
 @click.option("--resize", callback=_resize, metavar="HxW", help="Resize images of different sizes.")
 @click.option("--download", type=click.Choice(["mnist"]), help="Fetch MNIST through torchvision.")
-@click.option("--download-root", default="data", show_default=True, help="Where --download stores files.")
-@click.option("--model", type=click.Choice(["linear", "logistic", "mlp"]),
-              help="Default: linear for a numeric target, logistic for labels.")
+@click.option(
+    "--download-root", default="data", show_default=True, help="Where --download stores files."
+)
+@click.option(
+    "--model",
+    type=click.Choice(["linear", "logistic", "mlp"]),
+    help="Default: linear for a numeric target, logistic for labels.",
+)
 @click.option("--weight-decay", type=float, default=0.01, show_default=True, help="L2 coefficient.")
-@click.option("--hidden", type=int, default=32, show_default=True, help="Hidden units of --model mlp.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
-@click.option("--solver", type=click.Choice(["lissa", "exact", "cg"]), default="lissa", show_default=True)
+@click.option(
+    "--hidden", type=int, default=32, show_default=True, help="Hidden units of --model mlp."
+)
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True
+)
+@click.option(
+    "--solver", type=click.Choice(["lissa", "exact", "cg"]), default="lissa", show_default=True
+)
 @click.option("--damping", type=float, default=0.0, show_default=True, help="Added to the Hessian.")
 @click.option("--scale", type=float, help="LiSSA scale (default: from the largest eigenvalue).")
 @click.option("--depth", type=int, default=5000, show_default=True, help="Most LiSSA steps.")
 @click.option("--repeats", type=int, default=1, show_default=True, help="LiSSA repeats averaged.")
 @click.option("--batch-size", type=int, help="LiSSA minibatch size (default: all points).")
-@click.option("--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual.")
-@click.option("--outlier-z", type=float, default=FlagRule.outlier_z, show_default=True,
-              help="Flag outlier at this robust z of the influence norm.")
-@click.option("--mislabel-z", type=float, default=FlagRule.mislabel_z, show_default=True,
-              help="Flag mislabel at this z when the prediction disagrees.")
-@click.option("--trim", type=float, default=FlagRule.trim, show_default=True,
-              help="Fraction left out of the masking refits (0: no refits).")
+@click.option(
+    "--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual."
+)
+@click.option(
+    "--outlier-z",
+    type=float,
+    default=FlagRule.outlier_z,
+    show_default=True,
+    help="Flag outlier at this robust z of the influence norm.",
+)
+@click.option(
+    "--mislabel-z",
+    type=float,
+    default=FlagRule.mislabel_z,
+    show_default=True,
+    help="Flag mislabel at this z when the prediction disagrees.",
+)
+@click.option(
+    "--trim",
+    type=float,
+    default=FlagRule.trim,
+    show_default=True,
+    help="Fraction left out of the masking refits (0: no refits).",
+)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @db_option
 @handle_errors
@@ -132,20 +169,35 @@ def scan(**opts) -> None:
     """
     config = ScanConfig(
         data=DataArgs(
-            train=opts["train"], test=opts["test"], test_split=opts["test_split"],
-            seed=opts["seed"], classes=opts["classes"], normalize=opts["normalize"],
-            resize=opts["resize"], download=opts["download"], download_root=opts["download_root"],
+            train=opts["train"],
+            test=opts["test"],
+            test_split=opts["test_split"],
+            seed=opts["seed"],
+            classes=opts["classes"],
+            normalize=opts["normalize"],
+            resize=opts["resize"],
+            download=opts["download"],
+            download_root=opts["download_root"],
         ),
         model=ModelArgs(
-            name=opts["model"], weight_decay=opts["weight_decay"], hidden=opts["hidden"],
+            name=opts["model"],
+            weight_decay=opts["weight_decay"],
+            hidden=opts["hidden"],
             dtype=opts["dtype"],
         ),
         solver=SolverArgs(
-            solver=opts["solver"], damping=opts["damping"], scale=opts["scale"],
-            depth=opts["depth"], repeats=opts["repeats"], batch_size=opts["batch_size"],
-            tol=opts["tol"], seed=opts["seed"],
+            solver=opts["solver"],
+            damping=opts["damping"],
+            scale=opts["scale"],
+            depth=opts["depth"],
+            repeats=opts["repeats"],
+            batch_size=opts["batch_size"],
+            tol=opts["tol"],
+            seed=opts["seed"],
         ),
-        rule=FlagRule(outlier_z=opts["outlier_z"], mislabel_z=opts["mislabel_z"], trim=opts["trim"]),
+        rule=FlagRule(
+            outlier_z=opts["outlier_z"], mislabel_z=opts["mislabel_z"], trim=opts["trim"]
+        ),
         device=opts["device"],
     )
     engine = open_db(opts["db"])
@@ -188,7 +240,6 @@ class _Bars:
         self.bar, self.phase = None, None
 
 
-
 @cli.command("runs")
 @db_option
 @handle_errors
@@ -218,12 +269,16 @@ def list_runs(db: str) -> None:
 
 @cli.command()
 @click.argument("run", type=int, required=False)
-@click.option("--test-index", type=int, help="Training points that most harm / help this test point.")
+@click.option(
+    "--test-index", type=int, help="Training points that most harm / help this test point."
+)
 @click.option("--train-index", type=int, help="Test points this training point hurts most.")
 @click.option("--top", type=int, default=10, show_default=True, help="Rows per table.")
 @db_option
 @handle_errors
-def show(run: int | None, test_index: int | None, train_index: int | None, top: int, db: str) -> None:
+def show(
+    run: int | None, test_index: int | None, train_index: int | None, top: int, db: str
+) -> None:
     """Show the most harmful and most helpful training points for a test point.
 
     RUN defaults to the latest run.
@@ -247,8 +302,12 @@ def show(run: int | None, test_index: int | None, train_index: int | None, top: 
 
 @cli.command()
 @click.argument("run", type=int, required=False)
-@click.option("--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "csv"]), default="json", show_default=True
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, writable=True), help="File (default: stdout)."
+)
 @db_option
 @handle_errors
 def export(run: int | None, fmt: str, out: str | None, db: str) -> None:
@@ -263,7 +322,9 @@ def export(run: int | None, fmt: str, out: str | None, db: str) -> None:
     """
     engine = open_existing(db)
     run_id = resolve_run(engine, run)
-    text = exports.export_json(engine, run_id) if fmt == "json" else exports.export_csv(engine, run_id)
+    text = (
+        exports.export_json(engine, run_id) if fmt == "json" else exports.export_csv(engine, run_id)
+    )
     if out:
         with open(out, "w", encoding="utf-8", newline="") as f:
             f.write(text)

@@ -40,7 +40,9 @@ class DataArgs:
         if self.train is None and self.download is None:
             raise ConfigError("give --train DATA (or --download mnist)")
         if self.test_split is not None and not 0.0 < self.test_split < 1.0:
-            raise ConfigError(f"--test-split must lie strictly between 0 and 1, got {self.test_split}")
+            raise ConfigError(
+                f"--test-split must lie strictly between 0 and 1, got {self.test_split}"
+            )
         if self.test is not None and self.test_split is not None:
             raise ConfigError("give either --test or --test-split, not both")
         if self.normalize not in ("unit", "none"):

@@ -61,7 +61,9 @@ class Dataset:
     def __post_init__(self) -> None:
         n = self.features.shape[0]
         if self.features.ndim != 2:
-            raise DataError(f"{self.name}: features must be a 2-D matrix, got {self.features.ndim}-D")
+            raise DataError(
+                f"{self.name}: features must be a 2-D matrix, got {self.features.ndim}-D"
+            )
         if self.targets.shape != (n,) or len(self.ids) != n:
             raise DataError(f"{self.name}: features, targets and ids have different lengths")
         if self.images is not None and self.images.shape[0] != n:

@@ -13,8 +13,17 @@ from auditor.errors import ConfigError
 from auditor.store import pairs, points, runs
 
 EXPORT_FIELDS = [
-    "index", "id", "label", "predicted", "probability", "loss",
-    "self_influence", "harmfulness", "suspicion", "rank", "flags",
+    "index",
+    "id",
+    "label",
+    "predicted",
+    "probability",
+    "loss",
+    "self_influence",
+    "harmfulness",
+    "suspicion",
+    "rank",
+    "flags",
 ]
 
 
@@ -51,9 +60,24 @@ def train_records(engine: Engine, run_id: int) -> list[dict]:
 def run_summary(run: dict) -> dict:
     """The parts of a run an export carries (configuration, metrics, diagnostics)."""
     keys = [
-        "id", "status", "created_at", "finished_at", "dataset", "task", "model", "n_train",
-        "n_test", "n_params", "data_fingerprint", "class_names", "config", "metrics",
-        "solver", "ranking", "timings", "warnings",
+        "id",
+        "status",
+        "created_at",
+        "finished_at",
+        "dataset",
+        "task",
+        "model",
+        "n_train",
+        "n_test",
+        "n_params",
+        "data_fingerprint",
+        "class_names",
+        "config",
+        "metrics",
+        "solver",
+        "ranking",
+        "timings",
+        "warnings",
     ]
     summary = {k: run[k] for k in keys}
     for k in ("created_at", "finished_at"):

@@ -5,12 +5,19 @@ Shapes: ``theta`` ``(p,)``, features ``x`` ``(n, d)``, targets ``y`` ``(n,)``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import torch
 from torch.func import grad, jvp, vmap
 
 from auditor.models import ModelTask
+
+# torch's forward-mode AD loads its decompositions through torch.jit.script, which warns
+# once on first use; that is torch's internal business, not the user's.
+warnings.filterwarnings(
+    "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+)
 
 
 def per_example_grads(

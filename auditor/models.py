@@ -106,7 +106,9 @@ class BinaryLogistic(ModelTask):
         return x @ theta[:-1, None] + theta[-1]
 
     def loss(self, outputs, y):
-        return F.binary_cross_entropy_with_logits(outputs[:, 0], y.to(outputs.dtype), reduction="none")
+        return F.binary_cross_entropy_with_logits(
+            outputs[:, 0], y.to(outputs.dtype), reduction="none"
+        )
 
     def predict(self, outputs):
         p1 = torch.sigmoid(outputs[:, 0])
@@ -216,7 +218,9 @@ class MLP(ModelTask):
         return pred, prob
 
 
-def build_model(name: str, task: str, n_features: int, n_classes: int, hidden: int = 32) -> ModelTask:
+def build_model(
+    name: str, task: str, n_features: int, n_classes: int, hidden: int = 32
+) -> ModelTask:
     """The model ``name`` (``linear``, ``logistic`` or ``mlp``) for a ``task``.
 
     ``logistic`` is binary for two classes and multinomial for more.

@@ -80,7 +80,9 @@ def flags_for(
 ) -> list[list[str]]:
     """The flags of each point (a list of strings per point)."""
     flags: list[list[str]] = []
-    disagrees = predicted.ne(targets) if task == "classification" else torch.zeros_like(z, dtype=bool)
+    disagrees = (
+        predicted.ne(targets) if task == "classification" else torch.zeros_like(z, dtype=bool)
+    )
     for zi, wrong in zip(z.tolist(), disagrees.tolist(), strict=True):
         if wrong and zi >= rule.mislabel_z:
             flags.append(["mislabel"])

@@ -8,10 +8,10 @@ finished.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from auditor.gradients import per_example_grads
 from auditor.influence import robust_ranking, solve_columns
 from auditor.models import ModelTask, build_model, default_model_name
 from auditor.ranking import ranks
-from auditor.sources.idx import find_pairs
 from auditor.scoring import pair_score_chunks, self_influence
+from auditor.sources.idx import find_pairs
 from auditor.store import pairs, points, runs
 from auditor.training import fit
 
@@ -56,12 +56,18 @@ def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
         if args.download != "mnist":
             raise ConfigError(f"--download knows only 'mnist', got {args.download!r}")
         train = sources.download_mnist(args.download_root, "train", **kwargs)
-        test = None if args.test_split else sources.download_mnist(args.download_root, "test", **kwargs)
+        test = (
+            None
+            if args.test_split
+            else sources.download_mnist(args.download_root, "test", **kwargs)
+        )
     else:
         train = sources.load(args.train, role="train", resize=args.resize, seed=args.seed, **kwargs)
         test = None
         if args.test is not None:
-            test = sources.load(args.test, role="test", resize=args.resize, seed=args.seed, **kwargs)
+            test = sources.load(
+                args.test, role="test", resize=args.resize, seed=args.seed, **kwargs
+            )
         elif args.test_split is None:
             if args.train == sources.TOY_LINEAR or _has_test_part(args.train):
                 test = sources.load(args.train, role="test", seed=args.seed, **kwargs)
@@ -134,7 +140,9 @@ def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -
     )
     phases.run_id = run_id
     try:
-        return _scan_run(engine, run_id, config, model, train, test, device, dtype, phases, progress)
+        return _scan_run(
+            engine, run_id, config, model, train, test, device, dtype, phases, progress
+        )
     except (AuditorError, KeyboardInterrupt) as exc:
         message = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
         runs.fail_run(engine, run_id, message)
@@ -244,7 +252,9 @@ def _device(name: str) -> torch.device:
 
 def _tensors(ds: Dataset, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     y = ds.targets.to(device)
-    return ds.features.to(device=device, dtype=dtype), y if ds.task == "classification" else y.to(dtype)
+    return ds.features.to(device=device, dtype=dtype), y if ds.task == "classification" else y.to(
+        dtype
+    )
 
 
 @torch.no_grad()
@@ -271,7 +281,9 @@ def _point_rows(ds: Dataset, out: dict[str, torch.Tensor]) -> list[dict]:
                 "probability": None if probability[i] != probability[i] else probability[i],
                 "loss": loss[i],
                 "image": None if ds.images is None else ds.images[i].numpy().tobytes(),
-                "features": ds.features[i].numpy().astype("<f4").tobytes() if keep_features else None,
+                "features": ds.features[i].numpy().astype("<f4").tobytes()
+                if keep_features
+                else None,
             }
         )
     return rows

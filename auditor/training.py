@@ -62,7 +62,7 @@ def fit(
         lr=1.0,
         max_iter=max_iter,
         history_size=20,
-        tolerance_grad=grad_tol,
+        tolerance_grad=grad_tol / theta.numel() ** 0.5,  # L-BFGS checks the max-norm
         tolerance_change=0.0,
         line_search_fn="strong_wolfe",
     )

@@ -31,4 +31,12 @@ def solve(
     return SOLVERS[args.solver](op, v, args)
 
 
-__all__ = ["SOLVERS", "SolveDiagnostics", "SolverArgs", "solve", "cg_ihvp", "exact_ihvp", "lissa_ihvp"]
+__all__ = [
+    "SOLVERS",
+    "SolveDiagnostics",
+    "SolverArgs",
+    "solve",
+    "cg_ihvp",
+    "exact_ihvp",
+    "lissa_ihvp",
+]

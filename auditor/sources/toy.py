@@ -9,7 +9,9 @@ from auditor.data import Dataset, SourceInfo
 OUTLIER_INDEXES = (1, 15)
 
 
-def toy_linear(seed: int = 0, outliers: tuple[int, ...] = OUTLIER_INDEXES) -> tuple[Dataset, Dataset]:
+def toy_linear(
+    seed: int = 0, outliers: tuple[int, ...] = OUTLIER_INDEXES
+) -> tuple[Dataset, Dataset]:
     """The seed's regression: 20 training points and one test point.
 
     x = -5, -4.5, ..., 4.5; y = -5x + 5 + N(0, 0.1^2); y = 100 at the ``outliers`` indexes
@@ -27,7 +29,12 @@ def toy_linear(seed: int = 0, outliers: tuple[int, ...] = OUTLIER_INDEXES) -> tu
     y_test = -5.0 * x_test + 5.0 + 0.1 * torch.randn(x_test.shape, generator=gen)
     source = SourceInfo("toy-linear", None, {"seed": seed})
     train = Dataset(
-        x[:, None], y, [f"x={v:g}" for v in x.tolist()], "regression", source=source, name="toy-linear"
+        x[:, None],
+        y,
+        [f"x={v:g}" for v in x.tolist()],
+        "regression",
+        source=source,
+        name="toy-linear",
     )
     test = Dataset(
         x_test[:, None], y_test, ["x=3.2"], "regression", source=source, name="toy-linear"

@@ -23,9 +23,7 @@ def write_points(engine: Engine, run_id: int, split: str, rows: list[dict]) -> N
             conn.execute(points.insert(), batch)
 
 
-def read_points(
-    engine: Engine, run_id: int, split: str, *, with_blobs: bool = False
-) -> list[dict]:
+def read_points(engine: Engine, run_id: int, split: str, *, with_blobs: bool = False) -> list[dict]:
     """The ``split`` points of a run in index order, as dicts of columns."""
     columns = [c for c in points.c if with_blobs or c.name not in ("image", "features")]
     query = (

@@ -1,0 +1,176 @@
+"""The command line, through CliRunner on real SQLite files."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from auditor.cli import cli
+from auditor.store import open_db, pairs, points, runs
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def toy_db(tmp_path, runner):
+    db = str(tmp_path / "audit.db")
+    result = runner.invoke(cli, ["scan", "--train", "toy-linear", "--db", db])
+    assert result.exit_code == 0, result.output
+    return db, int(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+def test_every_command_has_help_with_an_example(runner, command):
+    result = runner.invoke(cli, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output
+    assert f"auditor {command}" in result.output
+
+
+def test_scan_prints_the_run_id_and_a_summary(toy_db, runner):
+    db, run_id = toy_db
+    engine = open_db(db, create=False)
+    assert runs.get_run(engine, run_id)["status"] == "complete"
+    assert pairs.count_pairs(engine, run_id) == 20
+
+
+def test_runs_lists_the_run(toy_db, runner):
+    db, run_id = toy_db
+    result = runner.invoke(cli, ["runs", "--db", db])
+    assert result.exit_code == 0
+    row = result.output.splitlines()[1].split()
+    assert row[:2] == [str(run_id), "complete"]
+    assert "toy-linear" in row and "20" in row
+
+
+def test_show_test_index_prints_the_stored_scores(toy_db, runner):
+    db, run_id = toy_db
+    result = runner.invoke(
+        cli, ["show", str(run_id), "--test-index", "0", "--top", "20", "--db", db]
+    )
+    assert result.exit_code == 0, result.output
+    scores = pairs.read_test_scores(open_db(db), run_id, 0)
+    harmful = result.output.split("Most helpful")[0]
+    rows = [line.split() for line in harmful.splitlines() if line.strip()[:1].isdigit()]
+    assert [int(r[0]) for r in rows] == list(np.argsort(-scores, kind="stable"))
+    for r in rows:
+        assert float(r[1]) == pytest.approx(scores[int(r[0])], rel=1e-4)
+    assert len(rows) == 20  # every pair of this test point is printed
+
+
+def test_show_train_index(toy_db, runner):
+    db, run_id = toy_db
+    result = runner.invoke(cli, ["show", "--train-index", "15", "--db", db])
+    assert result.exit_code == 0
+    assert "x=2.5" in result.output and "outlier" in result.output
+
+
+def test_export_json_and_csv_agree_with_the_database(toy_db, runner, tmp_path):
+    db, run_id = toy_db
+    result = runner.invoke(cli, ["export", "--format", "json", "--db", db])
+    assert result.exit_code == 0
+    payload = json.loads(result.stdout)
+    assert payload["run"]["id"] == run_id
+    assert payload["run"]["config"]["solver"]["solver"] == "lissa"
+    train = payload["train"]
+    assert [r["index"] for r in train] == list(range(20))
+    required = {
+        "index",
+        "id",
+        "label",
+        "predicted",
+        "loss",
+        "self_influence",
+        "harmfulness",
+        "rank",
+        "flags",
+    }
+    assert required <= set(train[0])
+    top2 = sorted(train, key=lambda r: r["rank"])[:2]
+    assert {r["id"] for r in top2} == {"x=-4.5", "x=2.5"}
+    assert all(r["flags"] == ["outlier"] for r in top2)
+    stored = points.read_points(open_db(db), run_id, "train")
+    assert [r["self_influence"] for r in train] == [p["self_influence"] for p in stored]
+
+    out = tmp_path / "ranking.csv"
+    result = runner.invoke(
+        cli, ["export", str(run_id), "--format", "csv", "--out", str(out), "--db", db]
+    )
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 20
+    assert rows[1]["flags"] == "outlier" and rows[1]["id"] == "x=-4.5"
+    assert int(rows[1]["rank"]) == train[1]["rank"]
+
+
+def test_mnist_scan_from_the_command_line(runner, tmp_path, mnist_dir):
+    db = str(tmp_path / "m.db")
+    args = [
+        "scan",
+        "--train",
+        str(mnist_dir),
+        "--classes",
+        "1,7",
+        "--test-split",
+        "0.2",
+        "--solver",
+        "cg",
+        "--db",
+        db,
+    ]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    run_id = int(result.stdout.strip().splitlines()[-1])
+    run = runs.get_run(open_db(db), run_id)
+    assert (run["n_train"], run["n_test"], run["class_names"]) == (1730, 433, ["1", "7"])
+    assert pairs.count_pairs(open_db(db), run_id) == 1730 * 433
+    assert run["metrics"]["test_accuracy"] > 0.95
+    assert "flagged:" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["scan", "--train", "nope.csv"], 1, "nope.csv does not exist"),
+        (["scan"], 2, "--train"),
+        (["scan", "--train", "toy-linear", "--depth", "-3"], 2, "--depth"),
+        (["scan", "--train", "toy-linear", "--damping", "-1"], 2, "--damping"),
+        (["scan", "--train", "toy-linear", "--test-split", "1.5"], 2, "--test-split"),
+        (["scan", "--train", "toy-linear", "--model", "logistic"], 2, "numeric target"),
+        (["show", "--test-index", "0"], 1, "does not exist"),
+        (["scan", "--train", "toy-linear", "--device", "cuda:0"], 2, "cuda"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(runner, tmp_path, args, code, message):
+    if "--db" not in args:
+        args = [*args, "--db", str(tmp_path / "x.db")]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == code, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_bad_data_writes_nothing(runner, tmp_path):
+    db = tmp_path / "x.db"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,label\n1,0\nnan,1\n")
+    result = runner.invoke(
+        cli, ["scan", "--train", str(bad), "--test-split", "0.5", "--db", str(db)]
+    )
+    assert result.exit_code == 1
+    assert runs.list_runs(open_db(str(db))) == []
+
+
+def test_show_unknown_run_and_index(toy_db, runner):
+    db, run_id = toy_db
+    result = runner.invoke(cli, ["show", "99", "--test-index", "0", "--db", db])
+    assert result.exit_code == 1 and "run 99 does not exist" in result.output
+    result = runner.invoke(cli, ["show", str(run_id), "--test-index", "5", "--db", db])
+    assert result.exit_code == 2 and "out of range" in result.output

@@ -1,0 +1,76 @@
+"""The store: Alembic builds exactly the tables the code declares, runs round-trip."""
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from auditor.config import DataArgs
+from auditor.errors import RunNotFound, StoreError
+from auditor.store import migrate, open_db, pairs, points, runs
+from auditor.store.schema import metadata
+from tests.helpers import run_scan
+
+
+def test_migrations_build_the_declared_schema(tmp_path):
+    engine = open_db(str(tmp_path / "a.db"))
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+    assert migrate.current_revision(engine) == migrate.head_revision()
+
+
+def test_pair_table_has_no_rowid(tmp_path):
+    engine = open_db(str(tmp_path / "a.db"))
+    with engine.connect() as conn:
+        sql = conn.execute(
+            sa.text("select sql from sqlite_master where name='pair_scores'")
+        ).scalar()
+    assert "WITHOUT ROWID" in sql
+
+
+def test_a_scan_stores_every_pair_and_reads_them_back(tmp_path):
+    engine, result = run_scan(tmp_path / "a.db", DataArgs(train="toy-linear"))
+    run = runs.get_run(engine, result.run_id)
+    assert run["status"] == "complete"
+    assert pairs.count_pairs(engine, result.run_id) == run["n_train"] * run["n_test"] == 20
+    scores = pairs.read_pair_scores(engine, result.run_id)
+    train = points.read_points(engine, result.run_id, "train")
+    # harmfulness is the sum of the stored pair scores over test points
+    np.testing.assert_allclose([p["harmfulness"] for p in train], scores.sum(axis=0), rtol=1e-5)
+    assert sorted(p["rank"] for p in train) == list(range(1, 21))
+    assert all(p["self_influence"] <= 0 for p in train)
+
+
+def test_run_records_configuration_fingerprint_metrics_and_timings(tmp_path):
+    engine, a = run_scan(tmp_path / "a.db", DataArgs(train="toy-linear"))
+    _, b = run_scan(tmp_path / "a.db", DataArgs(train="toy-linear"))
+    ra, rb = runs.get_run(engine, a.run_id), runs.get_run(engine, b.run_id)
+    assert ra["data_fingerprint"] == rb["data_fingerprint"]
+    assert ra["config"]["data"]["train"] == "toy-linear"
+    assert ra["metrics"]["grad_norm"] < 1e-3
+    assert set(ra["timings"]) == {"load", "fit", "gradients", "ihvp", "pair_scores", "ranking"}
+    assert ra["solver"]["converged"]
+
+
+def test_unknown_run_and_empty_database(tmp_path):
+    engine = open_db(str(tmp_path / "a.db"))
+    with pytest.raises(RunNotFound):
+        runs.get_run(engine, 7)
+    with pytest.raises(RunNotFound):
+        runs.latest_run_id(engine)
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    engine = open_db(str(tmp_path / "a.db"))
+    with engine.begin() as conn:
+        conn.execute(sa.text("update alembic_version set version_num = 'ffff9999'"))
+    with pytest.raises(StoreError, match="newer than this auditor"):
+        open_db(str(tmp_path / "a.db"))
+
+
+def test_non_finite_scores_are_never_stored(tmp_path):
+    engine, result = run_scan(tmp_path / "a.db", DataArgs(train="toy-linear"))
+    with engine.begin() as conn, pytest.raises(StoreError):
+        pairs.write_pair_scores(conn, result.run_id, 5, np.array([[np.nan, 1.0]]))
