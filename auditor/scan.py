@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +136,7 @@ def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -
         n_params=model.n_params,
         data_fingerprint=fingerprint(train, test),
         class_names=train.class_names,
+        sources={"train": asdict(train.source), "test": asdict(test.source)},
         image_shape=None if train.images is None else list(train.images.shape[1:]),
     )
     phases.run_id = run_id

@@ -49,6 +49,7 @@ runs = Table(
     Column("n_params", Integer),
     Column("data_fingerprint", String(64), nullable=False),
     Column("class_names", JSON),
+    Column("sources", JSON),  # SourceInfo of train and test, for `auditor apply`
     Column("image_shape", JSON),
     Column("metrics", JSON),
     Column("solver", JSON),

@@ -32,6 +32,7 @@ def upgrade() -> None:
         sa.Column("n_params", sa.Integer),
         sa.Column("data_fingerprint", sa.String(64), nullable=False),
         sa.Column("class_names", sa.JSON),
+        sa.Column("sources", sa.JSON),
         sa.Column("image_shape", sa.JSON),
         sa.Column("metrics", sa.JSON),
         sa.Column("solver", sa.JSON),
