@@ -9,10 +9,11 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from pathlib import Path
 
 import click
 
-from auditor import exports
+from auditor import cleaning, exports
 from auditor.config import DataArgs, ModelArgs, ScanConfig
 from auditor.errors import AuditorError, ConfigError
 from auditor.ranking import FlagRule
@@ -331,6 +332,51 @@ def export(run: int | None, fmt: str, out: str | None, db: str) -> None:
         click.echo(f"wrote {out}", err=True)
     else:
         click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("run", type=int)
+@click.argument("decisions", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@db_option
+@handle_errors
+def apply(run: int, decisions: str, out: str, db: str) -> None:
+    """Apply a reviewer's decisions (keep / relabel / remove) to the run's training data.
+
+    Writes the cleaned dataset into OUT in the input's own format (idx, CSV, NPZ, image
+    folder) and prints the `auditor scan` command that audits it again.
+
+    \b
+    Example:
+        auditor apply 1 decisions-run-1.json --out cleaned/
+        auditor compare 1 2
+    """
+    engine = open_existing(db)
+    result = cleaning.apply_decisions(engine, run, Path(decisions), Path(out))
+    counts = ", ".join(f"{n} {a}" for a, n in result.counts.items())
+    click.echo(f"applied {counts}; wrote {len(result.written)} file(s) under {out}", err=True)
+    click.echo("rescan with:", err=True)
+    click.echo(cleaning.format_command([*result.rescan, "--db", db]))
+
+
+@cli.command()
+@click.argument("run_a", type=int)
+@click.argument("run_b", type=int)
+@db_option
+@handle_errors
+def compare(run_a: int, run_b: int, db: str) -> None:
+    """Compare two runs' test loss and accuracy (e.g. before and after cleaning).
+
+    \b
+    Example:
+        auditor compare 1 2 --db audit.db
+    """
+    click.echo(cleaning.compare_runs(open_existing(db), run_a, run_b))
+
+
+from auditor.report.command import report  # noqa: E402  (it imports the helpers above)
+
+cli.add_command(report)
 
 
 def main() -> None:

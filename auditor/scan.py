@@ -19,7 +19,14 @@ from sqlalchemy.engine import Engine
 
 from auditor import sources
 from auditor.config import DataArgs, ScanConfig
-from auditor.data import Dataset, check_compatible, fingerprint, train_test_split, validate
+from auditor.data import (
+    Dataset,
+    check_compatible,
+    fingerprint,
+    points_fingerprint,
+    train_test_split,
+    validate,
+)
 from auditor.errors import AuditorError, ConfigError
 from auditor.gradients import per_example_grads
 from auditor.influence import robust_ranking, solve_columns
@@ -226,7 +233,10 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
     runs.finish_run(
         engine,
         run_id,
-        metrics=_metrics(train.task, fitted, train_out, y, test_out, y_test),
+        metrics={
+            **_metrics(train.task, fitted, train_out, y, test_out, y_test),
+            "test_fingerprint": points_fingerprint(test),
+        },
         ranking={
             "rule": config.rule.to_dict(),
             "refits": ranked.refits,

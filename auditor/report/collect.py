@@ -1,0 +1,378 @@
+"""Read one run from the database into the report's view model (plain dataclasses).
+
+Everything the report shows comes from here, and from the database alone: the run row,
+the points (with their stored pixels or features) and the pair scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from auditor.errors import ConfigError, DataError
+from auditor.exports import label_name, run_summary, train_records
+from auditor.report import charts
+from auditor.report.thumbnails import png_data_uri
+from auditor.store import pairs, points, runs
+
+HURTS = 3  # test points listed per flagged row
+NEIGHBOURS = 6  # most harmful / most helpful training points per test panel
+DEFAULT_TESTS = 3  # test panels when no --test-index is given: the highest test loss
+
+
+@dataclass
+class Fact:
+    """One line of a header card; ``tone`` is ``""``, ``"good"`` or ``"bad"``."""
+
+    name: str
+    value: str
+    tone: str = ""
+
+
+@dataclass
+class Card:
+    title: str
+    facts: list[Fact]
+
+
+@dataclass
+class PointRef:
+    """A point shown inside another point's panel, with its pair score there."""
+
+    split: str  # train | test
+    index: int
+    id: str
+    label: str | float | None
+    predicted: str | float | None
+    loss: float | None
+    score: float | None = None
+    flags: list[str] = field(default_factory=list)
+    thumb: str | None = None  # PNG data URI
+    features: list[float] | None = None
+
+
+@dataclass
+class FlaggedRow:
+    """One flagged training point: its export record plus what the table shows."""
+
+    record: dict  # exports.train_records entry (index, id, label, predicted, ...)
+    point: PointRef  # the same point, carrying its thumbnail or features
+    reason: str
+    relabel_default: str
+    hurts: list[PointRef]
+
+
+@dataclass
+class TestPanel:
+    point: PointRef
+    harmful: list[PointRef]
+    helpful: list[PointRef]
+
+
+@dataclass
+class ReportView:
+    """Everything ``report.html`` renders."""
+
+    run: dict  # exports.run_summary
+    cards: list[Card]
+    warnings: list[str]
+    thresholds: dict[str, float]  # flag kind -> robust z threshold
+    rows: list[FlaggedRow]
+    n_flagged: int
+    top: int
+    tests: list[TestPanel]
+    tests_chosen: bool  # True when --test-index picked them
+    histogram: charts.Histogram | None
+    scatter: charts.Scatter | None
+    has_images: bool
+    script_data: dict = field(default_factory=dict)  # goes to JS through |tojson
+
+
+def collect(
+    engine: Engine, run_id: int, top: int = 200, test_indexes: Sequence[int] = ()
+) -> ReportView:
+    """Build the view model of run ``run_id``.
+
+    Args:
+        top: Most flagged rows (and their thumbnails) shown.
+        test_indexes: Test points to open panels for; default the ``DEFAULT_TESTS`` with
+            the highest test loss.
+
+    Raises:
+        ConfigError: A test index out of range or ``top < 1``.
+        RunNotFound / DataError: No such run, or one that did not complete.
+    """
+    if top < 1:
+        raise ConfigError("--top must be >= 1")
+    run = runs.get_run(engine, run_id, with_theta=True)
+    if run["status"] != "complete":
+        raise DataError(f"run {run_id} is {run['status']}, not complete; nothing to report")
+    for i in test_indexes:
+        if not 0 <= i < run["n_test"]:
+            raise ConfigError(
+                f"--test-index {i} is out of range: run {run_id} has {run['n_test']} test points"
+            )
+    train = train_records(engine, run_id)
+    test = points.read_points(engine, run_id, "test")
+    scores = pairs.read_pair_scores(engine, run_id)  # (n_test, n_train)
+    thresholds = _thresholds(run)
+
+    flagged = sorted((r for r in train if r["flags"]), key=lambda r: r["rank"])
+    shown = flagged[:top]
+    rows = [
+        FlaggedRow(
+            r,
+            _ref(run, "train", r),
+            _reason(r, thresholds),
+            _relabel_default(r),
+            _hurts(run, test, scores, r["index"]),
+        )
+        for r in shown
+    ]
+    chosen = list(dict.fromkeys(test_indexes))
+    picks = chosen or [
+        int(j)
+        for j in np.argsort([-(p["loss"] or 0.0) for p in test], kind="stable")[:DEFAULT_TESTS]
+    ]
+    panels = [_panel(run, train, test, scores[j], j) for j in picks]
+
+    _attach_pictures(engine, run, rows, panels)
+    features = _all_features(engine, run_id, run) if not run["image_shape"] else None
+    view = ReportView(
+        run=run_summary(run),
+        cards=_cards(run, len(flagged)),
+        warnings=list(run["warnings"] or []),
+        thresholds=thresholds,
+        rows=rows,
+        n_flagged=len(flagged),
+        top=top,
+        tests=panels,
+        tests_chosen=bool(chosen),
+        histogram=_histogram(train, thresholds),
+        scatter=_scatter(run, train, test, features, thresholds) if features else None,
+        has_images=bool(run["image_shape"]),
+    )
+    view.script_data = {
+        "run": run_id,
+        "data_fingerprint": run["data_fingerprint"],
+        "task": run["task"],
+        "class_names": run["class_names"] or [],
+        "ids": {str(r.record["index"]): r.record["id"] for r in rows},
+    }
+    return view
+
+
+def _thresholds(run: dict) -> dict[str, float]:
+    rule = (run["ranking"] or {}).get("rule") or run["config"]["rule"]
+    out = {"outlier": float(rule["outlier_z"])}
+    if run["task"] == "classification":
+        out["mislabel"] = float(rule["mislabel_z"])
+    return out
+
+
+def _reason(record: dict, thresholds: dict[str, float]) -> str:
+    """Why a point was flagged, in words (the rule and its z)."""
+    z = record["suspicion"]
+    shown = f"{z:.3g}" if abs(z) < 1000 else f"{z:,.0f}"
+    if "mislabel" in record["flags"]:
+        return (
+            f"predicted {record['predicted']} ≠ given {record['label']} and "
+            f"z {shown} ≥ {thresholds['mislabel']:g}"
+        )
+    return f"z {shown} ≥ {thresholds['outlier']:g}"
+
+
+def _relabel_default(record: dict) -> str:
+    """The value the relabel control starts at: the model's prediction."""
+    return str(record["predicted"] if record["predicted"] is not None else record["label"])
+
+
+def _ref(run: dict, split: str, p: dict, score: float | None = None) -> PointRef:
+    """A :class:`PointRef` from a ``points`` row (test) or an export record (train)."""
+    if "point_id" in p:  # a points row
+        return PointRef(
+            split,
+            p["idx"],
+            p["point_id"],
+            label_name(run, p["label"]),
+            label_name(run, p["predicted"]),
+            p["loss"],
+            score,
+        )
+    return PointRef(
+        split, p["index"], p["id"], p["label"], p["predicted"], p["loss"], score, p["flags"]
+    )
+
+
+def _hurts(run: dict, test: list[dict], scores: np.ndarray, i: int) -> list[PointRef]:
+    """The ``HURTS`` test points training point ``i`` harms most (positive scores only)."""
+    column = scores[:, i]
+    order = np.argsort(-column, kind="stable")[:HURTS]
+    return [_ref(run, "test", test[j], float(column[j])) for j in order if column[j] > 0]
+
+
+def _panel(run: dict, train: list[dict], test: list[dict], row: np.ndarray, j: int) -> TestPanel:
+    """Test point ``j`` with its most harmful and most helpful training points (``row`` is
+    its ``(n_train,)`` pair scores)."""
+    order = np.argsort(-row, kind="stable")
+    harmful = [_ref(run, "train", train[i], float(row[i])) for i in order[:NEIGHBOURS]]
+    helpful = [_ref(run, "train", train[i], float(row[i])) for i in order[::-1][:NEIGHBOURS]]
+    return TestPanel(_ref(run, "test", test[j]), harmful, helpful)
+
+
+def _attach_pictures(
+    engine: Engine, run: dict, rows: list[FlaggedRow], panels: list[TestPanel]
+) -> None:
+    """Fill ``thumb`` (image data) or ``features`` (tabular data) of every shown point,
+    reading the blobs of those points only."""
+    items: list[PointRef] = []
+    for row in rows:
+        items += [row.point, *row.hurts]
+    for panel in panels:
+        items += [panel.point, *panel.harmful, *panel.helpful]
+    wanted: dict[str, set[int]] = {"train": set(), "test": set()}
+    for item in items:
+        wanted[item.split].add(item.index)
+    blobs = {
+        s: points.read_point_blobs(engine, run["id"], s, sorted(ix))
+        for s, ix in wanted.items()
+        if ix
+    }
+    shape = run["image_shape"]
+    cache: dict[tuple[str, int], str] = {}
+    for item in items:
+        split, index = item.split, item.index
+        image, feats = blobs[split][index]
+        if image is not None and shape:
+            if (split, index) not in cache:
+                cache[split, index] = png_data_uri(image, shape)
+            item.thumb = cache[split, index]
+        elif feats is not None:
+            item.features = np.frombuffer(feats, dtype="<f4").tolist()
+
+
+def _all_features(engine: Engine, run_id: int, run: dict) -> dict[str, np.ndarray] | None:
+    """``{"train": (n_train, d), "test": (n_test, d)}`` stored features, or None."""
+    out = {}
+    for split in ("train", "test"):
+        rows = points.read_points(engine, run_id, split, with_blobs=True)
+        if not rows or any(r["features"] is None for r in rows):
+            return None
+        out[split] = np.stack([np.frombuffer(r["features"], dtype="<f4") for r in rows])
+    return out
+
+
+def _histogram(train: list[dict], thresholds: dict[str, float]) -> charts.Histogram | None:
+    z = [r["suspicion"] for r in train if r["suspicion"] is not None]
+    if len(z) != len(train) or not z:
+        return None
+    kinds = [r["flags"][0] if r["flags"] else "none" for r in train]
+    return charts.histogram(z, kinds, thresholds)
+
+
+def _scatter(
+    run: dict, train: list[dict], test: list[dict], features: dict, thresholds: dict
+) -> charts.Scatter | None:
+    """Regression only. One feature: ``x`` against the target with the line fitted from
+    ``theta``; more features: the target against the prediction with the diagonal."""
+    if run["task"] != "regression":
+        return None
+    if features["train"].shape[1] == 1:
+        x = features["train"][:, 0].tolist()
+        y = [float(r["label"]) for r in train]
+        tests = [(float(features["test"][p["idx"], 0]), float(p["label"])) for p in test]
+        axes = {"x_label": "x (the one feature)", "y_label": "target"}
+        theta = np.frombuffer(run["theta"] or b"", dtype="<f4")
+        if run["model"] == "linear" and theta.size == 2:
+            w, b = float(theta[0]), float(theta[1])
+            axes.update(line=lambda v: w * v + b, line_label=f"fitted y = {w:.4g}·x + {b:.4g}")
+    else:
+        x = [float(r["label"]) for r in train]
+        y = [float(r["predicted"]) for r in train]
+        tests = [(float(p["label"]), float(p["predicted"])) for p in test]
+        axes = {"x_label": "given target", "y_label": "prediction"}
+        axes.update(line=lambda v: v, line_label="prediction = target")
+    titles = [
+        f"#{r['index']} {r['id']}: target {r['label']}, predicted {r['predicted']}, "
+        f"z {charts.fmt(r['suspicion'] or 0.0)}" + "".join(f", {f}" for f in r["flags"])
+        for r in train
+    ]
+    return charts.scatter(
+        x,
+        y,
+        [r["suspicion"] or 0.0 for r in train],
+        [bool(r["flags"]) for r in train],
+        titles,
+        colour_max=thresholds["outlier"],
+        tests=[
+            (tx, ty, f"test #{p['idx']} {p['point_id']}")
+            for (tx, ty), p in zip(tests, test, strict=True)
+        ],
+        **axes,
+    )
+
+
+def _cards(run: dict, n_flagged: int) -> list[Card]:
+    """The header: data, model, solver, flag rule, time per phase."""
+    m, s = run["metrics"] or {}, run["solver"] or {}
+    ranking = run["ranking"] or {}
+    rule = ranking.get("rule") or run["config"]["rule"]
+    cfg = run["config"]
+    data = [Fact("dataset", run["dataset"]), Fact("task", run["task"])]
+    data += [
+        Fact("training points", f"{run['n_train']:,}"),
+        Fact("test points", f"{run['n_test']:,}"),
+    ]
+    if run["class_names"]:
+        data.append(Fact("classes", ", ".join(run["class_names"])))
+    if run["image_shape"]:
+        data.append(Fact("image shape", "×".join(str(v) for v in run["image_shape"])))
+    data.append(Fact("fingerprint", run["data_fingerprint"][:12]))
+    model = [Fact("model", f"{run['model']} ({run['n_params'] or 0:,} parameters)")]
+    model.append(Fact("weight decay", f"{cfg['model']['weight_decay']:g}"))
+    for split in ("train", "test"):
+        if f"{split}_accuracy" in m:
+            model.append(Fact(f"{split} accuracy", f"{m[split + '_accuracy']:.2%}"))
+        if f"{split}_loss" in m:
+            model.append(Fact(f"{split} loss", f"{m[split + '_loss']:.4g}"))
+    if "grad_norm" in m:
+        bad = m["grad_norm"] > 1e-3 or not m.get("fit_converged", True)
+        model.append(Fact("final gradient norm", f"{m['grad_norm']:.2e}", "bad" if bad else "good"))
+    solver = [Fact("solver", str(s.get("solver", cfg["solver"]["solver"])))]
+    if "converged" in s:
+        solver.append(
+            Fact(
+                "converged", "yes" if s["converged"] else "NO", "good" if s["converged"] else "bad"
+            )
+        )
+    for key, name, form in [
+        ("residual_max", "max relative residual", "{:.2e}"),
+        ("tol", "tolerance", "{:.0e}"),
+        ("iterations", "iterations", "{}"),
+        ("scale", "scale", "{:.4g}"),
+        ("lambda_max", "λ_max", "{:.4g}"),
+    ]:
+        if s.get(key) is not None:
+            solver.append(Fact(name, form.format(s[key])))
+    solver.append(Fact("damping", f"{cfg['solver']['damping']:g}"))
+    flags = ranking.get("flag_counts", {})
+    rule_facts = [Fact("outlier", f"z ≥ {rule['outlier_z']:g}")]
+    if run["task"] == "classification":
+        rule_facts.append(Fact("mislabel", f"z ≥ {rule['mislabel_z']:g} and prediction ≠ label"))
+    rule_facts.append(Fact("trim", f"{rule['trim']:g} ({ranking.get('refits', 0)} refits)"))
+    rule_facts.append(
+        Fact("flagged", f"{n_flagged:,}" + "".join(f" · {n} {k}" for k, n in sorted(flags.items())))
+    )
+    timings = run["timings"] or {}
+    time_facts = [Fact(k, f"{v:.2f} s") for k, v in timings.items()]
+    time_facts.append(Fact("total", f"{sum(timings.values()):.2f} s"))
+    return [
+        Card("Data", data),
+        Card("Model", model),
+        Card("Influence solver", solver),
+        Card("Flag rule (robust z of the influence norm)", rule_facts),
+        Card("Time per phase", time_facts),
+    ]

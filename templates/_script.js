@@ -1,0 +1,87 @@
+(function () {
+  "use strict";
+  var data = JSON.parse(document.getElementById("run-data").textContent);
+
+  // Sortable tables: click a header with data-type="num" or "text"; cells sort by data-sort.
+  function cellKey(row, col, numeric) {
+    var cell = row.cells[col];
+    var raw = cell.hasAttribute("data-sort") ? cell.getAttribute("data-sort") : cell.textContent;
+    return numeric ? (raw === "" ? NaN : parseFloat(raw)) : raw.trim().toLowerCase();
+  }
+  function sortBy(table, th) {
+    var col = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var numeric = th.getAttribute("data-type") === "num";
+    var dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+    table.querySelectorAll("th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = cellKey(a, col, numeric), y = cellKey(b, col, numeric);
+      if (numeric) {
+        if (isNaN(x) || isNaN(y)) { return isNaN(x) - isNaN(y); }
+        return (x - y) * dir;
+      }
+      return x.localeCompare(y) * dir;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  }
+  document.querySelectorAll("table.sortable th[data-type]").forEach(function (th) {
+    th.addEventListener("click", function () { sortBy(th.closest("table"), th); });
+  });
+
+  // Review decisions: only the rows the reviewer set are exported.
+  function decisions() {
+    var out = [];
+    document.querySelectorAll("tr[data-index]").forEach(function (row) {
+      var index = row.getAttribute("data-index");
+      var checked = row.querySelector('input[name="action-' + index + '"]:checked');
+      row.removeAttribute("data-decision");
+      if (!checked) { return; }
+      var item = { index: Number(index), id: data.ids[index], action: checked.value };
+      if (checked.value === "relabel") {
+        var label = row.querySelector('[name="label-' + index + '"]').value.trim();
+        if (label === "") { return; }
+        item.label = label;
+      }
+      row.setAttribute("data-decision", checked.value);
+      out.push(item);
+    });
+    return out.sort(function (a, b) { return a.index - b.index; });
+  }
+  function update() {
+    var list = decisions();
+    var counts = { keep: 0, relabel: 0, remove: 0 };
+    list.forEach(function (d) { counts[d.action] += 1; });
+    document.getElementById("decision-count").textContent = String(list.length);
+    document.getElementById("decision-detail").textContent = list.length
+      ? "(" + counts.keep + " keep, " + counts.relabel + " relabel, " + counts.remove + " remove)" : "";
+  }
+  function onEdit(event) {
+    var target = event.target;
+    var name = target.getAttribute("name") || "";
+    if (name.indexOf("label-") === 0) {  // choosing a new label means "relabel"
+      var radio = document.querySelector('input[name="action-' + name.slice(6) + '"][value="relabel"]');
+      if (radio) { radio.checked = true; }
+    }
+    if (name.indexOf("action-") === 0 || name.indexOf("label-") === 0) { update(); }
+  }
+  document.addEventListener("change", onEdit);
+  document.addEventListener("input", onEdit);  // typing a new regression target
+  document.getElementById("clear-decisions").addEventListener("click", function () {
+    document.querySelectorAll('tr[data-index] input[type="radio"]').forEach(function (r) { r.checked = false; });
+    update();
+  });
+  document.getElementById("download-decisions").addEventListener("click", function () {
+    var payload = { run: data.run, data_fingerprint: data.data_fingerprint, decisions: decisions() };
+    var blob = new Blob([JSON.stringify(payload, null, 1) + "\n"], { type: "application/json" });
+    var link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = "decisions-run-" + data.run + ".json";
+    document.body.appendChild(link);
+    link.click();
+    link.remove();
+    setTimeout(function () { URL.revokeObjectURL(link.href); }, 1000);
+  });
+  update();
+})();

@@ -1,0 +1,240 @@
+"""``auditor report``: the HTML page parsed with BeautifulSoup, checked against the database."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from bs4 import BeautifulSoup
+from click.testing import CliRunner
+from torchvision.io import decode_png
+
+from auditor.cli import cli
+from auditor.config import DataArgs
+from auditor.ranking import FlagRule
+from auditor.report import charts
+from auditor.report.thumbnails import thumbnail
+from auditor.store import pairs, points, runs
+from tests.helpers import run_scan
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EVIL = "<script>alert(1)</script>"
+EVIL_FILE = "<b onmouseover=alert(1)>.csv"
+OUR_SCRIPTS = {"run-data", "report-script"}
+
+
+@pytest.fixture(scope="module")
+def mnist_db(tmp_path_factory, mnist_dir):
+    db = tmp_path_factory.mktemp("mnist") / "audit.db"
+    data = DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2)
+    engine, result = run_scan(db, data, solver="cg")
+    return str(db), engine, result.run_id
+
+
+@pytest.fixture(scope="module")
+def toy_db(tmp_path_factory):
+    db = tmp_path_factory.mktemp("toy") / "audit.db"
+    engine, result = run_scan(db, DataArgs(train="toy-linear"))
+    return str(db), engine, result.run_id
+
+
+def report(tmp_path, db: str, *args: str) -> tuple:
+    """Run ``auditor report`` and return ``(CliResult, soup or None)``."""
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["report", *args, "--out", str(out), "--db", db])
+    soup = BeautifulSoup(out.read_text(encoding="utf-8"), "html.parser") if out.exists() else None
+    return result, soup
+
+
+def run_data(soup) -> dict:
+    return json.loads(soup.select_one("script#run-data").string)
+
+
+def decode_data_uri(uri: str) -> torch.Tensor:
+    prefix = "data:image/png;base64,"
+    assert uri.startswith(prefix)
+    png = base64.b64decode(uri[len(prefix) :])
+    assert png[:8] == PNG_SIGNATURE
+    return decode_png(torch.frombuffer(bytearray(png), dtype=torch.uint8))
+
+
+def flagged_rows(engine, run_id: int) -> list[dict]:
+    train = points.read_points(engine, run_id, "train")
+    return sorted((p for p in train if p["flags"]), key=lambda p: p["rank"])
+
+
+def assert_self_contained(soup) -> None:
+    csp = soup.find("meta", attrs={"http-equiv": "Content-Security-Policy"})
+    assert csp is not None and "default-src 'none'" in csp["content"]
+    for tag in soup.find_all(src=True):
+        assert tag["src"].startswith("data:"), tag
+    for tag in soup.find_all(href=True):
+        assert tag["href"].startswith(("data:", "#")), tag
+    assert not soup.find_all("link", rel="stylesheet")
+    scripts = soup.find_all("script")
+    assert {s.get("id") for s in scripts} == OUR_SCRIPTS
+    assert all(not s.has_attr("src") for s in scripts)
+
+
+def test_mnist_report_shows_every_flagged_point_with_its_thumbnail(tmp_path, mnist_db):
+    db, engine, run_id = mnist_db
+    result, soup = report(tmp_path, db)
+    assert result.exit_code == 0, result.output
+    assert_self_contained(soup)
+    flagged = flagged_rows(engine, run_id)
+    rows = soup.select("table#flagged tbody tr[data-index]")
+    assert len(rows) == min(200, len(flagged)) > 0
+    assert [int(r["data-index"]) for r in rows] == [p["idx"] for p in flagged]  # rank order
+    shape = runs.get_run(engine, run_id)["image_shape"]
+    blobs = points.read_point_blobs(engine, run_id, "train", [p["idx"] for p in flagged])
+    for row in rows:
+        png = decode_data_uri(row.select_one("img.thumb")["src"])
+        k = png.shape[1] // shape[1]
+        assert k >= 2 and tuple(png.shape) == (shape[0], k * shape[1], k * shape[2])
+        stored = np.frombuffer(blobs[int(row["data-index"])][0], dtype=np.uint8).reshape(shape)
+        assert np.array_equal(png[:, ::k, ::k].numpy(), stored)
+        assert 0 < len(row.select(".hurts img.thumb")) <= 3
+
+
+def test_mnist_report_rows_carry_the_decision_controls(tmp_path, mnist_db):
+    db, engine, run_id = mnist_db
+    _, soup = report(tmp_path, db, str(run_id), "--top", "5")
+    run = runs.get_run(engine, run_id)
+    data = run_data(soup)
+    assert data["run"] == run_id and data["data_fingerprint"] == run["data_fingerprint"]
+    rows = soup.select("tr[data-index]")
+    assert len(rows) == 5
+    for row in rows:
+        i = row["data-index"]
+        radios = row.select(f'input[type="radio"][name="action-{i}"]')
+        assert [r["value"] for r in radios] == ["keep", "relabel", "remove"]
+        options = row.select(f'select[name="label-{i}"] option')
+        assert [o["value"] for o in options] == run["class_names"]
+        assert data["ids"][i] == row.select_one("td.id").contents[0].strip()
+    assert soup.select_one("button#download-decisions") is not None
+    assert soup.select_one("#decision-count").get_text() == "0"
+
+
+def test_top_limits_rows_and_says_how_many_are_left_out(tmp_path, mnist_db):
+    db, engine, run_id = mnist_db
+    n_flagged = len(flagged_rows(engine, run_id))
+    result, soup = report(tmp_path, db, "--top", "7")
+    assert result.exit_code == 0
+    assert len(soup.select("table#flagged tbody tr")) == 7
+    summary = soup.select_one("#flagged-summary").get_text(" ", strip=True)
+    assert f"{n_flagged - 7} more" in summary
+
+
+def test_test_panels_default_to_the_highest_test_loss(tmp_path, mnist_db):
+    db, engine, run_id = mnist_db
+    _, soup = report(tmp_path, db)
+    losses = [p["loss"] for p in points.read_points(engine, run_id, "test")]
+    worst = list(np.argsort(-np.array(losses), kind="stable")[:3])
+    assert [int(p["data-test-index"]) for p in soup.select(".panel")] == worst
+
+
+def test_test_index_selects_panels_with_the_stored_scores(tmp_path, mnist_db):
+    db, engine, run_id = mnist_db
+    result, soup = report(tmp_path, db, "--test-index", "5", "--test-index", "17")
+    assert result.exit_code == 0, result.output
+    panels = soup.select(".panel")
+    assert [int(p["data-test-index"]) for p in panels] == [5, 17]
+    for panel in panels:
+        scores = pairs.read_test_scores(engine, run_id, int(panel["data-test-index"]))
+        order = np.argsort(-scores, kind="stable")
+        harmful = [int(f["data-train-index"]) for f in panel.select(".strip.harmful figure")]
+        helpful = [int(f["data-train-index"]) for f in panel.select(".strip.helpful figure")]
+        assert harmful == list(order[:6]) and helpful == list(order[::-1][:6])
+        assert len(panel.select("img.thumb")) == 13  # the test point and its 12 neighbours
+
+
+def test_out_of_range_test_index_and_unknown_run(tmp_path, mnist_db):
+    db, engine, run_id = mnist_db
+    n_test = runs.get_run(engine, run_id)["n_test"]
+    result, soup = report(tmp_path, db, "--test-index", str(n_test))
+    assert result.exit_code == 2 and soup is None
+    message = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert message == [
+        f"Error: --test-index {n_test} is out of range: run {run_id} has {n_test} test points"
+    ]
+    result, soup = report(tmp_path, db, "999")
+    assert result.exit_code == 1 and soup is None
+    assert "run 999 does not exist" in result.output
+
+
+def test_toy_linear_scatter_marks_exactly_the_two_outliers(tmp_path, toy_db):
+    db, engine, run_id = toy_db
+    result, soup = report(tmp_path, db)
+    assert result.exit_code == 0, result.output
+    assert_self_contained(soup)
+    svg = soup.select_one("svg#scatter")
+    flagged = svg.select(".flagged")
+    assert sorted(float(m["data-x"]) for m in flagged) == [-4.5, 2.5]
+    assert all(float(m["data-y"]) == 100.0 for m in flagged)
+    assert len(svg.select("circle.point")) == 18 and len(svg.select(".test-point")) == 1
+    assert svg.select_one("polyline.fit") is not None
+    lines = soup.select("svg#histogram line.threshold")
+    assert [(line["data-kind"], float(line["data-value"])) for line in lines] == [("outlier", 6.0)]
+    rows = soup.select("tr[data-index]")
+    assert sorted(int(r["data-index"]) for r in rows) == [1, 15]
+    assert all(r.select_one('input[type="number"][name^="label-"]') for r in rows)
+
+
+def test_stored_warnings_are_shown_prominently(tmp_path):
+    engine, result = run_scan(tmp_path / "w.db", DataArgs(train="toy-linear"))
+    warning = "fit far from optimum: gradient norm 0.02 > 0.001"
+    runs.update_run(engine, result.run_id, warnings=[warning])
+    _, soup = report(tmp_path, str(tmp_path / "w.db"))
+    box = soup.select_one("header .warnings[role=alert]")
+    assert [li.get_text() for li in box.select("li")] == [warning]
+
+
+def test_strings_from_data_are_escaped(tmp_path):
+    csv_path = tmp_path / EVIL_FILE
+    rng = np.random.default_rng(0)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["a", "b", "label"])
+        for i in range(40):
+            label = EVIL if i % 2 else "ok"
+            centre = 2.0 if label == EVIL else -2.0
+            if i == 0:  # an "ok" point in the middle of the other class: a mislabel
+                centre = 2.5
+            writer.writerow([centre + rng.normal(0, 0.3), centre + rng.normal(0, 0.3), label])
+    db = tmp_path / "evil.db"
+    rule = FlagRule(mislabel_z=2.0, outlier_z=4.0)
+    engine, result = run_scan(db, DataArgs(train=str(csv_path), test_split=0.25), rule=rule)
+    assert flagged_rows(engine, result.run_id), "the setup needs a flagged row"
+    out, soup = report(tmp_path, str(db))
+    assert out.exit_code == 0, out.output
+    assert_self_contained(soup)
+    assert not soup.find_all("b")
+    assert not [t for t in soup.find_all(True) if any(a.startswith("on") for a in t.attrs)]
+    assert EVIL_FILE in soup.select_one("h1").get_text()
+    options = soup.select("select[name^='label-'] option")
+    assert EVIL in {o["value"] for o in options}
+    assert EVIL in [o.get_text().removesuffix(" (given)") for o in options]
+    assert set(run_data(soup)["class_names"]) == {"ok", EVIL}  # through |tojson, intact
+
+
+def test_histogram_counts_every_point_once():
+    z = [-1.0, 0.0, 0.5, 2.0, 3.5, 7.0, 1000.0]
+    kinds = ["none", "none", "none", "none", "mislabel", "outlier", "outlier"]
+    h = charts.histogram(z, kinds, {"mislabel": 3.0, "outlier": 6.0})
+    assert sum(b.count for b in h.bars) == len(z)
+    assert h.overflow_from == 12.0 and h.bars[-1].overflow and h.bars[-1].counts["outlier"] == 1
+    assert [t.kind for t in h.thresholds] == ["mislabel", "outlier"]
+
+
+def test_nice_ticks_and_thumbnail_sizes():
+    assert charts.nice_ticks(0, 10) == [0, 2, 4, 6, 8, 10]
+    small = (
+        torch.arange(28 * 28, dtype=torch.int32).remainder(256).to(torch.uint8).reshape(1, 28, 28)
+    )
+    assert thumbnail(small).shape == (1, 56, 56)
+    big = torch.zeros(3, 200, 100, dtype=torch.uint8)
+    assert thumbnail(big).shape == (3, 56, 28)
