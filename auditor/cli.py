@@ -6,7 +6,6 @@ Usage errors exit 2 (``click.UsageError``), expected runtime failures exit 1
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from pathlib import Path
@@ -14,47 +13,13 @@ from pathlib import Path
 import click
 
 from auditor import cleaning, exports
+from auditor.cli_common import db_option, handle_errors, open_existing, resolve_run
 from auditor.config import DataArgs, ModelArgs, ScanConfig
-from auditor.errors import AuditorError, ConfigError
 from auditor.ranking import FlagRule
+from auditor.report.command import report
 from auditor.scan import scan as run_scan
 from auditor.solvers.base import SolverArgs
 from auditor.store import open_db, runs
-
-
-def handle_errors(func):
-    """Turn library errors into one clean line and the right exit status."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except ConfigError as exc:
-            raise click.UsageError(str(exc)) from None
-        except AuditorError as exc:
-            raise click.ClickException(str(exc)) from None
-        except KeyboardInterrupt:
-            raise click.ClickException("interrupted; the run is marked failed") from None
-
-    return wrapper
-
-
-def db_option(func):
-    return click.option(
-        "--db",
-        default="audit.db",
-        show_default=True,
-        help="SQLite file or any SQLAlchemy URL.",
-    )(func)
-
-
-def open_existing(db: str):
-    """Open a database that must already exist (read commands)."""
-    return open_db(db, create=False)
-
-
-def resolve_run(engine, run: int | None) -> int:
-    return runs.latest_run_id(engine) if run is None else runs.get_run(engine, run)["id"]
 
 
 @click.group()
@@ -373,8 +338,6 @@ def compare(run_a: int, run_b: int, db: str) -> None:
     """
     click.echo(cleaning.compare_runs(open_existing(db), run_a, run_b))
 
-
-from auditor.report.command import report  # noqa: E402  (it imports the helpers above)
 
 cli.add_command(report)
 

@@ -12,7 +12,14 @@ from auditor.models import build_model
 from auditor.solvers import SolverArgs, solve
 from auditor.training import fit, risk
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """float64 for tight comparisons here only; restored so other tests keep float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def problem(name, task, k, n=60, d=4, seed=0):

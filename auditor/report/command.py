@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from auditor.cli import db_option, handle_errors, open_existing, resolve_run
+from auditor.cli_common import db_option, handle_errors, open_existing, resolve_run
 from auditor.report.collect import collect
 from auditor.report.render import render_report
 

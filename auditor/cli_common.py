@@ -1,0 +1,45 @@
+"""Helpers shared by every CLI command: error mapping, the --db option, run lookup."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from auditor.errors import AuditorError, ConfigError
+from auditor.store import open_db, runs
+
+
+def handle_errors(func):
+    """Turn library errors into one clean line and the right exit status."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        except AuditorError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted; the run is marked failed") from None
+
+    return wrapper
+
+
+def db_option(func):
+    return click.option(
+        "--db",
+        default="audit.db",
+        show_default=True,
+        help="SQLite file or any SQLAlchemy URL.",
+    )(func)
+
+
+def open_existing(db: str):
+    """Open a database that must already exist (read commands)."""
+    return open_db(db, create=False)
+
+
+def resolve_run(engine, run: int | None) -> int:
+    return runs.latest_run_id(engine) if run is None else runs.get_run(engine, run)["id"]
