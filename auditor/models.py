@@ -66,17 +66,37 @@ def _with_bias(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
 
 
-class LinearRegression(ModelTask):
-    """``y = w.x + b`` with loss ``(y_hat - y)^2 / 2``; ``theta = [w, b]``."""
+class _GeneralizedLinear(ModelTask):
+    """One linear output ``w.x + b``; ``theta = [w, b]``. The loss Hessian is
+    ``X~^T diag(c) X~ / n`` with the per-example curvature ``c`` of the subclass."""
+
+    def __init__(self, n_features: int, n_outputs: int) -> None:
+        super().__init__(n_features, n_outputs)
+        self.n_params = n_features + 1
+
+    def outputs(self, theta, x):
+        return x @ theta[:-1, None] + theta[-1]
+
+    def _curvature(self, theta, x) -> torch.Tensor:
+        """Second derivative of the loss in the output, per example: ``(n,)``."""
+        return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+
+    def hvp(self, theta, x, y, v):
+        xb = _with_bias(x)
+        return xb.T @ (self._curvature(theta, x)[:, None] * (xb @ v)) / x.shape[0]
+
+    def loss_hessian(self, theta, x, y):
+        xb = _with_bias(x)
+        return (xb * self._curvature(theta, x)[:, None]).T @ xb / x.shape[0]
+
+
+class LinearRegression(_GeneralizedLinear):
+    """``y = w.x + b`` with loss ``(y_hat - y)^2 / 2`` (curvature 1)."""
 
     name = "linear"
 
     def __init__(self, n_features: int, n_outputs: int = 1) -> None:
         super().__init__(n_features, 1)
-        self.n_params = n_features + 1
-
-    def outputs(self, theta, x):
-        return x @ theta[:-1, None] + theta[-1]
 
     def loss(self, outputs, y):
         return 0.5 * (outputs[:, 0] - y) ** 2
@@ -84,26 +104,14 @@ class LinearRegression(ModelTask):
     def predict(self, outputs):
         return outputs[:, 0], torch.full_like(outputs[:, 0], math.nan)
 
-    def hvp(self, theta, x, y, v):
-        xb = _with_bias(x)
-        return xb.T @ (xb @ v) / x.shape[0]
 
-    def loss_hessian(self, theta, x, y):
-        xb = _with_bias(x)
-        return xb.T @ xb / x.shape[0]
-
-
-class BinaryLogistic(ModelTask):
-    """``p(y=1) = sigmoid(w.x + b)`` with the log loss; ``theta = [w, b]``."""
+class BinaryLogistic(_GeneralizedLinear):
+    """``p(y=1) = sigmoid(w.x + b)`` with the log loss (curvature ``p (1 - p)``)."""
 
     name = "logistic"
 
     def __init__(self, n_features: int, n_outputs: int = 2) -> None:
         super().__init__(n_features, 2)
-        self.n_params = n_features + 1
-
-    def outputs(self, theta, x):
-        return x @ theta[:-1, None] + theta[-1]
 
     def loss(self, outputs, y):
         return F.binary_cross_entropy_with_logits(
@@ -118,14 +126,6 @@ class BinaryLogistic(ModelTask):
     def _curvature(self, theta, x):
         p1 = torch.sigmoid(self.outputs(theta, x)[:, 0])
         return p1 * (1 - p1)
-
-    def hvp(self, theta, x, y, v):
-        xb = _with_bias(x)
-        return xb.T @ (self._curvature(theta, x)[:, None] * (xb @ v)) / x.shape[0]
-
-    def loss_hessian(self, theta, x, y):
-        xb = _with_bias(x)
-        return (xb * self._curvature(theta, x)[:, None]).T @ xb / x.shape[0]
 
 
 class MultinomialLogistic(ModelTask):

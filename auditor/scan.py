@@ -216,6 +216,7 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
             solver=config.solver,
             rule=config.rule,
             fit_kwargs=fit_kwargs,
+            progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
         )
         rank = ranks(ranked.z)
         rows = _point_rows(train, train_out)
@@ -249,6 +250,18 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
         theta=fitted.theta.to(torch.float32).cpu().numpy().tobytes(),
     )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
+
+
+def _counter(progress: Progress, phase: str, total: int) -> Callable[[int], None]:
+    """A ``progress(k)`` callback that reports ``phase`` as ``done`` of ``total`` steps."""
+    done = 0
+
+    def advance(k: int) -> None:
+        nonlocal done
+        done = min(done + k, total)
+        progress(phase, done, total)
+
+    return advance
 
 
 def _device(name: str) -> torch.device:
