@@ -182,6 +182,12 @@ def test_toy_linear_scatter_marks_exactly_the_two_outliers(tmp_path, toy_db):
     rows = soup.select("tr[data-index]")
     assert sorted(int(r["data-index"]) for r in rows) == [1, 15]
     assert all(r.select_one('input[type="number"][name^="label-"]') for r in rows)
+    # Only 5 training points raise the toy test point's loss: the harmful strip stops there.
+    scores = pairs.read_test_scores(engine, run_id, 0)
+    panel = soup.select_one('.panel[data-test-index="0"]')
+    harmful = [int(f["data-train-index"]) for f in panel.select(".strip.harmful figure")]
+    assert sorted(harmful) == sorted(np.flatnonzero(scores > 0).tolist())
+    assert len(harmful) == 5
 
 
 def test_stored_warnings_are_shown_prominently(tmp_path):

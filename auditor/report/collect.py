@@ -216,10 +216,15 @@ def _hurts(run: dict, test: list[dict], scores: np.ndarray, i: int) -> list[Poin
 
 def _panel(run: dict, train: list[dict], test: list[dict], row: np.ndarray, j: int) -> TestPanel:
     """Test point ``j`` with its most harmful and most helpful training points (``row`` is
-    its ``(n_train,)`` pair scores)."""
+    its ``(n_train,)`` pair scores). A harmful point has a positive score, a helpful one a
+    negative score, so either list may be shorter than ``NEIGHBOURS``."""
     order = np.argsort(-row, kind="stable")
-    harmful = [_ref(run, "train", train[i], float(row[i])) for i in order[:NEIGHBOURS]]
-    helpful = [_ref(run, "train", train[i], float(row[i])) for i in order[::-1][:NEIGHBOURS]]
+    harmful = [
+        _ref(run, "train", train[i], float(row[i])) for i in order[:NEIGHBOURS] if row[i] > 0
+    ]
+    helpful = [
+        _ref(run, "train", train[i], float(row[i])) for i in order[::-1][:NEIGHBOURS] if row[i] < 0
+    ]
     return TestPanel(_ref(run, "test", test[j]), harmful, helpful)
 
 
@@ -331,7 +336,7 @@ def _cards(run: dict, n_flagged: int) -> list[Card]:
     if run["image_shape"]:
         data.append(Fact("image shape", "×".join(str(v) for v in run["image_shape"])))
     data.append(Fact("fingerprint", run["data_fingerprint"][:12]))
-    model = [Fact("model", f"{run['model']} ({run['n_params'] or 0:,} parameters)")]
+    model = [Fact("model", run["model"]), Fact("parameters", f"{run['n_params'] or 0:,}")]
     model.append(Fact("weight decay", f"{cfg['model']['weight_decay']:g}"))
     for split in ("train", "test"):
         if f"{split}_accuracy" in m:
