@@ -19,7 +19,7 @@ from auditor.ranking import FlagRule
 from auditor.report.command import report
 from auditor.scan import scan as run_scan
 from auditor.solvers.base import SolverArgs
-from auditor.store import open_db, runs
+from auditor.store import display_url, open_db, runs
 
 
 @click.group()
@@ -179,7 +179,7 @@ def scan(**opts) -> None:
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     click.echo(
         f"run {result.run_id}: {result.n_pairs:,} pair scores in {time.perf_counter() - start:.1f}s "
-        f"({phases}); flagged: {flags}; database: {opts['db']}",
+        f"({phases}); flagged: {flags}; database: {display_url(opts['db'])}",
         err=True,
     )
     click.echo(result.run_id)

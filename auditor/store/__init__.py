@@ -1,4 +1,5 @@
-"""Persistence: runs, points and pair scores in any SQLAlchemy database (SQLite default).
+"""Persistence: runs, points and pair scores in any SQLAlchemy database (SQLite default,
+PostgreSQL through the psycopg driver).
 
 Open a database with :func:`open_db`; read and write through the functions of
 :mod:`auditor.store.runs`, :mod:`auditor.store.points` and :mod:`auditor.store.pairs`.
@@ -10,16 +11,34 @@ import os
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from auditor.errors import StoreError
 from auditor.store import migrate
 
 
+#: URL schemes without a driver, and the driver auditor uses for them.
+DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+
+
 def database_url(db: str) -> str:
-    """A SQLAlchemy URL for ``db``: a URL is kept, a path becomes ``sqlite:///path``."""
-    return db if "://" in db else f"sqlite:///{Path(db).expanduser()}"
+    """A SQLAlchemy URL for ``db``: a path becomes ``sqlite:///path``; ``postgresql://``
+    (and ``postgres://``) get the psycopg 3 driver; any other URL is kept."""
+    if "://" not in db:
+        return f"sqlite:///{Path(db).expanduser()}"
+    scheme, rest = db.split("://", 1)
+    return f"{DEFAULT_DRIVERS.get(scheme, scheme)}://{rest}"
+
+
+def display_url(db: str) -> str:
+    """``db`` for messages: a URL's password is replaced by ``***``."""
+    if "://" not in db:
+        return db
+    try:
+        return make_url(db).render_as_string(hide_password=True)
+    except ArgumentError:
+        return db
 
 
 def open_db(db: str, *, create: bool = True) -> Engine:
@@ -42,13 +61,23 @@ def open_db(db: str, *, create: bool = True) -> Engine:
                 raise StoreError(f"cannot create database {path}: {path.parent} does not exist")
             if not os.access(path.parent, os.W_OK):
                 raise StoreError(f"cannot create database {path}: directory is not writable")
-    engine = create_engine(url)
+    try:
+        engine = create_engine(url)
+    except ArgumentError as exc:
+        raise StoreError(f"cannot open database {display_url(db)}: {exc}") from None
+    except ModuleNotFoundError as exc:
+        hint = " (pip install 'auditor[postgres]')" if url.startswith("postgresql") else ""
+        raise StoreError(
+            f"cannot open database {display_url(db)}: its driver {exc.name} is not "
+            f"installed{hint}"
+        ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     try:
         migrate.upgrade(engine)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot open database {db}: {exc.orig or exc}") from None
+        reason = str(getattr(exc, "orig", None) or exc).strip()
+        raise StoreError(f"cannot open database {display_url(db)}: {reason}") from None
     return engine
 
 
