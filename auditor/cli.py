@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from auditor import cleaning, exports
+from auditor import cleaning, distributed, exports
 from auditor.cli_common import db_option, handle_errors, open_existing, resolve_run
 from auditor.config import DataArgs, ModelArgs, ScanConfig
 from auditor.ranking import FlagRule
@@ -120,19 +120,44 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
     help="Fraction left out of the masking refits (0: no refits).",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option(
+    "--resume",
+    "resume_run",
+    type=int,
+    metavar="RUN",
+    help="Finish an incomplete run (e.g. a killed rank) with its stored options.",
+)
 @db_option
 @handle_errors
 def scan(**opts) -> None:
     """Fit a model, score every (train, test) pair by influence, rank and flag.
 
-    Prints the id of the run it wrote to standard output.
+    Prints the id of the run it wrote to standard output. Under torchrun the test points
+    are sharded over the ranks (gloo on CPUs, nccl with --device cuda).
 
     \b
     Examples:
         auditor scan --train toy-linear
         auditor scan --train ../shared/data/mnist --classes 1,7 --test-split 0.2
         auditor scan --train train.csv --test test.csv --solver exact --db audit.db
+        torchrun --nproc-per-node 4 -m auditor scan --train data/ --db postgresql://host/db
+        auditor scan --resume 3 --db audit.db
     """
+    bars = _Bars() if distributed.rank() == 0 else None
+    if opts["resume_run"] is not None:
+        ctx = click.get_current_context()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in opts
+            if name not in ("resume_run", "db")
+            and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(
+                f"--resume takes the run's stored options; drop {', '.join(given)}"
+            )
+        _report_scan(opts, bars, lambda: distributed.resume(opts["db"], opts["resume_run"], bars))
+        return
     config = ScanConfig(
         data=DataArgs(
             train=opts["train"],
@@ -166,17 +191,28 @@ def scan(**opts) -> None:
         ),
         device=opts["device"],
     )
-    engine = open_db(opts["db"])
+    if distributed.active():
+        _report_scan(opts, bars, lambda: distributed.scan(opts["db"], config, bars))
+    else:
+        _report_scan(opts, bars, lambda: run_scan(open_db(opts["db"]), config, progress=bars))
+
+
+def _report_scan(opts: dict, bars: _Bars | None, run) -> None:
+    """Run a scan, then print its summary and run id (on rank 0 of a torchrun job only)."""
     start = time.perf_counter()
-    bars = _Bars()
     try:
-        result = run_scan(engine, config, progress=bars)
+        result = run()
     finally:
-        bars.close()
+        if bars is not None:
+            bars.close()
+    if result is None:  # another rank than 0
+        return
     for warning in result.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     flags = ", ".join(f"{n} {f}" for f, n in sorted(result.flag_counts.items())) or "none"
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    if isinstance(result, distributed.ShardedResult):
+        phases += f"; {result.ranks} rank(s) scored {result.scored:,} test point(s)"
     click.echo(
         f"run {result.run_id}: {result.n_pairs:,} pair scores in {time.perf_counter() - start:.1f}s "
         f"({phases}); flagged: {flags}; database: {display_url(opts['db'])}",

@@ -17,7 +17,6 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from auditor.errors import StoreError
 from auditor.store import migrate
 
-
 #: URL schemes without a driver, and the driver auditor uses for them.
 DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
 
@@ -68,8 +67,7 @@ def open_db(db: str, *, create: bool = True) -> Engine:
     except ModuleNotFoundError as exc:
         hint = " (pip install 'auditor[postgres]')" if url.startswith("postgresql") else ""
         raise StoreError(
-            f"cannot open database {display_url(db)}: its driver {exc.name} is not "
-            f"installed{hint}"
+            f"cannot open database {display_url(db)}: its driver {exc.name} is not installed{hint}"
         ) from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
