@@ -435,8 +435,12 @@ def _run_started(comm, engine, config, run, run_id, train, test, model, timer, p
 
     with timer("gradients"):
         train_grads = per_example_grads(model, theta, x, y)
-        test_grads = per_example_grads(
-            model, theta, x_test[mine_idx.to(device)], y_test[mine_idx.to(device)]
+        test_grads = (
+            per_example_grads(
+                model, theta, x_test[mine_idx.to(device)], y_test[mine_idx.to(device)]
+            )
+            if len(mine_idx)
+            else train_grads[:0]  # (0, p): nothing left for this rank (a resume)
         )
 
     with timer("ihvp"):
