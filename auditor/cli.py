@@ -13,7 +13,13 @@ from pathlib import Path
 import click
 
 from auditor import cleaning, distributed, exports
-from auditor.cli_common import db_option, handle_errors, open_existing, resolve_run
+from auditor.cli_common import (
+    db_option,
+    dispose_on_close,
+    handle_errors,
+    open_existing,
+    resolve_run,
+)
 from auditor.config import DataArgs, ModelArgs, ScanConfig
 from auditor.ranking import FlagRule
 from auditor.report.command import report
@@ -194,7 +200,11 @@ def scan(**opts) -> None:
     if distributed.active():
         _report_scan(opts, bars, lambda: distributed.scan(opts["db"], config, bars))
     else:
-        _report_scan(opts, bars, lambda: run_scan(open_db(opts["db"]), config, progress=bars))
+        _report_scan(
+            opts,
+            bars,
+            lambda: run_scan(dispose_on_close(open_db(opts["db"])), config, progress=bars),
+        )
 
 
 def _report_scan(opts: dict, bars: _Bars | None, run) -> None:

@@ -38,7 +38,16 @@ def db_option(func):
 
 def open_existing(db: str):
     """Open a database that must already exist (read commands)."""
-    return open_db(db, create=False)
+    return dispose_on_close(open_db(db, create=False))
+
+
+def dispose_on_close(engine):
+    """Close ``engine``'s pooled connections when the running command ends (a server
+    database otherwise keeps them open until they are garbage-collected)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(engine.dispose)
+    return engine
 
 
 def resolve_run(engine, run: int | None) -> int:

@@ -305,8 +305,11 @@ def scan(db: str, config: ScanConfig, progress: Progress | None = None) -> ScanR
         SolverError, StoreError, PeerFailed: after; rank 0 marks the run ``failed``.
     """
     with process_group(config.device) as comm:
-        engine = _open(comm, db, create=True)
-        return _run(comm, engine, config, None, progress)
+        engine = _open(comm, db)
+        try:
+            return _run(comm, engine, config, None, progress)
+        finally:
+            engine.dispose()
 
 
 def resume(db: str, run_id: int, progress: Progress | None = None) -> ScanResult | None:
@@ -321,15 +324,18 @@ def resume(db: str, run_id: int, progress: Progress | None = None) -> ScanResult
         DataError: the data no longer has the run's fingerprint.
     """
     engine = open_db(db, create=False)
-    run = runs.get_run(engine, run_id, with_theta=True)
-    if run["status"] == "complete":
-        raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
-    config = ScanConfig.from_dict(run["config"])
-    with process_group(config.device) as comm:
-        return _run(comm, engine, config, run, progress)
+    try:
+        run = runs.get_run(engine, run_id, with_theta=True)
+        if run["status"] == "complete":
+            raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
+        config = ScanConfig.from_dict(run["config"])
+        with process_group(config.device) as comm:
+            return _run(comm, engine, config, run, progress)
+    finally:
+        engine.dispose()
 
 
-def _open(comm: Comm, db: str, *, create: bool) -> Engine:
+def _open(comm: Comm, db: str) -> Engine:
     """Open ``db`` on rank 0 first (it creates and migrates the schema), then elsewhere."""
     engine = comm.root_step(open_db, db)
     return engine if comm.is_root else open_db(db, create=False)

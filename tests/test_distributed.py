@@ -53,17 +53,20 @@ def one_thread_scan(args: list[str]) -> int:
 def run_state(db: str, run_id: int) -> dict:
     """Everything a scan stores that the report and exports read back."""
     engine = open_db(db, create=False)
-    train = points.read_points(engine, run_id, "train")
-    run = runs.get_run(engine, run_id, with_theta=True)
-    return {
-        "status": run["status"],
-        "theta": run["theta"],
-        "pairs": pairs.read_pair_scores(engine, run_id),
-        "train": {k: [p[k] for p in train] for k in train[0]} if train else {},
-        "test": points.read_points(engine, run_id, "test"),
-        "metrics": run["metrics"],
-        "solver": run["solver"],
-    }
+    try:
+        train = points.read_points(engine, run_id, "train")
+        run = runs.get_run(engine, run_id, with_theta=True)
+        return {
+            "status": run["status"],
+            "theta": run["theta"],
+            "pairs": pairs.read_pair_scores(engine, run_id),
+            "train": {k: [p[k] for p in train] for k in train[0]} if train else {},
+            "test": points.read_points(engine, run_id, "test"),
+            "metrics": run["metrics"],
+            "solver": run["solver"],
+        }
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")
