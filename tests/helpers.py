@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
+
 from auditor.config import DataArgs, ModelArgs, ScanConfig
 from auditor.data import Dataset
 from auditor.ranking import FlagRule
 from auditor.scan import scan
 from auditor.solvers.base import SolverArgs
-from auditor.store import open_db
+from auditor.store import open_db, pairs, points, runs
 
 
 def write_regression_csv(path: Path, ds: Dataset) -> Path:
@@ -35,3 +37,33 @@ def run_scan(
         rule=rule or FlagRule(),
     )
     return engine, scan(engine, config)
+
+
+def run_state(db: str, run_id: int) -> dict:
+    """Everything a scan stores that the report and exports read back."""
+    engine = open_db(db, create=False)
+    try:
+        train = points.read_points(engine, run_id, "train")
+        run = runs.get_run(engine, run_id, with_theta=True)
+        return {
+            "status": run["status"],
+            "theta": run["theta"],
+            "pairs": pairs.read_pair_scores(engine, run_id),
+            "train": {k: [p[k] for p in train] for k in train[0]} if train else {},
+            "test": points.read_points(engine, run_id, "test"),
+            "metrics": run["metrics"],
+            "solver": run["solver"],
+        }
+    finally:
+        engine.dispose()
+
+
+def assert_same_run(got: dict, want: dict) -> None:
+    """Pair for pair and point for point identical (bit for bit)."""
+    assert got["status"] == want["status"] == "complete"
+    assert got["theta"] == want["theta"]
+    assert got["pairs"].shape == want["pairs"].shape
+    assert np.array_equal(got["pairs"], want["pairs"])
+    for key in ("self_influence", "harmfulness", "suspicion", "rank", "flags", "loss"):
+        assert got["train"][key] == want["train"][key], key
+    assert got["test"] == want["test"]

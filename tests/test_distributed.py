@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from auditor import distributed
 from auditor.cli import cli
 from auditor.store import open_db, pairs, points, runs
+from tests.helpers import assert_same_run, run_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,41 +51,11 @@ def one_thread_scan(args: list[str]) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
-def run_state(db: str, run_id: int) -> dict:
-    """Everything a scan stores that the report and exports read back."""
-    engine = open_db(db, create=False)
-    try:
-        train = points.read_points(engine, run_id, "train")
-        run = runs.get_run(engine, run_id, with_theta=True)
-        return {
-            "status": run["status"],
-            "theta": run["theta"],
-            "pairs": pairs.read_pair_scores(engine, run_id),
-            "train": {k: [p[k] for p in train] for k in train[0]} if train else {},
-            "test": points.read_points(engine, run_id, "test"),
-            "metrics": run["metrics"],
-            "solver": run["solver"],
-        }
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def exact_reference(tmp_path_factory, mnist_dir):
     db = str(tmp_path_factory.mktemp("ref") / "one.db")
     run_id = one_thread_scan([*mnist_args(mnist_dir, "--solver", "exact"), "--db", db])
     return run_state(db, run_id)
-
-
-def assert_same_run(got: dict, want: dict) -> None:
-    """Pair for pair and point for point identical (bit for bit)."""
-    assert got["status"] == want["status"] == "complete"
-    assert got["theta"] == want["theta"]
-    assert got["pairs"].shape == want["pairs"].shape
-    assert np.array_equal(got["pairs"], want["pairs"])
-    for key in ("self_influence", "harmfulness", "suspicion", "rank", "flags", "loss"):
-        assert got["train"][key] == want["train"][key], key
-    assert got["test"] == want["test"]
 
 
 @given(
