@@ -78,3 +78,21 @@ def count_pairs(engine: Engine, run_id: int) -> int:
     )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar()) // DTYPE.itemsize
+
+
+def read_test_range(engine: Engine, run_id: int, first: int, stop: int) -> np.ndarray:
+    """Stored scores of test points ``first .. stop - 1``: ``(stop - first, n_train)``."""
+    query = (
+        select(pair_scores.c.scores)
+        .where(
+            pair_scores.c.run_id == run_id,
+            pair_scores.c.test_idx >= first,
+            pair_scores.c.test_idx < stop,
+        )
+        .order_by(pair_scores.c.test_idx)
+    )
+    with engine.connect() as conn:
+        blobs = conn.execute(query).scalars().all()
+    if len(blobs) != stop - first:
+        raise StoreError(f"run {run_id} lacks scores of some test points in {first}..{stop - 1}")
+    return np.frombuffer(b"".join(blobs), dtype=DTYPE).reshape(len(blobs), -1)
