@@ -52,6 +52,8 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
         h, w = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise click.BadParameter(f"expected HxW such as 28x28, got {value!r}") from None
+    if h < 1 or w < 1:
+        raise click.BadParameter(f"sizes must be positive, got {value!r}")
     return h, w
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from auditor.errors import AuditorError, ConfigError, DataError, Interrupted
 from auditor.store import open_db, runs
@@ -23,6 +24,8 @@ def handle_errors(func):
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
+        except OperationalError as exc:  # disk full, read-only file system, lock timeout
+            raise click.ClickException(f"database error: {exc.orig or exc}") from None
         except KeyboardInterrupt:
             error = click.ClickException("interrupted")
             error.exit_code = Interrupted.exit_code

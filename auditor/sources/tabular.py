@@ -117,11 +117,12 @@ def load_csv(path: Path, normalize: str = "unit") -> Dataset:
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an NPZ file (no pickled objects), by name."""
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: not an NPZ archive (a single .npy array?)")
-        with archive:
-            return {key: archive[key] for key in archive.files}
+        with path.open("rb") as f:  # closed here even when numpy fails half-way
+            archive = np.load(f, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: not an NPZ archive (a single .npy array?)")
+            with archive:
+                return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot read NPZ ({exc})") from exc
 
