@@ -325,7 +325,10 @@ def _scan_run(engine, run_id, config, model, train, test, phases, progress, stor
             else:
                 _, block = next(pair_score_chunks(train_grads, test_ihvps, chunk, start=j0))
                 scores = block.cpu().numpy()
-                _check_finite(scores, f"pair scores of test points {j0}..{j1 - 1}")
+                with np.errstate(over="ignore"):  # stored as float32: check what is stored
+                    _check_finite(
+                        scores.astype(pairs.DTYPE), f"pair scores of test points {j0}..{j1 - 1}"
+                    )
                 with engine.begin() as conn:
                     for k0, k1 in _missing_runs(done, j0, j1):
                         pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
@@ -418,8 +421,8 @@ def _check_finite(values: np.ndarray, what: str) -> None:
     if not np.isfinite(values).all():
         bad = int((~np.isfinite(values)).sum())
         raise SolverError(
-            f"{bad} non-finite {what} (NaN or inf); nothing of them was stored. The solve "
-            "is unstable: raise --damping or --weight-decay, or use --solver exact"
+            f"{bad} non-finite {what} (NaN, inf or beyond float32's range); none of them was "
+            "stored. Scale the features and targets, or raise --damping or --weight-decay"
         )
 
 

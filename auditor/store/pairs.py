@@ -21,9 +21,10 @@ def write_pair_scores(conn: Connection, run_id: int, first_test: int, scores: np
             block is committed).
         scores: ``(c, n_train)`` array; row j holds I(z_i, z_test_{first_test + j}).
     """
-    if not np.isfinite(scores).all():
+    with np.errstate(over="ignore"):
+        scores = np.ascontiguousarray(scores, dtype=DTYPE)
+    if not np.isfinite(scores).all():  # checked after the cast: 1e39 becomes inf in float32
         raise StoreError("refusing to store non-finite pair scores")
-    scores = np.ascontiguousarray(scores, dtype=DTYPE)
     conn.execute(
         pair_scores.insert(),
         [
