@@ -10,12 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from bs4 import BeautifulSoup
 from click.testing import CliRunner
 
 from auditor.cli import cli
+from auditor.config import DataArgs
 from auditor.store import open_db, pairs, points, runs
 from auditor.store.schema import pair_scores
 from auditor.store.schema import points as points_table
+from tests.helpers import run_scan
 
 
 def regression_csv(path, n=40, seed=0, scale=1.0):
@@ -138,3 +141,32 @@ def test_scores_beyond_float32_are_never_stored(tmp_path):
     assert "the fit overflowed" in result.output
     assert runs.get_run(engine, 2)["status"] == "failed"
     assert pairs.count_pairs(engine, 2) == 0
+
+
+def test_lissa_divergence_fails_the_run_with_the_scale_that_converges(tmp_path):
+    db = str(tmp_path / "l.db")
+    data = regression_csv(tmp_path / "d.csv")
+    result = invoke("scan", "--train", data, "--test-split", "0.25", "--solver", "lissa",
+                    "--scale", "0.01", "--db", db)  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "diverged" in errors[0] and "--scale" in errors[0]
+    engine = open_db(db)
+    run = runs.get_run(engine, 1)
+    assert run["status"] == "failed" and "diverged" in run["error"]
+    assert pairs.count_pairs(engine, 1) == 0
+
+
+def test_a_fit_far_from_an_optimum_is_flagged_in_the_run_and_the_report(tmp_path):
+    data = regression_csv(tmp_path / "d.csv", scale=30.0)
+    engine, result = run_scan(tmp_path / "f.db", DataArgs(train=data, test_split=0.25), max_iter=1)
+    run = runs.get_run(engine, result.run_id)
+    assert run["metrics"]["grad_norm"] > 1e-3
+    far = [w for w in run["warnings"] if "far from an optimum" in w]
+    assert far == [w for w in result.warnings if "far from an optimum" in w] and len(far) == 1
+    out = tmp_path / "r.html"
+    report = invoke("report", "--out", str(out), "--db", str(tmp_path / "f.db"))
+    assert report.exit_code == 0, report.output
+    soup = BeautifulSoup(out.read_text(encoding="utf-8"), "html.parser")
+    alerts = soup.select_one("header .warnings[role=alert]").get_text()
+    assert "far from an optimum" in alerts
