@@ -10,8 +10,6 @@ only the test points whose blocks are missing.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from auditor.data import (
 from auditor.errors import AuditorError, ConfigError, DataError, Interrupted, SolverError
 from auditor.gradients import per_example_grads
 from auditor.influence import robust_ranking, solve_columns
+from auditor.interrupts import interruptible, signals_ignored
 from auditor.models import ModelTask, build_model, default_model_name
 from auditor.ranking import ranks
 from auditor.scoring import pair_score_chunks, self_influence
@@ -127,7 +126,7 @@ def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -
             finished with :func:`resume`.
     """
     phases = _Phases(engine)
-    with _interruptible(None), phases("load"):
+    with interruptible(None), phases("load"):
         train, test, model = _load(config)
     run_id = runs.create_run(
         engine,
@@ -166,7 +165,7 @@ def resume(engine: Engine, run_id: int, progress: Progress | None = None) -> Sca
         raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
     config = ScanConfig.from_dict(run["config"])
     phases = _Phases(engine)
-    with _interruptible(None), phases("load"):
+    with interruptible(None), phases("load"):
         train, test, model = _load(config)
         found = fingerprint(train, test)
         if found != run["data_fingerprint"]:
@@ -197,53 +196,15 @@ def _run_guarded(engine, run_id, config, model, train, test, phases, progress, s
     """Run the phases after the run row exists; mark the run failed or interrupted."""
     progress = progress or (lambda phase, done, total: None)
     try:
-        with _interruptible(run_id):
+        with interruptible(run_id):
             return _scan_run(engine, run_id, config, model, train, test, phases, progress, stored)
     except Interrupted:
-        with _signals_ignored():
+        with signals_ignored():
             runs.fail_run(engine, run_id, "interrupted", status="interrupted")
         raise
     except AuditorError as exc:
         runs.fail_run(engine, run_id, str(exc))
         raise
-
-
-@contextmanager
-def _interruptible(run_id: int | None) -> Iterator[None]:
-    """Turn Ctrl-C (and SIGTERM, in the main thread) into :class:`Interrupted`."""
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
-        yield
-    except KeyboardInterrupt:
-        where = (
-            "nothing was written"
-            if run_id is None
-            else f"run {run_id} is incomplete and can be resumed"
-        )
-        raise Interrupted(f"interrupted; {where}", run_id=run_id) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_keyboard_interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def _signals_ignored() -> Iterator[None]:
-    """Let the bookkeeping after an interrupt finish even if Ctrl-C is pressed again."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler)
 
 
 def _stored_fit(run: dict, model: ModelTask, config: ScanConfig) -> FitResult | None:
