@@ -137,6 +137,18 @@ def test_sigkill_at_several_points_then_resume_equals_an_uninterrupted_scan(
     db = tmp_path / "killed.db"
     resume = ["scan", "--resume", "1", "--db", str(db)]
 
+    # 0. as soon as the database file appears (the CLI opens it before loading the data):
+    # it then opens as a consistent, empty database at the current schema
+    early = tmp_path / "early.db"
+    proc = start(["scan", *scan_args(mnist_dir), "--db", str(early)])
+    while not early.exists():
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.001)
+    proc.kill()
+    proc.communicate(timeout=120)
+    listing = CliRunner().invoke(cli, ["runs", "--db", str(early)])
+    assert (listing.exit_code, listing.output.strip()) == (0, "no runs yet")
+
     # 1. as soon as the run row exists (loading is over; the fit may not be)
     state, code, _ = stop_when(
         start(["scan", *scan_args(mnist_dir), "--db", str(db)]), db, lambda s, p, n: s
