@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from auditor import sources
 from auditor.config import DataArgs, ScanConfig
@@ -30,7 +31,14 @@ from auditor.data import (
     train_test_split,
     validate,
 )
-from auditor.errors import AuditorError, ConfigError, DataError, Interrupted, SolverError
+from auditor.errors import (
+    AuditorError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    SolverError,
+    StoreError,
+)
 from auditor.gradients import per_example_grads
 from auditor.influence import robust_ranking, solve_columns
 from auditor.interrupts import interruptible, signals_ignored
@@ -290,9 +298,15 @@ def _scan_run(engine, run_id, config, model, train, test, phases, progress, stor
                     _check_finite(
                         scores.astype(pairs.DTYPE), f"pair scores of test points {j0}..{j1 - 1}"
                     )
-                with engine.begin() as conn:
-                    for k0, k1 in _missing_runs(done, j0, j1):
-                        pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
+                try:
+                    with engine.begin() as conn:
+                        for k0, k1 in _missing_runs(done, j0, j1):
+                            pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
+                except IntegrityError:
+                    raise StoreError(
+                        f"run {run_id}: scores of test points {j0}..{j1 - 1} appeared while "
+                        "this scan computed them; is another scan resuming the same run?"
+                    ) from None
             harm += scores.sum(axis=0, dtype=np.float64)
             progress("pair scores", j1, total)
 

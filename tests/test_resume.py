@@ -15,6 +15,8 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.config import DataArgs
+from auditor.errors import StoreError
+from auditor.scan import resume
 from auditor.store import open_db, pairs, points, runs
 from auditor.store.schema import pair_scores
 from auditor.store.schema import points as points_table
@@ -170,3 +172,19 @@ def test_a_fit_far_from_an_optimum_is_flagged_in_the_run_and_the_report(tmp_path
     soup = BeautifulSoup(out.read_text(encoding="utf-8"), "html.parser")
     alerts = soup.select_one("header .warnings[role=alert]").get_text()
     assert "far from an optimum" in alerts
+
+
+def test_a_second_scan_resuming_the_same_run_is_detected(finished):
+    engine, _, _, scores, _ = finished
+    crash(engine, keep_blocks_below=2)
+
+    def other_scan_writes_ahead(phase, done, total):
+        # another process resuming run 1 stores the block this one computes next
+        if phase == "pair scores" and done == 4 and pairs.count_pairs(engine, 1) == 4 * 30:
+            with engine.begin() as conn:
+                pairs.write_pair_scores(conn, 1, 4, scores[4:6])
+
+    with pytest.raises(StoreError, match="test points 4..5 appeared .* another scan"):
+        resume(engine, 1, progress=other_scan_writes_ahead)
+    run = runs.get_run(engine, 1)
+    assert run["status"] == "failed" and "another scan" in run["error"]
