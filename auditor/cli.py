@@ -15,8 +15,10 @@ import click
 from auditor import cleaning, exports
 from auditor.cli_common import db_option, handle_errors, open_existing, resolve_run
 from auditor.config import DataArgs, ModelArgs, ScanConfig
+from auditor.errors import Interrupted
 from auditor.ranking import FlagRule
 from auditor.report.command import report
+from auditor.scan import resume as resume_scan
 from auditor.scan import scan as run_scan
 from auditor.solvers.base import SolverArgs
 from auditor.store import open_db, runs
@@ -50,6 +52,8 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
         h, w = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise click.BadParameter(f"expected HxW such as 28x28, got {value!r}") from None
+    if h < 1 or w < 1:
+        raise click.BadParameter(f"sizes must be positive, got {value!r}")
     return h, w
 
 
@@ -120,19 +124,50 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
     help="Fraction left out of the masking refits (0: no refits).",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option(
+    "--chunk",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Test points per committed block of pair scores (work lost at most on a crash).",
+)
+@click.option(
+    "--resume",
+    "resume_run",
+    type=int,
+    metavar="RUN",
+    help="Finish an incomplete (killed, interrupted or failed) run with its stored options.",
+)
 @db_option
 @handle_errors
 def scan(**opts) -> None:
     """Fit a model, score every (train, test) pair by influence, rank and flag.
 
-    Prints the id of the run it wrote to standard output.
+    Prints the id of the run it wrote to standard output. Ctrl-C stops it with exit
+    status 130 and leaves the run incomplete; --resume RUN finishes it.
 
     \b
     Examples:
         auditor scan --train toy-linear
         auditor scan --train ../shared/data/mnist --classes 1,7 --test-split 0.2
         auditor scan --train train.csv --test test.csv --solver exact --db audit.db
+        auditor scan --resume 3 --db audit.db
     """
+    if opts["resume_run"] is not None:
+        ctx = click.get_current_context()
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in opts
+            if name not in ("resume_run", "db")
+            and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise click.UsageError(
+                f"--resume takes the run's stored options; drop {', '.join(given)}"
+            )
+        engine = open_existing(opts["db"])
+        _report_scan(opts, lambda bars: resume_scan(engine, opts["resume_run"], progress=bars))
+        return
     config = ScanConfig(
         data=DataArgs(
             train=opts["train"],
@@ -165,12 +200,26 @@ def scan(**opts) -> None:
             outlier_z=opts["outlier_z"], mislabel_z=opts["mislabel_z"], trim=opts["trim"]
         ),
         device=opts["device"],
+        score_chunk=opts["chunk"],
     )
     engine = open_db(opts["db"])
+    _report_scan(opts, lambda bars: run_scan(engine, config, progress=bars))
+
+
+def _report_scan(opts: dict, run) -> None:
+    """Run a scan (or resume) with progress bars and print its summary and run id."""
     start = time.perf_counter()
     bars = _Bars()
     try:
-        result = run_scan(engine, config, progress=bars)
+        result = run(bars)
+    except Interrupted as exc:
+        if exc.run_id is None:
+            raise
+        raise Interrupted(
+            f"interrupted; run {exc.run_id} is incomplete: finish it with "
+            f"`auditor scan --resume {exc.run_id} --db {opts['db']}`",
+            exc.run_id,
+        ) from None
     finally:
         bars.close()
     for warning in result.warnings:
@@ -221,13 +270,13 @@ def list_runs(db: str) -> None:
     if not rows:
         click.echo("no runs yet")
         return
-    header = f"{'id':>4}  {'status':<9} {'created':<19}  {'dataset':<16} {'model':<9} {'solver':<6} {'train':>7} {'test':>6} {'pairs':>11}  flagged"
+    header = f"{'id':>4}  {'status':<11} {'created':<19}  {'dataset':<16} {'model':<9} {'solver':<6} {'train':>7} {'test':>6} {'pairs':>11}  flagged"
     click.echo(header)
     for r in rows:
         flags = (r["ranking"] or {}).get("flag_counts", {})
         solver = (r["config"].get("solver") or {}).get("solver", "")
         click.echo(
-            f"{r['id']:>4}  {r['status']:<9} {r['created_at']:%Y-%m-%d %H:%M:%S}  "
+            f"{r['id']:>4}  {r['status']:<11} {r['created_at']:%Y-%m-%d %H:%M:%S}  "
             f"{r['dataset'][:16]:<16} {r['model']:<9} {solver:<6} {r['n_train']:>7} "
             f"{r['n_test']:>6} {int(r['n_pairs']):>11,}  {sum(flags.values())}"
         )

@@ -2,7 +2,10 @@
 
 Each phase is timed; pair scores are committed one block of test points at a time, and
 the run is marked ``complete`` only by its last write, so an interrupted scan never looks
-finished.
+finished. The fitted parameters are stored as soon as the fit ends, so :func:`resume`
+finishes a killed or interrupted run: it reloads the data (checking its fingerprint),
+recomputes the deterministic gradients and solve from the stored parameters, and scores
+only the test points whose blocks are missing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from auditor import sources
 from auditor.config import DataArgs, ScanConfig
@@ -27,15 +31,23 @@ from auditor.data import (
     train_test_split,
     validate,
 )
-from auditor.errors import AuditorError, ConfigError
+from auditor.errors import (
+    AuditorError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    SolverError,
+    StoreError,
+)
 from auditor.gradients import per_example_grads
 from auditor.influence import robust_ranking, solve_columns
+from auditor.interrupts import interruptible, signals_ignored
 from auditor.models import ModelTask, build_model, default_model_name
 from auditor.ranking import ranks
 from auditor.scoring import pair_score_chunks, self_influence
 from auditor.sources.idx import find_pairs
 from auditor.store import pairs, points, runs
-from auditor.training import fit
+from auditor.training import FitResult, fit
 
 #: Features stored per point when the data has at most this many (for scatter plots).
 MAX_STORED_FEATURES = 16
@@ -118,20 +130,12 @@ def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -
     Raises:
         ConfigError, DataError: before anything is written to the database.
         SolverError: after the run is created; the run is then marked ``failed``.
+        Interrupted: Ctrl-C or SIGTERM; the run is marked ``interrupted`` and can be
+            finished with :func:`resume`.
     """
-    progress = progress or (lambda phase, done, total: None)
-    device = _device(config.device)
-    dtype = getattr(torch, config.model.dtype)
     phases = _Phases(engine)
-    with phases("load"):
-        train, test = load_data(config.data)
-        model = build_model(
-            config.model.name or default_model_name(train.task),
-            train.task,
-            train.n_features,
-            train.n_classes,
-            hidden=config.model.hidden,
-        )
+    with interruptible(None), phases("load"):
+        train, test, model = _load(config)
     run_id = runs.create_run(
         engine,
         config=config.to_dict(),
@@ -147,25 +151,105 @@ def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -
         image_shape=None if train.images is None else list(train.images.shape[1:]),
     )
     phases.run_id = run_id
+    return _run_guarded(engine, run_id, config, model, train, test, phases, progress, None)
+
+
+def resume(engine: Engine, run_id: int, progress: Progress | None = None) -> ScanResult:
+    """Finish an incomplete run (killed, interrupted or failed) with its stored configuration.
+
+    The data is loaded again and must have the fingerprint the run started with. The stored
+    fitted parameters are reused (the fit is repeated, deterministically from the stored
+    seed, only if the run stopped before the fit ended); gradients and the solve are
+    recomputed, and only test points without stored pair scores are scored. The result
+    equals an uninterrupted scan.
+
+    Raises:
+        RunNotFound: No such run.
+        ConfigError: The run is already complete.
+        DataError: The data no longer matches the run's fingerprint.
+    """
+    run = runs.get_run(engine, run_id, with_theta=True)
+    if run["status"] == "complete":
+        raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
+    config = ScanConfig.from_dict(run["config"])
+    phases = _Phases(engine)
+    with interruptible(None), phases("load"):
+        train, test, model = _load(config)
+        found = fingerprint(train, test)
+        if found != run["data_fingerprint"]:
+            raise DataError(
+                f"run {run_id}: the data changed since the run started (fingerprint "
+                f"{found[:12]}, the run has {run['data_fingerprint'][:12]}); start a new scan"
+            )
+    runs.restart_run(engine, run_id)
+    phases.run_id = run_id
+    stored = _stored_fit(run, model, config)
+    return _run_guarded(engine, run_id, config, model, train, test, phases, progress, stored)
+
+
+def _load(config: ScanConfig) -> tuple[Dataset, Dataset, ModelTask]:
+    _device(config.device)
+    train, test = load_data(config.data)
+    model = build_model(
+        config.model.name or default_model_name(train.task),
+        train.task,
+        train.n_features,
+        train.n_classes,
+        hidden=config.model.hidden,
+    )
+    return train, test, model
+
+
+def _run_guarded(engine, run_id, config, model, train, test, phases, progress, stored):
+    """Run the phases after the run row exists; mark the run failed or interrupted."""
+    progress = progress or (lambda phase, done, total: None)
     try:
-        return _scan_run(
-            engine, run_id, config, model, train, test, device, dtype, phases, progress
-        )
-    except (AuditorError, KeyboardInterrupt) as exc:
-        message = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        runs.fail_run(engine, run_id, message)
+        with interruptible(run_id):
+            return _scan_run(engine, run_id, config, model, train, test, phases, progress, stored)
+    except Interrupted:
+        with signals_ignored():
+            runs.fail_run(engine, run_id, "interrupted", status="interrupted")
+        raise
+    except AuditorError as exc:
+        runs.fail_run(engine, run_id, str(exc))
         raise
 
 
-def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases, progress):
+def _stored_fit(run: dict, model: ModelTask, config: ScanConfig) -> FitResult | None:
+    """The fit a run stored when its fit phase ended, or ``None`` if it stopped before."""
+    metrics = run["metrics"] or {}
+    if not run["theta"] or "grad_norm" not in metrics:
+        return None
+    theta = np.frombuffer(run["theta"], dtype=np.dtype(config.model.dtype).newbyteorder("<"))
+    if theta.size != model.n_params:
+        return None
+    return FitResult(
+        theta=torch.from_numpy(theta.astype(theta.dtype.newbyteorder("="))).to(
+            _device(config.device)
+        ),
+        risk=metrics["risk"],
+        grad_norm=metrics["grad_norm"],
+        iterations=metrics["fit_iterations"],
+        converged=metrics["fit_converged"],
+    )
+
+
+def _scan_run(engine, run_id, config, model, train, test, phases, progress, stored):
     warnings: list[str] = []
+    device = _device(config.device)
+    dtype = getattr(torch, config.model.dtype)
     x, y = _tensors(train, device, dtype)
     x_test, y_test = _tensors(test, device, dtype)
     fit_kwargs = {"max_iter": config.model.max_iter, "grad_tol": config.model.grad_tol}
     wd = config.model.weight_decay
 
     with phases("fit"):
-        fitted = fit(model, x, y, wd, seed=config.data.seed, **fit_kwargs)
+        fitted = stored or fit(model, x, y, wd, seed=config.data.seed, **fit_kwargs)
+        if not torch.isfinite(fitted.theta).all():
+            raise SolverError(
+                "the fit diverged to non-finite parameters (NaN or inf); scale the features "
+                "or raise --weight-decay"
+            )
         if fitted.grad_norm > FAR_FROM_OPTIMUM:
             warnings.append(
                 f"the fit is far from an optimum (gradient norm {fitted.grad_norm:.2e} > "
@@ -175,6 +259,13 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
         train_out = _evaluate(model, fitted.theta, x, y)
         test_out = _evaluate(model, fitted.theta, x_test, y_test)
         points.write_points(engine, run_id, "test", _point_rows(test, test_out))
+        if stored is None:  # the fit is kept so that a resumed run continues from it
+            runs.update_run(
+                engine,
+                run_id,
+                theta=_theta_bytes(fitted.theta),
+                metrics=_fit_metrics(fitted),
+            )
 
     with phases("gradients"):
         train_grads = per_example_grads(model, fitted.theta, x, y)
@@ -194,13 +285,30 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
 
     with phases("pair_scores"):
         harm = np.zeros(len(train), dtype=np.float64)
-        total = len(test)
-        for j0, block in pair_score_chunks(train_grads, test_ihvps, config.score_chunk):
-            scores = block.cpu().numpy()
+        total, chunk = len(test), config.score_chunk
+        done = pairs.stored_test_indexes(engine, run_id) if stored is not None else set()
+        for j0 in range(0, total, chunk):
+            j1 = min(j0 + chunk, total)
+            if all(j in done for j in range(j0, j1)):  # committed before the interruption
+                scores = pairs.read_test_range(engine, run_id, j0, j1)
+            else:
+                _, block = next(pair_score_chunks(train_grads, test_ihvps, chunk, start=j0))
+                scores = block.cpu().numpy()
+                with np.errstate(over="ignore"):  # stored as float32: check what is stored
+                    _check_finite(
+                        scores.astype(pairs.DTYPE), f"pair scores of test points {j0}..{j1 - 1}"
+                    )
+                try:
+                    with engine.begin() as conn:
+                        for k0, k1 in _missing_runs(done, j0, j1):
+                            pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
+                except IntegrityError:
+                    raise StoreError(
+                        f"run {run_id}: scores of test points {j0}..{j1 - 1} appeared while "
+                        "this scan computed them; is another scan resuming the same run?"
+                    ) from None
             harm += scores.sum(axis=0, dtype=np.float64)
-            with engine.begin() as conn:
-                pairs.write_pair_scores(conn, run_id, j0, scores)
-            progress("pair scores", min(j0 + block.shape[0], total), total)
+            progress("pair scores", j1, total)
 
     with phases("ranking"):
         first = self_influence(train_grads, train_ihvps)
@@ -218,6 +326,9 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
             fit_kwargs=fit_kwargs,
             progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
         )
+        _check_finite(ranked.self_influence.cpu().numpy(), "self-influence")
+        _check_finite(ranked.z.cpu().numpy(), "suspicion scores")
+        _check_finite(harm, "harmfulness")
         rank = ranks(ranked.z)
         rows = _point_rows(train, train_out)
         for i, row in enumerate(rows):
@@ -247,9 +358,47 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
         },
         timings=phases.timings,
         warnings=warnings,
-        theta=fitted.theta.to(torch.float32).cpu().numpy().tobytes(),
+        theta=_theta_bytes(fitted.theta),
     )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
+
+
+def _theta_bytes(theta: torch.Tensor) -> bytes:
+    """The fitted parameters ``(p,)`` as little-endian bytes in their own dtype (exact)."""
+    array = theta.detach().cpu().numpy()
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def _fit_metrics(fitted: FitResult) -> dict:
+    return {
+        "risk": fitted.risk,
+        "grad_norm": fitted.grad_norm,
+        "fit_converged": fitted.converged,
+        "fit_iterations": fitted.iterations,
+    }
+
+
+def _missing_runs(done: set[int], j0: int, j1: int) -> Iterator[tuple[int, int]]:
+    """The ``[k0, k1)`` stretches of ``j0 .. j1 - 1`` not in ``done``."""
+    k = j0
+    while k < j1:
+        if k in done:
+            k += 1
+            continue
+        k0 = k
+        while k < j1 and k not in done:
+            k += 1
+        yield k0, k
+
+
+def _check_finite(values: np.ndarray, what: str) -> None:
+    """Refuse to store NaN or infinite scores: fail the run with a clear error instead."""
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise SolverError(
+            f"{bad} non-finite {what} (NaN, inf or beyond float32's range); none of them was "
+            "stored. Scale the features and targets, or raise --damping or --weight-decay"
+        )
 
 
 def _counter(progress: Progress, phase: str, total: int) -> Callable[[int], None]:
@@ -317,10 +466,7 @@ def _metrics(task, fitted, train_out, y, test_out, y_test) -> dict:
     metrics = {
         "train_loss": float(train_out["loss"].mean()),
         "test_loss": float(test_out["loss"].mean()),
-        "risk": fitted.risk,
-        "grad_norm": fitted.grad_norm,
-        "fit_converged": fitted.converged,
-        "fit_iterations": fitted.iterations,
+        **_fit_metrics(fitted),
     }
     if task == "classification":
         metrics["train_accuracy"] = float((train_out["predicted"] == y).double().mean())

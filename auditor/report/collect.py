@@ -290,7 +290,9 @@ def _scatter(
         y = [float(r["label"]) for r in train]
         tests = [(float(features["test"][p["idx"], 0]), float(p["label"])) for p in test]
         axes = {"x_label": "x (the one feature)", "y_label": "target"}
-        theta = np.frombuffer(run["theta"] or b"", dtype="<f4")
+        blob = run["theta"] or b""  # float32 or float64 (the model's dtype), little-endian
+        itemsize = 8 if run["n_params"] and len(blob) == 8 * run["n_params"] else 4
+        theta = np.frombuffer(blob, dtype=f"<f{itemsize}")
         if run["model"] == "linear" and theta.size == 2:
             w, b = float(theta[0]), float(theta[1])
             axes.update(line=lambda v: w * v + b, line_label=f"fitted y = {w:.4g}·x + {b:.4g}")

@@ -46,7 +46,7 @@ class SolverArgs:
         if self.scale is not None and self.scale <= 0:
             raise ConfigError(f"--scale must be > 0, got {self.scale}")
         if not self.tol > 0:
-            raise ConfigError(f"the solver tolerance must be > 0, got {self.tol}")
+            raise ConfigError(f"--tol (the solver tolerance) must be > 0, got {self.tol}")
 
     def to_dict(self) -> dict:
         return asdict(self)

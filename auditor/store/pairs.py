@@ -21,9 +21,10 @@ def write_pair_scores(conn: Connection, run_id: int, first_test: int, scores: np
             block is committed).
         scores: ``(c, n_train)`` array; row j holds I(z_i, z_test_{first_test + j}).
     """
-    if not np.isfinite(scores).all():
+    with np.errstate(over="ignore"):
+        scores = np.ascontiguousarray(scores, dtype=DTYPE)
+    if not np.isfinite(scores).all():  # checked after the cast: 1e39 becomes inf in float32
         raise StoreError("refusing to store non-finite pair scores")
-    scores = np.ascontiguousarray(scores, dtype=DTYPE)
     conn.execute(
         pair_scores.insert(),
         [
@@ -78,3 +79,21 @@ def count_pairs(engine: Engine, run_id: int) -> int:
     )
     with engine.connect() as conn:
         return int(conn.execute(query).scalar()) // DTYPE.itemsize
+
+
+def read_test_range(engine: Engine, run_id: int, first: int, stop: int) -> np.ndarray:
+    """Stored scores of test points ``first .. stop - 1``: ``(stop - first, n_train)``."""
+    query = (
+        select(pair_scores.c.scores)
+        .where(
+            pair_scores.c.run_id == run_id,
+            pair_scores.c.test_idx >= first,
+            pair_scores.c.test_idx < stop,
+        )
+        .order_by(pair_scores.c.test_idx)
+    )
+    with engine.connect() as conn:
+        blobs = conn.execute(query).scalars().all()
+    if len(blobs) != stop - first:
+        raise StoreError(f"run {run_id} lacks scores of some test points in {first}..{stop - 1}")
+    return np.frombuffer(b"".join(blobs), dtype=DTYPE).reshape(len(blobs), -1)
