@@ -61,6 +61,11 @@ class ModelTask(ABC):
         form."""
         return None
 
+    @property
+    def has_closed_form_hessian(self) -> bool:
+        """Whether :meth:`loss_hessian` is implemented (cheap dense Hessians)."""
+        return type(self).loss_hessian is not ModelTask.loss_hessian
+
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)

@@ -67,20 +67,23 @@ def lissa_ihvp(
 
 
 def _recursion(op, v, args, scale, lambda_max, full_batch, gen, history):
-    """One LiSSA recursion; returns ``h_T`` ``(p, m)`` and the steps taken."""
+    """One LiSSA recursion; returns ``h_T`` ``(p, m)`` and the steps taken.
+
+    ``v + (1 - d) h - (H_B h) / scale`` equals ``h + (v - A_B h / scale)`` (``A_B`` includes
+    the damping), so each step is one matvec and one in-place update; with the full batch
+    the bracket is the residual of ``h / scale`` itself.
+    """
     v_norm = v.norm(dim=0).clamp_min(torch.finfo(v.dtype).tiny)
-    decay = 1.0 - op.damping / scale
     check_every = 1 if full_batch else max(25, 2 * math.ceil(op.n / args.batch_size))
     best = math.inf
     h = v.clone()
     for step in range(1, args.depth + 1):
         if full_batch:
-            ah = op.matvec(h)  # A h = H_loss h + (wd + damping) h
-            hv = ah - op.damping * h
-            rel = float(((ah / scale - v).norm(dim=0) / v_norm).max())
+            r = op.matvec(h).mul_(-1.0 / scale).add_(v)  # v - A h / scale
+            rel = float((r.norm(dim=0) / v_norm).max())
         else:
             index = torch.randint(op.n, (args.batch_size,), generator=gen).to(op.x.device)
-            hv = op.matvec(h, index) - op.damping * h
+            r = op.matvec(h, index).mul_(-1.0 / scale).add_(v)
             rel = None
             if step % check_every == 0:
                 rel = float(op.relative_residual(h / scale, v).max())
@@ -94,8 +97,8 @@ def _recursion(op, v, args, scale, lambda_max, full_batch, gen, history):
                 history.append([step, rel])
             if rel <= args.tol:
                 return h, step - 1 if full_batch else step
-        h = v + decay * h - hv / scale
-        if step % 10 == 0 and not torch.isfinite(h).all():
+        h.add_(r)
+        if not full_batch and step % 10 == 0 and not torch.isfinite(h).all():
             raise _divergence(scale, lambda_max, step)
     return h, args.depth
 
