@@ -50,7 +50,15 @@ def test_run_records_configuration_fingerprint_metrics_and_timings(tmp_path):
     assert ra["data_fingerprint"] == rb["data_fingerprint"]
     assert ra["config"]["data"]["train"] == "toy-linear"
     assert ra["metrics"]["grad_norm"] < 1e-3
-    assert set(ra["timings"]) == {"load", "fit", "gradients", "ihvp", "pair_scores", "ranking"}
+    assert set(ra["timings"]) == {
+        "load",
+        "fit",
+        "gradients",
+        "ihvp",
+        "pair_scores",
+        "storage",
+        "ranking",
+    }
     assert ra["solver"]["converged"]
 
 
