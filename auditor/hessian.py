@@ -94,22 +94,40 @@ class HessianOperator:
             self._loss_hessian = self._build_loss_hessian()
         return self._loss_hessian
 
-    def cholesky(self) -> torch.Tensor | None:
-        """Lower Cholesky factor of ``A`` in float64 ``(p, p)``, cached; ``None`` when ``A``
-        is not positive definite."""
-        if self._factor is None or self._factor[0] != self.shift:
-            a = self.loss_hessian().to(torch.float64, copy=True)
-            a.diagonal().add_(self.shift)
-            factor, info = torch.linalg.cholesky_ex(a)
-            if info != 0:
-                return None
+    def cholesky(self, precise: bool = False) -> torch.Tensor | None:
+        """Lower Cholesky factor of ``A`` ``(p, p)``, cached; ``None`` when ``A`` is not
+        positive definite.
+
+        Factored in the parameters' dtype (float32 is 3-4x faster on the CPU and accurate
+        to about ``cond(A) * 1e-7``), in float64 when that fails or with ``precise``.
+        """
+        cached = self._factor
+        usable = cached is not None and cached[0] == self.shift
+        if usable and (not precise or cached[1].dtype == torch.float64):
+            return cached[1]
+        factor = None
+        if not precise and self.theta.dtype != torch.float64:
+            factor = self._factorize(self.theta.dtype)
+        if factor is None:
+            factor = self._factorize(torch.float64)
+        if factor is not None:
             self._factor = (self.shift, factor)
-        return self._factor[1]
+        return factor
+
+    def _factorize(self, dtype: torch.dtype) -> torch.Tensor | None:
+        a = self.loss_hessian().to(dtype, copy=True)
+        a.diagonal().add_(self.shift)
+        factor, info = torch.linalg.cholesky_ex(a)
+        return factor if info == 0 else None
 
     def _build_loss_hessian(self) -> torch.Tensor:
         h = torch.zeros(self.p, self.p, dtype=self.theta.dtype, device=self.theta.device)
-        for start in range(0, self.n, self.chunk):
-            s = slice(start, min(start + self.chunk, self.n))
+        # Closed forms need only (rows, d) temporaries: take up to 32 M elements at once.
+        rows = self.chunk
+        if self.model.has_closed_form_hessian:
+            rows = max(rows, 2**25 // max(self.x[0].numel(), 1))
+        for start in range(0, self.n, rows):
+            s = slice(start, min(start + rows, self.n))
             weight = (s.stop - s.start) / self.n
             block = self.model.loss_hessian(self.theta, self.x[s], self.y[s])
             if block is None:

@@ -64,9 +64,10 @@ def self_influences(
     """
     if args.self_influence == "auto" and exact_affordable(op):
         start = time.perf_counter()
-        values = -exact_quadratic_forms(op, grads)
+        # The sample's solve checks the factor first (and refines it if float32 is not enough).
         sample = grads[:: max(1, grads.shape[0] // RESIDUAL_SAMPLE)].T
         _, diag = exact_ihvp(op, sample, args)
+        values = -exact_quadratic_forms(op, grads)
         diag.seconds = time.perf_counter() - start
         return values, diag.to_dict()
     ihvps, diag = solve(op, grads.T, args)
@@ -123,7 +124,9 @@ def robust_ranking(
                 break
             previous = keep
             refit(keep)
-        flagged = torch.tensor([bool(f) for f in flags_for(z, predicted, y, task, rule)])
+        flagged = torch.tensor(
+            [bool(f) for f in flags_for(z, predicted, y, task, rule)], device=x.device
+        )
         if flagged.any() and not flagged.all():
             refit(~flagged)
     return RobustRanking(si, z, flags_for(z, predicted, y, task, rule), refits, kept, diagnostics)

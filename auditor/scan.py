@@ -238,13 +238,16 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
         )
         rank = ranks(ranked.z)
         rows = _point_rows(train, train_out)
-        for i, row in enumerate(rows):
+        values = zip(
+            ranked.self_influence.double().cpu().tolist(),
+            harm.tolist(),
+            ranked.z.double().cpu().tolist(),
+            rank.cpu().tolist(),
+            strict=True,
+        )
+        for i, (row, (si, hm, z, r)) in enumerate(zip(rows, values, strict=True)):
             row.update(
-                self_influence=float(ranked.self_influence[i]),
-                harmfulness=float(harm[i]),
-                suspicion=float(ranked.z[i]),
-                rank=int(rank[i]),
-                flags=ranked.flags[i],
+                self_influence=si, harmfulness=hm, suspicion=z, rank=r, flags=ranked.flags[i]
             )
         points.write_points(engine, run_id, "train", rows)
 
