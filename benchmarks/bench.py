@@ -359,9 +359,11 @@ def table(rows: list[tuple[dict, dict]]) -> str:
     return "\n".join(lines)
 
 
-def machine(device: str) -> str:
+def machine(device: str, threads: int | None = None) -> str:
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -402,13 +404,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown file to update")
     parser.add_argument("--no-write", action="store_true", help="only print the table")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per scan")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads per scan (default: torch's, = cores)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         child(json.loads(args.child), args.device)
         return
 
-    header = machine(args.device)
+    header = machine(args.device, args.threads)
     print(f"# {header}", flush=True)
     rows = []
     for case in args.cases.split(","):
@@ -421,6 +430,8 @@ def main() -> None:
                 "--child",
                 json.dumps(spec),
             ]
+            if args.threads:
+                command += ["--threads", str(args.threads)]
             print(f"running {spec['name']} ...", flush=True)
             try:
                 done = subprocess.run(

@@ -101,22 +101,29 @@ def _squaring(op, v, args, scale, lambda_max, history):
     v_norm = v.norm(dim=0).clamp_min(torch.finfo(v.dtype).tiny)
     power = op.dense().mul_(-1.0 / scale)  # R^n, n = 1
     power.diagonal().add_(1.0)
-    partial = torch.eye(op.p, dtype=v.dtype, device=v.device)  # S_n
+    partial = None  # S_n; None stands for S_1 = I
+    residual = power @ v  # R^n v
     n, best = 1, math.inf
     while True:
-        rel = float(((power @ v).norm(dim=0) / v_norm).max())
+        rel = float((residual.norm(dim=0) / v_norm).max())
         if not math.isfinite(rel) or rel > DIVERGENCE_FACTOR * max(best, 1.0):
             raise _divergence(scale, lambda_max, n)
         best = min(best, rel)
         history.append([n - 1, rel])
-        if rel <= args.tol:
-            return partial @ v, n - 1
-        if 2 * n > args.depth + 1:  # finish the remaining steps one at a time
-            return _recursion(
-                op, v, args, scale, lambda_max, True, None, history, h0=partial @ v, first=n
-            )
-        partial = partial + power @ partial
-        power = power @ power
+        if rel <= args.tol or 2 * n > args.depth + 1:
+            h = v.clone() if partial is None else partial @ v
+            if rel <= args.tol:
+                return h, n - 1
+            # finish the remaining steps one at a time
+            return _recursion(op, v, args, scale, lambda_max, True, None, history, h0=h, first=n)
+        if partial is None:
+            partial = power.clone()
+            partial.diagonal().add_(1.0)
+        else:
+            partial = partial + power @ partial
+        residual = power @ residual  # R^{2n} v without squaring R yet
+        if float((residual.norm(dim=0) / v_norm).max()) > args.tol:
+            power = power @ power
         n *= 2
 
 
