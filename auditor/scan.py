@@ -207,6 +207,7 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
                 "or --damping"
             )
         first, self_diag = self_influences(op, train_grads, config.solver)
+        del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
         runs.update_run(engine, run_id, solver={**diag.to_dict(), "self_influence": self_diag})
 
     # Scores are computed and stored one block of test points at a time; the two are
