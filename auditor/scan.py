@@ -106,8 +106,9 @@ class _Phases:
         self.engine, self.run_id, self.timings = engine, run_id, {}
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        if self.run_id is not None:
+    def __call__(self, name: str, mark: bool = True) -> Iterator[None]:
+        """Time a phase; ``mark`` records it as the run's phase in the database."""
+        if mark and self.run_id is not None:
             runs.update_run(self.engine, self.run_id, phase=name)
         start = time.perf_counter()
         yield
@@ -199,7 +200,8 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
 
     with phases("ihvp"):
         op = HessianOperator(model, fitted.theta, x, y, wd, config.solver.damping)
-        test_ihvps, diag = solve(op, test_grads.T, config.solver)  # (p, m): one solve for all
+        # (p, m): one solve for all test points
+        test_ihvps, diag = solve(op, test_grads.T.contiguous(), config.solver)
         if not diag.converged:
             warnings.append(
                 f"the {diag.solver} solve did not reach the tolerance {diag.tol:g}: relative "
@@ -218,7 +220,7 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
         "pair_scores", _score_blocks(train_grads, test_ihvps, config)
     ):
         harm += block.sum(axis=0, dtype=np.float64)
-        with phases("storage"), engine.begin() as conn:
+        with phases("storage", mark=False), engine.begin() as conn:
             pairs.write_pair_scores(conn, run_id, j0, block)
         progress("pair scores", min(j0 + block.shape[0], total), total)
 
