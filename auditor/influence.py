@@ -17,7 +17,7 @@ from auditor.hessian import HessianOperator
 from auditor.models import ModelTask
 from auditor.ranking import FlagRule, flags_for, suspicion, trimmed_mask
 from auditor.scoring import self_influence
-from auditor.solvers import SolveDiagnostics, SolverArgs, solve
+from auditor.solvers import SolverArgs, solve
 from auditor.solvers.exact import exact_affordable, exact_ihvp, exact_quadratic_forms
 from auditor.training import fit
 
@@ -32,20 +32,6 @@ class RobustRanking:
     refits: int
     kept: int
     diagnostics: list[dict]
-
-
-def solve_columns(
-    model: ModelTask,
-    theta: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    columns: torch.Tensor,
-    weight_decay: float,
-    args: SolverArgs,
-) -> tuple[torch.Tensor, SolveDiagnostics]:
-    """``A^{-1} V`` for the Hessian of the risk over ``(x, y)`` at ``theta``; ``V`` ``(p, m)``."""
-    op = HessianOperator(model, theta, x, y, weight_decay, args.damping)
-    return solve(op, columns, args)
 
 
 #: Columns re-solved in full to measure the residual of the exact self-influences.
