@@ -103,6 +103,14 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
     "--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual."
 )
 @click.option(
+    "--self-influence",
+    type=click.Choice(["auto", "same"]),
+    default="auto",
+    show_default=True,
+    help="Ranking self-influences: auto = exact Cholesky when the dense Hessian is "
+    "affordable, else --solver; same = always --solver.",
+)
+@click.option(
     "--outlier-z",
     type=float,
     default=FlagRule.outlier_z,
@@ -195,6 +203,7 @@ def scan(**opts) -> None:
             batch_size=opts["batch_size"],
             tol=opts["tol"],
             seed=opts["seed"],
+            self_influence=opts["self_influence"],
         ),
         rule=FlagRule(
             outlier_z=opts["outlier_z"], mislabel_z=opts["mislabel_z"], trim=opts["trim"]

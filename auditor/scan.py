@@ -40,11 +40,13 @@ from auditor.errors import (
     StoreError,
 )
 from auditor.gradients import per_example_grads
-from auditor.influence import robust_ranking, solve_columns
+from auditor.hessian import HessianOperator
+from auditor.influence import robust_ranking, self_influences
 from auditor.interrupts import interruptible, signals_ignored
 from auditor.models import ModelTask, build_model, default_model_name
 from auditor.ranking import ranks
-from auditor.scoring import pair_score_chunks, self_influence
+from auditor.scoring import pair_score_chunks
+from auditor.solvers import solve
 from auditor.sources.idx import find_pairs
 from auditor.store import pairs, points, runs
 from auditor.training import FitResult, fit
@@ -116,12 +118,28 @@ class _Phases:
         self.engine, self.run_id, self.timings = engine, run_id, {}
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        if self.run_id is not None:
+    def __call__(self, name: str, mark: bool = True) -> Iterator[None]:
+        """Time a phase; ``mark`` records it as the run's phase in the database."""
+        if mark and self.run_id is not None:
             runs.update_run(self.engine, self.run_id, phase=name)
         start = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def timed_iter(self, name: str, items: Iterator) -> Iterator:
+        """Yield from ``items``, adding the time spent producing each item to ``name``."""
+        self.timings.setdefault(name, 0.0)
+        if self.run_id is not None:
+            runs.update_run(self.engine, self.run_id, phase=name)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                self.timings[name] += time.perf_counter() - start
+            yield item
 
 
 def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -> ScanResult:
@@ -272,46 +290,35 @@ def _scan_run(engine, run_id, config, model, train, test, phases, progress, stor
         test_grads = per_example_grads(model, fitted.theta, x_test, y_test)
 
     with phases("ihvp"):
-        columns = torch.cat([test_grads, train_grads]).T  # (p, m + n): one solve serves all
-        ihvps, diag = solve_columns(model, fitted.theta, x, y, columns, wd, config.solver)
-        test_ihvps, train_ihvps = ihvps[:, : len(test)], ihvps[:, len(test) :]
+        op = HessianOperator(model, fitted.theta, x, y, wd, config.solver.damping)
+        # (p, m): one solve for all test points
+        test_ihvps, diag = solve(op, test_grads.T.contiguous(), config.solver)
         if not diag.converged:
             warnings.append(
                 f"the {diag.solver} solve did not reach the tolerance {diag.tol:g}: relative "
                 f"residual {diag.residual_max:.2e} after {diag.iterations} steps; raise --depth "
                 "or --damping"
             )
-        runs.update_run(engine, run_id, solver=diag.to_dict())
+        first, self_diag = self_influences(op, train_grads, config.solver)
+        del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
+        runs.update_run(engine, run_id, solver={**diag.to_dict(), "self_influence": self_diag})
 
-    with phases("pair_scores"):
-        harm = np.zeros(len(train), dtype=np.float64)
-        total, chunk = len(test), config.score_chunk
-        done = pairs.stored_test_indexes(engine, run_id) if stored is not None else set()
-        for j0 in range(0, total, chunk):
-            j1 = min(j0 + chunk, total)
-            if all(j in done for j in range(j0, j1)):  # committed before the interruption
-                scores = pairs.read_test_range(engine, run_id, j0, j1)
-            else:
-                _, block = next(pair_score_chunks(train_grads, test_ihvps, chunk, start=j0))
-                scores = block.cpu().numpy()
-                with np.errstate(over="ignore"):  # stored as float32: check what is stored
-                    _check_finite(
-                        scores.astype(pairs.DTYPE), f"pair scores of test points {j0}..{j1 - 1}"
-                    )
-                try:
-                    with engine.begin() as conn:
-                        for k0, k1 in _missing_runs(done, j0, j1):
-                            pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
-                except IntegrityError:
-                    raise StoreError(
-                        f"run {run_id}: scores of test points {j0}..{j1 - 1} appeared while "
-                        "this scan computed them; is another scan resuming the same run?"
-                    ) from None
-            harm += scores.sum(axis=0, dtype=np.float64)
-            progress("pair scores", j1, total)
+    # Scores are computed and stored one block of test points at a time; the two are
+    # timed apart ("pair_scores" and "storage") so the benchmark shows where time goes.
+    # Blocks committed before an interruption are read back (for harmfulness), not redone.
+    harm = np.zeros(len(train), dtype=np.float64)
+    total = len(test)
+    done = pairs.stored_test_indexes(engine, run_id) if stored is not None else set()
+    blocks = _score_blocks(engine, run_id, train_grads, test_ihvps, config.score_chunk, done)
+    for j0, scores, fresh in phases.timed_iter("pair_scores", blocks):
+        j1 = j0 + scores.shape[0]
+        if fresh:
+            with phases("storage", mark=False):
+                _store_block(engine, run_id, done, j0, scores)
+        harm += scores.sum(axis=0, dtype=np.float64)
+        progress("pair scores", j1, total)
 
     with phases("ranking"):
-        first = self_influence(train_grads, train_ihvps)
         ranked = robust_ranking(
             model,
             fitted.theta,
@@ -331,13 +338,16 @@ def _scan_run(engine, run_id, config, model, train, test, phases, progress, stor
         _check_finite(harm, "harmfulness")
         rank = ranks(ranked.z)
         rows = _point_rows(train, train_out)
-        for i, row in enumerate(rows):
+        values = zip(
+            ranked.self_influence.double().cpu().tolist(),
+            harm.tolist(),
+            ranked.z.double().cpu().tolist(),
+            rank.cpu().tolist(),
+            strict=True,
+        )
+        for i, (row, (si, hm, z, r)) in enumerate(zip(rows, values, strict=True)):
             row.update(
-                self_influence=float(ranked.self_influence[i]),
-                harmfulness=float(harm[i]),
-                suspicion=float(ranked.z[i]),
-                rank=int(rank[i]),
-                flags=ranked.flags[i],
+                self_influence=si, harmfulness=hm, suspicion=z, rank=r, flags=ranked.flags[i]
             )
         points.write_points(engine, run_id, "train", rows)
 
@@ -376,6 +386,43 @@ def _fit_metrics(fitted: FitResult) -> dict:
         "fit_converged": fitted.converged,
         "fit_iterations": fitted.iterations,
     }
+
+
+def _score_blocks(
+    engine: Engine,
+    run_id: int,
+    train_grads: torch.Tensor,
+    test_ihvps: torch.Tensor,
+    chunk: int,
+    done: set[int],
+) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """``(j0, scores, fresh)`` per block of ``chunk`` test points: ``scores`` is the
+    ``(c, n_train)`` float32 block, read back when every point of it is in ``done``
+    (``fresh`` False), computed and checked finite otherwise."""
+    total = test_ihvps.shape[1]
+    for j0 in range(0, total, chunk):
+        j1 = min(j0 + chunk, total)
+        if all(j in done for j in range(j0, j1)):
+            yield j0, pairs.read_test_range(engine, run_id, j0, j1), False
+            continue
+        _, block = next(pair_score_chunks(train_grads, test_ihvps, chunk, start=j0))
+        scores = block.to(torch.float32).cpu().numpy()
+        _check_finite(scores, f"pair scores of test points {j0}..{j1 - 1}")
+        yield j0, scores, True
+
+
+def _store_block(engine: Engine, run_id: int, done: set[int], j0: int, scores: np.ndarray) -> None:
+    """Commit the rows of one block that are not stored yet, in one transaction."""
+    j1 = j0 + scores.shape[0]
+    try:
+        with engine.begin() as conn:
+            for k0, k1 in _missing_runs(done, j0, j1):
+                pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
+    except IntegrityError:
+        raise StoreError(
+            f"run {run_id}: scores of test points {j0}..{j1 - 1} appeared while "
+            "this scan computed them; is another scan resuming the same run?"
+        ) from None
 
 
 def _missing_runs(done: set[int], j0: int, j1: int) -> Iterator[tuple[int, int]]:
