@@ -21,11 +21,13 @@ from auditor.cli_common import (
     resolve_run,
 )
 from auditor.config import DataArgs, ModelArgs, ScanConfig
+from auditor.errors import Interrupted
 from auditor.ranking import FlagRule
 from auditor.report.command import report
+from auditor.scan import resume as resume_scan
 from auditor.scan import scan as run_scan
 from auditor.solvers.base import SolverArgs
-from auditor.store import display_url, open_db, runs
+from auditor.store import display_url, runs
 
 
 @click.group()
@@ -56,6 +58,8 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
         h, w = (int(v) for v in value.lower().split("x"))
     except ValueError:
         raise click.BadParameter(f"expected HxW such as 28x28, got {value!r}") from None
+    if h < 1 or w < 1:
+        raise click.BadParameter(f"sizes must be positive, got {value!r}")
     return h, w
 
 
@@ -105,6 +109,14 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
     "--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual."
 )
 @click.option(
+    "--self-influence",
+    type=click.Choice(["auto", "same"]),
+    default="auto",
+    show_default=True,
+    help="Ranking self-influences: auto = exact Cholesky when the dense Hessian is "
+    "affordable, else --solver; same = always --solver.",
+)
+@click.option(
     "--outlier-z",
     type=float,
     default=FlagRule.outlier_z,
@@ -127,11 +139,19 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option(
+    "--chunk",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Test points per committed block of pair scores (work lost at most on a crash).",
+)
+@click.option(
     "--resume",
     "resume_run",
     type=int,
     metavar="RUN",
-    help="Finish an incomplete run (e.g. a killed rank) with its stored options.",
+    help="Finish an incomplete (killed, interrupted or failed) run with its stored options; "
+    "under torchrun its missing blocks are spread over the ranks.",
 )
 @db_option
 @handle_errors
@@ -139,7 +159,8 @@ def scan(**opts) -> None:
     """Fit a model, score every (train, test) pair by influence, rank and flag.
 
     Prints the id of the run it wrote to standard output. Under torchrun the test points
-    are sharded over the ranks (gloo on CPUs, nccl with --device cuda).
+    are sharded over the ranks (gloo on CPUs, nccl with --device cuda). Ctrl-C stops it
+    with exit status 130 and leaves the run incomplete; --resume RUN finishes it.
 
     \b
     Examples:
@@ -162,7 +183,8 @@ def scan(**opts) -> None:
             raise click.UsageError(
                 f"--resume takes the run's stored options; drop {', '.join(given)}"
             )
-        _report_scan(opts, bars, lambda: distributed.resume(opts["db"], opts["resume_run"], bars))
+        engine = open_existing(opts["db"])
+        _report_scan(opts, bars, lambda: resume_scan(engine, opts["resume_run"], progress=bars))
         return
     config = ScanConfig(
         data=DataArgs(
@@ -191,27 +213,33 @@ def scan(**opts) -> None:
             batch_size=opts["batch_size"],
             tol=opts["tol"],
             seed=opts["seed"],
+            self_influence=opts["self_influence"],
         ),
         rule=FlagRule(
             outlier_z=opts["outlier_z"], mislabel_z=opts["mislabel_z"], trim=opts["trim"]
         ),
         device=opts["device"],
+        score_chunk=opts["chunk"],
     )
-    if distributed.active():
-        _report_scan(opts, bars, lambda: distributed.scan(opts["db"], config, bars))
-    else:
-        _report_scan(
-            opts,
-            bars,
-            lambda: run_scan(dispose_on_close(open_db(opts["db"])), config, progress=bars),
-        )
+    with distributed.process_group(config.device) as comm:
+        engine = dispose_on_close(distributed.open_in_order(comm, opts["db"]))
+        _report_scan(opts, bars, lambda: run_scan(engine, config, progress=bars, comm=comm))
 
 
 def _report_scan(opts: dict, bars: _Bars | None, run) -> None:
-    """Run a scan, then print its summary and run id (on rank 0 of a torchrun job only)."""
+    """Run a scan (or resume) with progress bars and print its summary and run id (on
+    rank 0 of a torchrun job only)."""
     start = time.perf_counter()
     try:
         result = run()
+    except Interrupted as exc:
+        if exc.run_id is None:
+            raise
+        raise Interrupted(
+            f"interrupted; run {exc.run_id} is incomplete: finish it with "
+            f"`auditor scan --resume {exc.run_id} --db {opts['db']}`",
+            exc.run_id,
+        ) from None
     finally:
         if bars is not None:
             bars.close()
@@ -221,7 +249,7 @@ def _report_scan(opts: dict, bars: _Bars | None, run) -> None:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     flags = ", ".join(f"{n} {f}" for f, n in sorted(result.flag_counts.items())) or "none"
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
-    if isinstance(result, distributed.ShardedResult):
+    if result.ranks > 1 or result.resumed:
         phases += f"; {result.ranks} rank(s) scored {result.scored:,} test point(s)"
     click.echo(
         f"run {result.run_id}: {result.n_pairs:,} pair scores in {time.perf_counter() - start:.1f}s "
@@ -267,13 +295,13 @@ def list_runs(db: str) -> None:
     if not rows:
         click.echo("no runs yet")
         return
-    header = f"{'id':>4}  {'status':<9} {'created':<19}  {'dataset':<16} {'model':<9} {'solver':<6} {'train':>7} {'test':>6} {'pairs':>11}  flagged"
+    header = f"{'id':>4}  {'status':<11} {'created':<19}  {'dataset':<16} {'model':<9} {'solver':<6} {'train':>7} {'test':>6} {'pairs':>11}  flagged"
     click.echo(header)
     for r in rows:
         flags = (r["ranking"] or {}).get("flag_counts", {})
         solver = (r["config"].get("solver") or {}).get("solver", "")
         click.echo(
-            f"{r['id']:>4}  {r['status']:<9} {r['created_at']:%Y-%m-%d %H:%M:%S}  "
+            f"{r['id']:>4}  {r['status']:<11} {r['created_at']:%Y-%m-%d %H:%M:%S}  "
             f"{r['dataset'][:16]:<16} {r['model']:<9} {solver:<6} {r['n_train']:>7} "
             f"{r['n_test']:>6} {int(r['n_pairs']):>11,}  {sum(flags.values())}"
         )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 
 import click
+from sqlalchemy.exc import OperationalError
 
-from auditor.errors import AuditorError, ConfigError
+from auditor.errors import AuditorError, ConfigError, DataError, Interrupted
 from auditor.store import open_db, runs
 
 
@@ -20,9 +21,15 @@ def handle_errors(func):
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
         except AuditorError as exc:
-            raise click.ClickException(str(exc)) from None
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+        except OperationalError as exc:  # disk full, read-only file system, lock timeout
+            raise click.ClickException(f"database error: {exc.orig or exc}") from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted; the run is marked failed") from None
+            error = click.ClickException("interrupted")
+            error.exit_code = Interrupted.exit_code
+            raise error from None
 
     return wrapper
 
@@ -50,5 +57,13 @@ def dispose_on_close(engine):
     return engine
 
 
-def resolve_run(engine, run: int | None) -> int:
-    return runs.latest_run_id(engine) if run is None else runs.get_run(engine, run)["id"]
+def resolve_run(engine, run: int | None, *, complete: bool = True) -> int:
+    """The id of ``run`` (default the latest); with ``complete`` it must have finished."""
+    run_id = runs.latest_run_id(engine) if run is None else run
+    row = runs.get_run(engine, run_id)
+    if complete and row["status"] != "complete":
+        raise DataError(
+            f"run {run_id} is {row['status']} (stopped in phase {row['phase']}), not complete; "
+            f"finish it with `auditor scan --resume {run_id}`"
+        )
+    return run_id

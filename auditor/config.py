@@ -100,7 +100,7 @@ class ScanConfig:
         return cls(
             data=DataArgs(**data),
             model=ModelArgs(**d["model"]),
-            solver=SolverArgs(**d["solver"]),
+            solver=SolverArgs(**{"self_influence": "same", **d["solver"]}),
             rule=FlagRule(**d["rule"]),
             device=d.get("device", "cpu"),
             score_chunk=d.get("score_chunk", 256),

@@ -31,3 +31,13 @@ class RunNotFound(StoreError):
 
 class SolverError(AuditorError):
     """An inverse-Hessian solve that diverged or failed (not positive definite, non-finite)."""
+
+
+class Interrupted(AuditorError):
+    """Ctrl-C or SIGTERM stopped a scan; ``run_id`` is the incomplete run (or ``None``)."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, run_id: int | None = None):
+        super().__init__(message)
+        self.run_id = run_id

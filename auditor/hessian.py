@@ -3,16 +3,26 @@
 A = H + damping * I, with H = mean_i hess L(z_i) + weight_decay * I at the fitted theta.
 Every solver works on A through :class:`HessianOperator`, so all of them solve the same
 system and can be compared with each other.
+
+Speed: for models with a closed-form Hessian and few parameters (``p`` at most
+``DENSE_MAX_PARAMS`` and below ``2 n``) the mean loss Hessian is built once and every
+full-data matvec is one ``(p, p) @ (p, m)`` product (``2 p^2 m`` flops) instead of two
+passes over the data (``4 n p m``); its Cholesky factor is cached for the exact solver
+and for self-influence.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from auditor.gradients import batch_hvp
 from auditor.models import ModelTask
+
+#: Largest ``p`` whose dense loss Hessian is cached for matvecs (``p^2`` floats: 256 MB
+#: in float32 at this size).
+DENSE_MAX_PARAMS = 8192
 
 
 @dataclass
@@ -21,6 +31,8 @@ class HessianOperator:
 
     Attributes:
         chunk: Rows of data per autograd/closed-form call, to bound memory.
+        dense_matvec: Use the cached dense loss Hessian for full-data matvecs; ``None``
+            decides by size (closed form, ``p <= DENSE_MAX_PARAMS`` and ``p < 2 n``).
     """
 
     model: ModelTask
@@ -30,6 +42,17 @@ class HessianOperator:
     weight_decay: float
     damping: float = 0.0
     chunk: int = 2048
+    dense_matvec: bool | None = None
+    _loss_hessian: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _factor: tuple[float, torch.Tensor] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.dense_matvec is None:
+            self.dense_matvec = (
+                self.model.has_closed_form_hessian
+                and self.p <= DENSE_MAX_PARAMS
+                and self.p < 2 * self.n
+            )
 
     @property
     def n(self) -> int:
@@ -48,6 +71,8 @@ class HessianOperator:
         """``A v`` for ``v`` ``(p, m)``; over the rows ``index`` only (a minibatch) if given."""
         if index is not None:
             hv = batch_hvp(self.model, self.theta, self.x[index], self.y[index], v)
+        elif self.dense_matvec:
+            hv = self.loss_hessian() @ v
         else:
             hv = torch.zeros_like(v)
             for start in range(0, self.n, self.chunk):
@@ -58,19 +83,58 @@ class HessianOperator:
         return hv + self.shift * v
 
     def dense(self) -> torch.Tensor:
-        """The matrix ``A`` ``(p, p)``."""
+        """The matrix ``A`` ``(p, p)`` (a fresh copy)."""
+        h = self.loss_hessian().clone()
+        h.diagonal().add_(self.shift)
+        return h
+
+    def loss_hessian(self) -> torch.Tensor:
+        """The symmetric mean loss Hessian ``(p, p)`` without the shift, built once."""
+        if self._loss_hessian is None:
+            self._loss_hessian = self._build_loss_hessian()
+        return self._loss_hessian
+
+    def cholesky(self, precise: bool = False) -> torch.Tensor | None:
+        """Lower Cholesky factor of ``A`` ``(p, p)``, cached; ``None`` when ``A`` is not
+        positive definite.
+
+        Factored in the parameters' dtype (float32 is 3-4x faster on the CPU and accurate
+        to about ``cond(A) * 1e-7``), in float64 when that fails or with ``precise``.
+        """
+        cached = self._factor
+        usable = cached is not None and cached[0] == self.shift
+        if usable and (not precise or cached[1].dtype == torch.float64):
+            return cached[1]
+        factor = None
+        if not precise and self.theta.dtype != torch.float64:
+            factor = self._factorize(self.theta.dtype)
+        if factor is None:
+            factor = self._factorize(torch.float64)
+        if factor is not None:
+            self._factor = (self.shift, factor)
+        return factor
+
+    def _factorize(self, dtype: torch.dtype) -> torch.Tensor | None:
+        a = self.loss_hessian().to(dtype, copy=True)
+        a.diagonal().add_(self.shift)
+        factor, info = torch.linalg.cholesky_ex(a)
+        return factor if info == 0 else None
+
+    def _build_loss_hessian(self) -> torch.Tensor:
         h = torch.zeros(self.p, self.p, dtype=self.theta.dtype, device=self.theta.device)
-        for start in range(0, self.n, self.chunk):
-            s = slice(start, min(start + self.chunk, self.n))
+        # Closed forms need only (rows, d) temporaries: take up to 32 M elements at once.
+        rows = self.chunk
+        if self.model.has_closed_form_hessian:
+            rows = max(rows, 2**25 // max(self.x[0].numel(), 1))
+        for start in range(0, self.n, rows):
+            s = slice(start, min(start + rows, self.n))
             weight = (s.stop - s.start) / self.n
             block = self.model.loss_hessian(self.theta, self.x[s], self.y[s])
             if block is None:
                 eye = torch.eye(self.p, dtype=self.theta.dtype, device=self.theta.device)
                 block = batch_hvp(self.model, self.theta, self.x[s], self.y[s], eye)
             h += weight * block
-        h = 0.5 * (h + h.T)
-        h.diagonal().add_(self.shift)
-        return h
+        return 0.5 * (h + h.T)
 
     def relative_residual(self, solution: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``||A s - v|| / ||v||`` per column ``(m,)`` (0 where ``v`` is 0)."""

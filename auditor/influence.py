@@ -6,6 +6,7 @@ training points (see :mod:`auditor.ranking` for the rule).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,7 +17,8 @@ from auditor.hessian import HessianOperator
 from auditor.models import ModelTask
 from auditor.ranking import FlagRule, flags_for, suspicion, trimmed_mask
 from auditor.scoring import self_influence
-from auditor.solvers import SolveDiagnostics, SolverArgs, solve
+from auditor.solvers import SolverArgs, solve
+from auditor.solvers.exact import exact_affordable, exact_ihvp, exact_quadratic_forms
 from auditor.training import fit
 
 
@@ -32,18 +34,30 @@ class RobustRanking:
     diagnostics: list[dict]
 
 
-def solve_columns(
-    model: ModelTask,
-    theta: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    columns: torch.Tensor,
-    weight_decay: float,
-    args: SolverArgs,
-) -> tuple[torch.Tensor, SolveDiagnostics]:
-    """``A^{-1} V`` for the Hessian of the risk over ``(x, y)`` at ``theta``; ``V`` ``(p, m)``."""
-    op = HessianOperator(model, theta, x, y, weight_decay, args.damping)
-    return solve(op, columns, args)
+#: Columns re-solved in full to measure the residual of the exact self-influences.
+RESIDUAL_SAMPLE = 64
+
+
+def self_influences(
+    op: HessianOperator, grads: torch.Tensor, args: SolverArgs
+) -> tuple[torch.Tensor, dict]:
+    """Self-influence ``-g_i^T A^{-1} g_i`` of every row of ``grads`` ``(n, p)``: ``(n,)``.
+
+    With ``args.self_influence == "auto"`` and an affordable dense Hessian this is
+    ``-||L^{-1} g_i||^2`` from the cached Cholesky factor (``p^2`` flops per point, no
+    iterations); otherwise ``args.solver`` solves all ``n`` columns. Returns the values and
+    the solve's diagnostics as a dict.
+    """
+    if args.self_influence == "auto" and exact_affordable(op):
+        start = time.perf_counter()
+        # The sample's solve checks the factor first (and refines it if float32 is not enough).
+        sample = grads[:: max(1, grads.shape[0] // RESIDUAL_SAMPLE)].T
+        _, diag = exact_ihvp(op, sample, args)
+        values = -exact_quadratic_forms(op, grads)
+        diag.seconds = time.perf_counter() - start
+        return values, diag.to_dict()
+    ihvps, diag = solve(op, grads.T, args)
+    return self_influence(grads, ihvps), diag.to_dict()
 
 
 def robust_ranking(
@@ -79,12 +93,10 @@ def robust_ranking(
         nonlocal si, z, refits, kept
         fitted = fit(model, x[keep], y[keep], weight_decay, theta0=theta, **(fit_kwargs or {}))
         grads = per_example_grads(model, fitted.theta, x, y)
-        ihvps, diag = solve_columns(
-            model, fitted.theta, x[keep], y[keep], grads.T, weight_decay, solver
-        )
-        si = self_influence(grads, ihvps)
+        op = HessianOperator(model, fitted.theta, x[keep], y[keep], weight_decay, solver.damping)
+        si, diag = self_influences(op, grads, solver)
         z = suspicion(si)
-        diagnostics.append(diag.to_dict())
+        diagnostics.append(diag)
         refits += 1
         kept = int(keep.sum())
         if progress:
@@ -98,7 +110,9 @@ def robust_ranking(
                 break
             previous = keep
             refit(keep)
-        flagged = torch.tensor([bool(f) for f in flags_for(z, predicted, y, task, rule)])
+        flagged = torch.tensor(
+            [bool(f) for f in flags_for(z, predicted, y, task, rule)], device=x.device
+        )
         if flagged.any() and not flagged.all():
             refit(~flagged)
     return RobustRanking(si, z, flags_for(z, predicted, y, task, rule), refits, kept, diagnostics)

@@ -61,6 +61,11 @@ class ModelTask(ABC):
         form."""
         return None
 
+    @property
+    def has_closed_form_hessian(self) -> bool:
+        """Whether :meth:`loss_hessian` is implemented (cheap dense Hessians)."""
+        return type(self).loss_hessian is not ModelTask.loss_hessian
+
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
@@ -164,18 +169,25 @@ class MultinomialLogistic(ModelTask):
         return hv.reshape(m, -1).T
 
     def loss_hessian(self, theta, x, y):
-        # Block (a, b) of size (d+1)^2 is X^T diag(s_a (delta_ab - s_b)) X / n.
+        # Block (a, b) of size (d+1)^2 is X^T diag(s_a (delta_ab - s_b)) X / n. The weights
+        # of a row of blocks sum to zero (s sums to one), so the last class's blocks are
+        # minus the sum of the others: k(k-1)/2 products instead of k(k+1)/2.
         xb = _with_bias(x)
         n, d1 = xb.shape
         k = self.n_outputs
         s = torch.softmax(self.outputs(theta, x), dim=1)
         h = torch.empty(d1, k, d1, k, dtype=x.dtype, device=x.device)
-        for a in range(k):
-            for b in range(a, k):
+        last = k - 1
+        for a in range(last):
+            for b in range(a, last):
                 w = s[:, a] * ((1.0 if a == b else 0.0) - s[:, b])
                 block = (xb * w[:, None]).T @ xb / n
                 h[:, a, :, b] = block
                 h[:, b, :, a] = block.T
+        for a in range(last):
+            h[:, a, :, last] = -h[:, a, :, :last].sum(dim=2)
+            h[:, last, :, a] = h[:, a, :, last].T
+        h[:, last, :, last] = -h[:, last, :, :last].sum(dim=2)
         return h.reshape(d1 * k, d1 * k)
 
 

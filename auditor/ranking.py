@@ -70,7 +70,7 @@ def suspicion(self_influence: torch.Tensor) -> torch.Tensor:
 def trimmed_mask(score: torch.Tensor, trim: float) -> torch.Tensor:
     """Boolean ``(n,)`` mask keeping all but the ``trim`` fraction with the highest score."""
     n = score.shape[0]
-    keep = torch.ones(n, dtype=torch.bool)
+    keep = torch.ones(n, dtype=torch.bool, device=score.device)
     keep[score.argsort(descending=True)[: int(trim * n)]] = False
     return keep
 
@@ -97,5 +97,5 @@ def ranks(score: torch.Tensor) -> torch.Tensor:
     """1-based rank ``(n,)`` by descending score (ties broken by index)."""
     order = torch.sort(score, descending=True, stable=True).indices
     rank = torch.empty_like(order)
-    rank[order] = torch.arange(1, score.shape[0] + 1)
+    rank[order] = torch.arange(1, score.shape[0] + 1, device=score.device)
     return rank

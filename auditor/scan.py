@@ -2,7 +2,10 @@
 
 Each phase is timed; pair scores are committed one block of test points at a time, and
 the run is marked ``complete`` only by its last write, so an interrupted scan never looks
-finished.
+finished. The fitted parameters are stored as soon as the fit ends, so :func:`resume`
+finishes a killed or interrupted run: it reloads the data (checking its fingerprint),
+recomputes the deterministic gradients and solve from the stored parameters, and scores
+only the test points whose blocks are missing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from auditor import sources
 from auditor.config import DataArgs, ScanConfig
@@ -27,15 +31,40 @@ from auditor.data import (
     train_test_split,
     validate,
 )
-from auditor.errors import AuditorError, ConfigError
+from auditor.distributed import (
+    Block,
+    Comm,
+    PeerFailed,
+    PeerLost,
+    combine_diagnostics,
+    missing_runs,
+    process_group,
+    shard,
+    shared_operator,
+    sum_in_rank_order,
+    test_blocks,
+    torch_device,
+    train_slice,
+)
+from auditor.errors import (
+    AuditorError,
+    ConfigError,
+    DataError,
+    Interrupted,
+    SolverError,
+    StoreError,
+)
 from auditor.gradients import per_example_grads
-from auditor.influence import robust_ranking, solve_columns
+from auditor.hessian import HessianOperator
+from auditor.influence import robust_ranking, self_influences
+from auditor.interrupts import interruptible, signals_ignored
 from auditor.models import ModelTask, build_model, default_model_name
 from auditor.ranking import ranks
-from auditor.scoring import pair_score_chunks, self_influence
+from auditor.scoring import pair_score_chunks
+from auditor.solvers import solve
 from auditor.sources.idx import find_pairs
 from auditor.store import pairs, points, runs
-from auditor.training import fit
+from auditor.training import FitResult, fit
 
 #: Features stored per point when the data has at most this many (for scatter plots).
 MAX_STORED_FEATURES = 16
@@ -54,6 +83,11 @@ class ScanResult:
     warnings: list[str]
     n_pairs: int
     flag_counts: dict[str, int] = field(default_factory=dict)
+    #: Processes that ran it (torchrun ranks), whether it resumed a run, and the test
+    #: points this job scored (fewer than all on a resume).
+    ranks: int = 1
+    resumed: bool = False
+    scored: int = 0
 
 
 def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
@@ -104,35 +138,105 @@ class _Phases:
         self.engine, self.run_id, self.timings = engine, run_id, {}
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        if self.run_id is not None:
+    def __call__(self, name: str, mark: bool = True) -> Iterator[None]:
+        """Time a phase; ``mark`` records it as the run's phase in the database."""
+        if mark and self.run_id is not None:
             runs.update_run(self.engine, self.run_id, phase=name)
         start = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
+    def timed_iter(self, name: str, items: Iterator) -> Iterator:
+        """Yield from ``items``, adding the time spent producing each item to ``name``."""
+        self.timings.setdefault(name, 0.0)
+        if self.run_id is not None:
+            runs.update_run(self.engine, self.run_id, phase=name)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                self.timings[name] += time.perf_counter() - start
+            yield item
 
-def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -> ScanResult:
+
+def scan(
+    engine: Engine,
+    config: ScanConfig,
+    progress: Progress | None = None,
+    comm: Comm | None = None,
+) -> ScanResult | None:
     """Run a whole scan into ``engine``'s database and return its :class:`ScanResult`.
+
+    Under torchrun (``WORLD_SIZE`` > 1) the test points are sharded over the ranks of the
+    job ``comm`` (joined here if not given); rank 0 returns the result, the others ``None``.
 
     Raises:
         ConfigError, DataError: before anything is written to the database.
         SolverError: after the run is created; the run is then marked ``failed``.
+        Interrupted: Ctrl-C or SIGTERM; the run is marked ``interrupted`` and can be
+            finished with :func:`resume`.
+        PeerFailed: another rank failed or was lost; the run is left resumable.
     """
-    progress = progress or (lambda phase, done, total: None)
-    device = _device(config.device)
-    dtype = getattr(torch, config.model.dtype)
+    if comm is None:
+        with process_group(config.device) as comm:
+            return scan(engine, config, progress, comm)
     phases = _Phases(engine)
-    with phases("load"):
-        train, test = load_data(config.data)
-        model = build_model(
-            config.model.name or default_model_name(train.task),
-            train.task,
-            train.n_features,
-            train.n_classes,
-            hidden=config.model.hidden,
-        )
-    run_id = runs.create_run(
+    with interruptible(None), phases("load"):
+        train, test, model = comm.step(_load, config)
+    run_id = comm.broadcast(comm.root_step(_create_run, engine, config, train, test, model))
+    return _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, None)
+
+
+def resume(
+    engine: Engine, run_id: int, progress: Progress | None = None, comm: Comm | None = None
+) -> ScanResult | None:
+    """Finish an incomplete run (killed, interrupted or failed) with its stored configuration.
+
+    The data is loaded again and must have the fingerprint the run started with. The stored
+    fitted parameters are reused (the fit is repeated, deterministically from the stored
+    seed, only if the run stopped before the fit ended); gradients are recomputed, and only
+    the blocks of test points without stored pair scores are solved and scored (spread over
+    the ranks under torchrun). The result equals an uninterrupted scan.
+
+    Raises:
+        RunNotFound: No such run.
+        ConfigError: The run is already complete.
+        DataError: The data no longer matches the run's fingerprint.
+    """
+    run = runs.get_run(engine, run_id, with_theta=True)
+    if run["status"] == "complete":
+        raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
+    config = ScanConfig.from_dict(run["config"])
+    if comm is None:
+        with process_group(config.device) as comm:
+            return resume(engine, run_id, progress, comm)
+    phases = _Phases(engine)
+    with interruptible(None), phases("load"):
+        train, test, model = comm.step(_load, config)
+        comm.step(_check_fingerprint, run, train, test)
+    if comm.is_root:
+        runs.restart_run(engine, run_id)
+    stored = _stored_fit(run, model, config)
+    return _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, stored)
+
+
+def _load(config: ScanConfig) -> tuple[Dataset, Dataset, ModelTask]:
+    train, test = load_data(config.data)
+    model = build_model(
+        config.model.name or default_model_name(train.task),
+        train.task,
+        train.n_features,
+        train.n_classes,
+        hidden=config.model.hidden,
+    )
+    return train, test, model
+
+
+def _create_run(engine: Engine, config: ScanConfig, train, test, model: ModelTask) -> int:
+    return runs.create_run(
         engine,
         config=config.to_dict(),
         dataset=train.name,
@@ -146,87 +250,284 @@ def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -
         sources={"train": asdict(train.source), "test": asdict(test.source)},
         image_shape=None if train.images is None else list(train.images.shape[1:]),
     )
-    phases.run_id = run_id
-    try:
-        return _scan_run(
-            engine, run_id, config, model, train, test, device, dtype, phases, progress
+
+
+def _check_fingerprint(run: dict, train: Dataset, test: Dataset) -> None:
+    found = fingerprint(train, test)
+    if found != run["data_fingerprint"]:
+        raise DataError(
+            f"run {run['id']}: the data changed since the run started (fingerprint "
+            f"{found[:12]}, the run has {run['data_fingerprint'][:12]}); start a new scan"
         )
-    except (AuditorError, KeyboardInterrupt) as exc:
-        message = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
-        runs.fail_run(engine, run_id, message)
+
+
+def _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, stored):
+    """Run the phases after the run row exists; rank 0 marks the run failed or interrupted."""
+    phases.run_id = run_id if comm.is_root else None  # rank 0 alone records the phase
+    progress = progress or (lambda phase, done, total: None)
+    try:
+        with interruptible(run_id):
+            return _scan_run(
+                comm, engine, run_id, config, model, train, test, phases, progress, stored
+            )
+    except Interrupted:
+        if comm.is_root:
+            with signals_ignored():
+                runs.fail_run(engine, run_id, "interrupted", status="interrupted")
         raise
+    except AuditorError as exc:
+        if comm.is_root:
+            runs.fail_run(engine, run_id, str(exc))
+        raise
+    except PeerLost as exc:  # a rank died (killed, out of memory): the run is resumable
+        if comm.is_root:
+            runs.fail_run(engine, run_id, f"a rank of the job was lost: {exc}")
+        raise PeerFailed(
+            f"a rank of the job was lost ({str(exc).splitlines()[0]}); run {run_id} is "
+            f"incomplete: finish it with `auditor scan --resume {run_id}`"
+        ) from None
 
 
-def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases, progress):
+def _stored_fit(run: dict, model: ModelTask, config: ScanConfig) -> FitResult | None:
+    """The fit a run stored when its fit phase ended, or ``None`` if it stopped before."""
+    metrics = run["metrics"] or {}
+    if not run["theta"] or "grad_norm" not in metrics:
+        return None
+    theta = _theta_from_bytes(run["theta"], config.model.dtype)
+    if theta.numel() != model.n_params:
+        return None
+    return FitResult(
+        theta=theta.to(torch_device(config.device)),
+        risk=metrics["risk"],
+        grad_norm=metrics["grad_norm"],
+        iterations=metrics["fit_iterations"],
+        converged=metrics["fit_converged"],
+    )
+
+
+@dataclass
+class _Data:
+    """The training and test tensors on the scan's device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress, stored):
     warnings: list[str] = []
-    x, y = _tensors(train, device, dtype)
-    x_test, y_test = _tensors(test, device, dtype)
-    fit_kwargs = {"max_iter": config.model.max_iter, "grad_tol": config.model.grad_tol}
-    wd = config.model.weight_decay
+    dtype = getattr(torch, config.model.dtype)
+    d = _Data(*_tensors(train, comm.device, dtype), *_tensors(test, comm.device, dtype))
 
     with phases("fit"):
-        fitted = fit(model, x, y, wd, seed=config.data.seed, **fit_kwargs)
-        if fitted.grad_norm > FAR_FROM_OPTIMUM:
-            warnings.append(
-                f"the fit is far from an optimum (gradient norm {fitted.grad_norm:.2e} > "
-                f"{FAR_FROM_OPTIMUM:g}); influence assumes one: raise --weight-decay or the "
-                "iteration limit"
-            )
-        train_out = _evaluate(model, fitted.theta, x, y)
-        test_out = _evaluate(model, fitted.theta, x_test, y_test)
-        points.write_points(engine, run_id, "test", _point_rows(test, test_out))
+        fitted, outputs = comm.root_step(
+            _fit_phase, engine, run_id, config, model, train, test, d, stored, warnings
+        ) or (None, None)
+        theta = _shared_theta(comm, fitted, config, d.x.device)
+
+    blocks = test_blocks(len(test), config.score_chunk)
+    done = comm.broadcast(
+        pairs.stored_test_indexes(engine, run_id) if comm.is_root and stored is not None else set()
+    )
+    pending = [b for b in blocks if not all(j in done for j in range(*b))]
+    mine = shard(pending, comm.rank, comm.world)
+    if comm.is_root:  # rank 0 also reads back the blocks stored before (for harmfulness)
+        mine = sorted(mine + [b for b in blocks if b not in pending])
+    to_solve = [b for b in mine if b in pending]
+    own_train = train_slice(len(train), comm.rank, comm.world)
 
     with phases("gradients"):
-        train_grads = per_example_grads(model, fitted.theta, x, y)
-        test_grads = per_example_grads(model, fitted.theta, x_test, y_test)
+        train_grads = per_example_grads(model, theta, d.x, d.y)
+        # One call per block: a gradient's last bits depend on the rows computed with it,
+        # so a block gets the same ones in one process, on any rank and on a resume.
+        test_grads = torch.cat(
+            [train_grads[:0]]
+            + [
+                per_example_grads(model, theta, d.x_test[j0:j1], d.y_test[j0:j1])
+                for j0, j1 in to_solve
+            ]
+        )
 
     with phases("ihvp"):
-        columns = torch.cat([test_grads, train_grads]).T  # (p, m + n): one solve serves all
-        ihvps, diag = solve_columns(model, fitted.theta, x, y, columns, wd, config.solver)
-        test_ihvps, train_ihvps = ihvps[:, : len(test)], ihvps[:, len(test) :]
-        if not diag.converged:
-            warnings.append(
-                f"the {diag.solver} solve did not reach the tolerance {diag.tol:g}: relative "
-                f"residual {diag.residual_max:.2e} after {diag.iterations} steps; raise --depth "
-                "or --damping"
-            )
-        runs.update_run(engine, run_id, solver=diag.to_dict())
+        op = shared_operator(comm, model, theta, d.x, d.y, config.model.weight_decay, config.solver)
+        test_ihvps, diag = comm.step(_solve, op, test_grads.T.contiguous(), config.solver)
+        first, self_diag = comm.step(self_influences, op, train_grads[own_train], config.solver)
+        del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
+        record = _solver_record(comm, diag, test_grads.shape[0], self_diag, own_train)
+        if comm.is_root:
+            runs.update_run(engine, run_id, solver=record)
+            warnings += _solve_warnings(record)
 
-    with phases("pair_scores"):
-        harm = np.zeros(len(train), dtype=np.float64)
-        total = len(test)
-        for j0, block in pair_score_chunks(train_grads, test_ihvps, config.score_chunk):
-            scores = block.cpu().numpy()
-            harm += scores.sum(axis=0, dtype=np.float64)
-            with engine.begin() as conn:
-                pairs.write_pair_scores(conn, run_id, j0, scores)
-            progress("pair scores", min(j0 + block.shape[0], total), total)
+    harm = comm.step(
+        _score_and_store, engine, run_id, train_grads, test_ihvps, mine, pending, done, phases,
+        progress,
+    )  # fmt: skip
+    reports = comm.gather({"si": first.cpu(), "harm": harm, "timings": phases.timings})
+    if not comm.is_root:
+        return None
+    _check_all_stored(engine, run_id, len(test))
+    phases.timings = {k: max(r["timings"].get(k, 0.0) for r in reports) for k in phases.timings}
+    first = torch.cat([r["si"] for r in reports]).to(theta.device)
+    harm = sum_in_rank_order([r["harm"] for r in reports])
+    result = _rank_and_finish(
+        engine, run_id, config, model, train, test, d, fitted, outputs, first, harm,
+        warnings, phases, progress,
+    )  # fmt: skip
+    result.ranks, result.resumed = comm.world, stored is not None
+    result.scored = len(test) - len(done)
+    return result
 
+
+def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, warnings):
+    """Rank 0: the stored fit (or a new one, stored at once so that a resume continues
+    from it), checked finite, and the test points written. Returns the fit and the model's
+    outputs on the training and test points."""
+    fit_kwargs = {"max_iter": config.model.max_iter, "grad_tol": config.model.grad_tol}
+    wd = config.model.weight_decay
+    fitted = stored or fit(model, d.x, d.y, wd, seed=config.data.seed, **fit_kwargs)
+    if not torch.isfinite(fitted.theta).all():
+        raise SolverError(
+            "the fit diverged to non-finite parameters (NaN or inf); scale the features "
+            "or raise --weight-decay"
+        )
+    if fitted.grad_norm > FAR_FROM_OPTIMUM:
+        warnings.append(
+            f"the fit is far from an optimum (gradient norm {fitted.grad_norm:.2e} > "
+            f"{FAR_FROM_OPTIMUM:g}); influence assumes one: raise --weight-decay or the "
+            "iteration limit"
+        )
+    train_out = _evaluate(model, fitted.theta, d.x, d.y)
+    test_out = _evaluate(model, fitted.theta, d.x_test, d.y_test)
+    points.write_points(engine, run_id, "test", _point_rows(test, test_out))
+    if stored is None:
+        runs.update_run(
+            engine, run_id, theta=_theta_bytes(fitted.theta), metrics=_fit_metrics(fitted)
+        )
+    return fitted, (train_out, test_out)
+
+
+def _shared_theta(comm: Comm, fitted: FitResult | None, config, device) -> torch.Tensor:
+    """Rank 0's fitted parameters ``(p,)`` on every rank, bit for bit."""
+    if comm.world == 1:
+        return fitted.theta
+    blob = comm.broadcast(_theta_bytes(fitted.theta) if comm.is_root else None)
+    return fitted.theta if comm.is_root else _theta_from_bytes(blob, config.model.dtype).to(device)
+
+
+def _solve(op: HessianOperator, columns: torch.Tensor, args) -> tuple[torch.Tensor, dict | None]:
+    """``A^{-1} V`` ``(p, m)`` and the diagnostics as a dict; nothing to solve for ``m = 0``
+    (a rank with no block left on a resume)."""
+    if columns.shape[1] == 0:
+        return columns.clone(), None
+    ihvps, diag = solve(op, columns, args)
+    return ihvps, diag.to_dict()
+
+
+def _solver_record(comm: Comm, diag, n_test, self_diag, own_train: slice) -> dict:
+    """The run's solver record: the test solve's diagnostics (every rank's merged) with the
+    self-influences' under ``self_influence``, and each rank's share under ``ranks``."""
+    n_train = own_train.stop - own_train.start
+    parts = comm.gather((diag, n_test, self_diag, n_train))
+    record = combine_diagnostics([(p[0], p[1]) for p in parts]) or {}
+    record = {**record, "self_influence": combine_diagnostics([(p[2], p[3]) for p in parts])}
+    if comm.world > 1:
+        record["ranks"] = [
+            {
+                "rank": k,
+                "test_columns": p[1],
+                "train_columns": p[3],
+                **(
+                    {}
+                    if p[0] is None
+                    else {key: p[0][key] for key in ("iterations", "residual_max")}
+                ),
+            }
+            for k, p in enumerate(parts)
+        ]
+    return record
+
+
+def _solve_warnings(record: dict) -> list[str]:
+    if "converged" not in record or record["converged"]:
+        return []
+    return [
+        f"the {record['solver']} solve did not reach the tolerance {record['tol']:g}: relative "
+        f"residual {record['residual_max']:.2e} after {record['iterations']} steps; raise "
+        "--depth or --damping"
+    ]
+
+
+def _score_and_store(
+    engine, run_id, train_grads, test_ihvps, mine, pending, done, phases, progress
+) -> np.ndarray:
+    """Score and commit this rank's blocks (``mine``, sorted): the ``pending`` ones from
+    ``test_ihvps`` (their columns in order), the others read back. Returns the float64 sum
+    of the scores per training point ``(n,)``.
+
+    Scores and storage are timed apart ("pair_scores" and "storage") so that the
+    benchmark shows where time goes."""
+    harm = np.zeros(train_grads.shape[0], dtype=np.float64)
+    total = sum(j1 - j0 for j0, j1 in mine)
+    scored = 0
+    blocks = _score_blocks(engine, run_id, train_grads, test_ihvps, mine, pending)
+    for j0, scores, fresh in phases.timed_iter("pair_scores", blocks):
+        if fresh:
+            with phases("storage", mark=False):
+                _store_block(engine, run_id, done, j0, scores)
+        harm += scores.sum(axis=0, dtype=np.float64)
+        scored += scores.shape[0]
+        progress("pair scores", scored, total)
+    return harm
+
+
+def _check_all_stored(engine: Engine, run_id: int, n_test: int) -> None:
+    """Refuse to complete a run with a test point lacking its stored scores."""
+    stored = len(pairs.stored_test_indexes(engine, run_id))
+    if stored != n_test:
+        raise StoreError(
+            f"run {run_id}: only {stored} of {n_test} test points have stored scores "
+            f"after every rank finished; resume with `auditor scan --resume {run_id}`"
+        )
+
+
+def _rank_and_finish(
+    engine, run_id, config, model, train, test, d: _Data, fitted, outputs, first, harm,
+    warnings, phases, progress,
+) -> ScanResult:  # fmt: skip
+    """Rank 0: rank and flag the training points (with the refits), store them and mark
+    the run complete, its last write."""
+    train_out, test_out = outputs
     with phases("ranking"):
-        first = self_influence(train_grads, train_ihvps)
         ranked = robust_ranking(
             model,
             fitted.theta,
-            x,
-            y,
-            train_out["predicted"].to(y.dtype),
+            d.x,
+            d.y,
+            train_out["predicted"].to(d.y.dtype),
             first,
             task=train.task,
-            weight_decay=wd,
+            weight_decay=config.model.weight_decay,
             solver=config.solver,
             rule=config.rule,
-            fit_kwargs=fit_kwargs,
+            fit_kwargs={"max_iter": config.model.max_iter, "grad_tol": config.model.grad_tol},
             progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
         )
+        _check_finite(ranked.self_influence.cpu().numpy(), "self-influence")
+        _check_finite(ranked.z.cpu().numpy(), "suspicion scores")
+        _check_finite(harm, "harmfulness")
         rank = ranks(ranked.z)
         rows = _point_rows(train, train_out)
-        for i, row in enumerate(rows):
+        values = zip(
+            ranked.self_influence.double().cpu().tolist(),
+            harm.tolist(),
+            ranked.z.double().cpu().tolist(),
+            rank.cpu().tolist(),
+            strict=True,
+        )
+        for i, (row, (si, hm, z, r)) in enumerate(zip(rows, values, strict=True)):
             row.update(
-                self_influence=float(ranked.self_influence[i]),
-                harmfulness=float(harm[i]),
-                suspicion=float(ranked.z[i]),
-                rank=int(rank[i]),
-                flags=ranked.flags[i],
+                self_influence=si, harmfulness=hm, suspicion=z, rank=r, flags=ranked.flags[i]
             )
         points.write_points(engine, run_id, "train", rows)
 
@@ -235,7 +536,7 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
         engine,
         run_id,
         metrics={
-            **_metrics(train.task, fitted, train_out, y, test_out, y_test),
+            **_metrics(train.task, fitted, train_out, d.y, test_out, d.y_test),
             "test_fingerprint": points_fingerprint(test),
         },
         ranking={
@@ -247,9 +548,78 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
         },
         timings=phases.timings,
         warnings=warnings,
-        theta=fitted.theta.to(torch.float32).cpu().numpy().tobytes(),
+        theta=_theta_bytes(fitted.theta),
     )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
+
+
+def _theta_bytes(theta: torch.Tensor) -> bytes:
+    """The fitted parameters ``(p,)`` as little-endian bytes in their own dtype (exact)."""
+    array = theta.detach().cpu().numpy()
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def _theta_from_bytes(blob: bytes, dtype: str) -> torch.Tensor:
+    """The parameters :func:`_theta_bytes` stored, on the CPU in their native byte order."""
+    array = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<"))
+    return torch.from_numpy(array.astype(np.dtype(dtype)))
+
+
+def _fit_metrics(fitted: FitResult) -> dict:
+    return {
+        "risk": fitted.risk,
+        "grad_norm": fitted.grad_norm,
+        "fit_converged": fitted.converged,
+        "fit_iterations": fitted.iterations,
+    }
+
+
+def _score_blocks(
+    engine: Engine,
+    run_id: int,
+    train_grads: torch.Tensor,
+    test_ihvps: torch.Tensor,
+    blocks: list[Block],
+    pending: list[Block],
+) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """``(j0, scores, fresh)`` per block ``[j0, j1)`` of ``blocks``: ``scores`` is the
+    ``(c, n_train)`` float32 block, computed from the next ``c`` columns of ``test_ihvps``
+    and checked finite for a ``pending`` block (``fresh``), read back otherwise."""
+    column = 0
+    for j0, j1 in blocks:
+        if (j0, j1) not in pending:
+            yield j0, pairs.read_test_range(engine, run_id, j0, j1), False
+            continue
+        c = j1 - j0
+        _, block = next(pair_score_chunks(train_grads, test_ihvps, c, start=column))
+        column += c
+        scores = block.to(torch.float32).cpu().numpy()
+        _check_finite(scores, f"pair scores of test points {j0}..{j1 - 1}")
+        yield j0, scores, True
+
+
+def _store_block(engine: Engine, run_id: int, done: set[int], j0: int, scores: np.ndarray) -> None:
+    """Commit the rows of one block that are not stored yet, in one transaction."""
+    j1 = j0 + scores.shape[0]
+    try:
+        with engine.begin() as conn:
+            for k0, k1 in missing_runs(done, j0, j1):
+                pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
+    except IntegrityError:
+        raise StoreError(
+            f"run {run_id}: scores of test points {j0}..{j1 - 1} appeared while "
+            "this scan computed them; is another scan resuming the same run?"
+        ) from None
+
+
+def _check_finite(values: np.ndarray, what: str) -> None:
+    """Refuse to store NaN or infinite scores: fail the run with a clear error instead."""
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise SolverError(
+            f"{bad} non-finite {what} (NaN, inf or beyond float32's range); none of them was "
+            "stored. Scale the features and targets, or raise --damping or --weight-decay"
+        )
 
 
 def _counter(progress: Progress, phase: str, total: int) -> Callable[[int], None]:
@@ -262,16 +632,6 @@ def _counter(progress: Progress, phase: str, total: int) -> Callable[[int], None
         progress(phase, done, total)
 
     return advance
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown --device {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here")
-    return device
 
 
 def _tensors(ds: Dataset, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,10 +677,7 @@ def _metrics(task, fitted, train_out, y, test_out, y_test) -> dict:
     metrics = {
         "train_loss": float(train_out["loss"].mean()),
         "test_loss": float(test_out["loss"].mean()),
-        "risk": fitted.risk,
-        "grad_norm": fitted.grad_norm,
-        "fit_converged": fitted.converged,
-        "fit_iterations": fitted.iterations,
+        **_fit_metrics(fitted),
     }
     if task == "classification":
         metrics["train_accuracy"] = float((train_out["predicted"] == y).double().mean())

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from auditor.errors import SolverError
 from auditor.models import ModelTask
 
 
@@ -74,11 +75,19 @@ def fit(
         return value
 
     # L-BFGS can stop early on a stalled line search; a restart from there often goes on.
-    for _ in range(3):
-        optimizer.step(closure)
-        grad_norm = _grad_norm(model, theta, x, y, weight_decay)
-        if grad_norm <= grad_tol:
-            break
+    try:
+        for _ in range(3):
+            optimizer.step(closure)
+            grad_norm = _grad_norm(model, theta, x, y, weight_decay)
+            if grad_norm <= grad_tol:
+                break
+    except RuntimeError as exc:  # torch refuses a step that overflows float32/float64
+        if "overflow" not in str(exc):
+            raise
+        raise SolverError(
+            f"the fit overflowed ({exc}); the feature or target values are too large: "
+            "scale them, or use --dtype float64"
+        ) from None
     theta = theta.detach()
     iterations = optimizer.state[optimizer._params[0]].get("n_iter", 0)
     return FitResult(

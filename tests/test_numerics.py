@@ -8,6 +8,7 @@ from torch.func import hessian
 from auditor.errors import SolverError
 from auditor.gradients import batch_hvp, per_example_grads
 from auditor.hessian import HessianOperator
+from auditor.influence import self_influences
 from auditor.models import build_model
 from auditor.solvers import SolverArgs, solve
 from auditor.training import fit, risk
@@ -119,3 +120,53 @@ def test_exact_rejects_an_indefinite_hessian():
     op.damping = -10.0  # force a negative definite system
     with pytest.raises(SolverError, match="not positive definite"):
         solve(op, torch.randn(model.n_params, 1), SolverArgs(solver="exact"))
+
+
+@pytest.mark.parametrize(("name", "task", "k"), MODELS[:3])
+def test_lissa_by_squaring_is_the_recursions_own_iterate(name, task, k):
+    """Repeated squaring gives h_t of the step-by-step recursion at the same depth t."""
+    model, theta, x, y = problem(name, task, k)
+    op = HessianOperator(model, theta, x, y, weight_decay=0.05, damping=0.01)
+    assert op.dense_matvec
+    v = torch.randn(model.n_params, 40, dtype=torch.float64)  # enough columns to pay
+    squared, sq = solve(op, v, SolverArgs(solver="lissa", tol=1e-6, damping=0.01))
+    assert sq.converged and sq.residual_max <= 1e-6
+    depth = sq.iterations
+    assert depth + 1 & depth == 0  # t = 2^k - 1
+    # the recursion run for exactly that many steps (a tolerance it cannot meet earlier)
+    plain = SolverArgs(
+        solver="lissa", tol=1e-300, depth=depth, damping=0.01, squaring=False, scale=sq.scale
+    )
+    stepped, st = solve(op, v, plain)
+    assert st.iterations == depth
+    torch.testing.assert_close(squared, stepped, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(squared, torch.linalg.solve(op.dense(), v), rtol=1e-5, atol=1e-7)
+
+
+def test_lissa_squaring_stops_at_depth_with_the_same_iterate():
+    """A depth below the next power of two finishes step by step, at exactly that depth."""
+    model, theta, x, y = problem("logistic", "classification", 2)
+    op = HessianOperator(model, theta, x, y, weight_decay=0.05)
+    v = torch.randn(model.n_params, 2, dtype=torch.float64)
+    common = {"solver": "lissa", "tol": 1e-300, "depth": 11, "scale": 1.0}
+    squared, sq = solve(op, v, SolverArgs(**common))
+    stepped, st = solve(op, v, SolverArgs(**common, squaring=False))
+    assert sq.iterations == st.iterations == 11
+    assert not sq.converged
+    torch.testing.assert_close(squared, stepped, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(("name", "task", "k"), MODELS[:3])
+def test_exact_self_influence_matches_a_dense_solve(name, task, k):
+    model, theta, x, y = problem(name, task, k)
+    op = HessianOperator(model, theta, x, y, weight_decay=0.05, damping=0.01)
+    grads = per_example_grads(model, theta, x, y)
+    expected = -(grads * torch.linalg.solve(op.dense(), grads.T).T).sum(dim=1)
+    auto, diag = self_influences(op, grads, SolverArgs(solver="lissa", damping=0.01))
+    assert diag["solver"] == "exact" and diag["residual_max"] <= 1e-8
+    torch.testing.assert_close(auto, expected, rtol=1e-8, atol=1e-12)
+    same, diag = self_influences(
+        op, grads, SolverArgs(solver="cg", damping=0.01, tol=1e-10, self_influence="same")
+    )
+    assert diag["solver"] == "cg"
+    torch.testing.assert_close(same, expected, rtol=1e-6, atol=1e-10)

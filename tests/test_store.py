@@ -50,7 +50,15 @@ def test_run_records_configuration_fingerprint_metrics_and_timings(tmp_path):
     assert ra["data_fingerprint"] == rb["data_fingerprint"]
     assert ra["config"]["data"]["train"] == "toy-linear"
     assert ra["metrics"]["grad_norm"] < 1e-3
-    assert set(ra["timings"]) == {"load", "fit", "gradients", "ihvp", "pair_scores", "ranking"}
+    assert set(ra["timings"]) == {
+        "load",
+        "fit",
+        "gradients",
+        "ihvp",
+        "pair_scores",
+        "storage",
+        "ranking",
+    }
     assert ra["solver"]["converged"]
 
 
@@ -74,3 +82,34 @@ def test_non_finite_scores_are_never_stored(tmp_path):
     engine, result = run_scan(tmp_path / "a.db", DataArgs(train="toy-linear"))
     with engine.begin() as conn, pytest.raises(StoreError):
         pairs.write_pair_scores(conn, result.run_id, 5, np.array([[np.nan, 1.0]]))
+
+
+def test_streamed_reads_match_the_whole_matrix(tmp_path):
+    """Blocks, test rows and train columns read as a stream equal slices of the matrix."""
+    engine = open_db(str(tmp_path / "a.db"))
+    run_id = runs.create_run(
+        engine,
+        config={},
+        dataset="x",
+        task="classification",
+        model="logistic",
+        n_train=7,
+        n_test=600,
+        n_params=1,
+        data_fingerprint="-",
+    )
+    expected = np.random.default_rng(0).standard_normal((600, 7)).astype(np.float32)
+    for j0 in range(0, 600, 256):  # stored in blocks as a scan does
+        with engine.begin() as conn:
+            pairs.write_pair_scores(conn, run_id, j0, expected[j0 : j0 + 256])
+    blocks = list(pairs.iter_pair_blocks(engine, run_id, rows=100))
+    assert [j0 for j0, _ in blocks] == list(range(0, 600, 100))
+    assert all(b.shape == (100, 7) for _, b in blocks)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), expected)
+    np.testing.assert_array_equal(pairs.read_pair_scores(engine, run_id), expected)
+    np.testing.assert_array_equal(pairs.read_train_scores(engine, run_id, 3), expected[:, 3])
+    rows, columns = pairs.read_slices(engine, run_id, [0, 299, 599], [6, 0])
+    assert sorted(rows) == [0, 299, 599]
+    for j, row in rows.items():
+        np.testing.assert_array_equal(row, expected[j])
+    np.testing.assert_array_equal(columns, expected[:, [6, 0]])

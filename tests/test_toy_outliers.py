@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from auditor.config import DataArgs
+from auditor.config import DataArgs, ScanConfig
+from auditor.scan import scan
+from auditor.solvers.base import SolverArgs
 from auditor.sources.toy import toy_linear
-from auditor.store import points
+from auditor.store import open_db, points, runs
 from tests.helpers import run_scan, write_regression_csv
 
 
@@ -39,3 +41,18 @@ def test_injected_outliers_flagged_and_nothing_else_in_top_k(tmp_path, seed, k):
     injected = set(positions.tolist())
     assert injected <= flagged
     assert top_rank == injected
+
+
+@pytest.mark.parametrize("solver", ["cg", "lissa"])
+def test_iterative_self_influences_find_the_same_outliers(tmp_path, solver):
+    """``--self-influence same``: the ranking's solves use the iterative solver too."""
+    engine = open_db(str(tmp_path / "a.db"))
+    config = ScanConfig(
+        data=DataArgs(train="toy-linear"),
+        solver=SolverArgs(solver=solver, self_influence="same"),
+    )
+    result = scan(engine, config)
+    assert runs.get_run(engine, result.run_id)["solver"]["self_influence"]["solver"] == solver
+    flagged, top_rank, top_self = flagged_and_top(engine, result.run_id, 2)
+    assert top_self == top_rank == {1, 15}
+    assert {1, 15} <= flagged

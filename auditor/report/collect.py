@@ -117,27 +117,29 @@ def collect(
             )
     train = train_records(engine, run_id)
     test = points.read_points(engine, run_id, "test")
-    scores = pairs.read_pair_scores(engine, run_id)  # (n_test, n_train)
     thresholds = _thresholds(run)
 
     flagged = sorted((r for r in train if r["flags"]), key=lambda r: r["rank"])
     shown = flagged[:top]
+    chosen = list(dict.fromkeys(test_indexes))
+    picks = chosen or [
+        int(j)
+        for j in np.argsort([-(p["loss"] or 0.0) for p in test], kind="stable")[:DEFAULT_TESTS]
+    ]
+    # One streamed pass over the pair scores: the rows of the picked test points and the
+    # columns of the shown training points (the whole matrix may not fit in memory).
+    test_rows, columns = pairs.read_slices(engine, run_id, picks, [r["index"] for r in shown])
     rows = [
         FlaggedRow(
             r,
             _ref(run, "train", r),
             _reason(r, thresholds),
             _relabel_default(r),
-            _hurts(run, test, scores, r["index"]),
+            _hurts(run, test, columns[:, k]),
         )
-        for r in shown
+        for k, r in enumerate(shown)
     ]
-    chosen = list(dict.fromkeys(test_indexes))
-    picks = chosen or [
-        int(j)
-        for j in np.argsort([-(p["loss"] or 0.0) for p in test], kind="stable")[:DEFAULT_TESTS]
-    ]
-    panels = [_panel(run, train, test, scores[j], j) for j in picks]
+    panels = [_panel(run, train, test, test_rows[j], j) for j in picks]
 
     _attach_pictures(engine, run, rows, panels)
     features = _all_features(engine, run_id, run) if not run["image_shape"] else None
@@ -207,9 +209,9 @@ def _ref(run: dict, split: str, p: dict, score: float | None = None) -> PointRef
     )
 
 
-def _hurts(run: dict, test: list[dict], scores: np.ndarray, i: int) -> list[PointRef]:
-    """The ``HURTS`` test points training point ``i`` harms most (positive scores only)."""
-    column = scores[:, i]
+def _hurts(run: dict, test: list[dict], column: np.ndarray) -> list[PointRef]:
+    """The ``HURTS`` test points a training point harms most (positive scores only), from
+    its column ``(n_test,)`` of pair scores."""
     order = np.argsort(-column, kind="stable")[:HURTS]
     return [_ref(run, "test", test[j], float(column[j])) for j in order if column[j] > 0]
 
@@ -290,7 +292,9 @@ def _scatter(
         y = [float(r["label"]) for r in train]
         tests = [(float(features["test"][p["idx"], 0]), float(p["label"])) for p in test]
         axes = {"x_label": "x (the one feature)", "y_label": "target"}
-        theta = np.frombuffer(run["theta"] or b"", dtype="<f4")
+        blob = run["theta"] or b""  # float32 or float64 (the model's dtype), little-endian
+        itemsize = 8 if run["n_params"] and len(blob) == 8 * run["n_params"] else 4
+        theta = np.frombuffer(blob, dtype=f"<f{itemsize}")
         if run["model"] == "linear" and theta.size == 2:
             w, b = float(theta[0]), float(theta[1])
             axes.update(line=lambda v: w * v + b, line_label=f"fitted y = {w:.4g}·x + {b:.4g}")

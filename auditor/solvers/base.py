@@ -22,6 +22,13 @@ class SolverArgs:
         batch_size: LiSSA's minibatch size; ``None`` or ``>= n`` uses every training point.
         max_iter: CG's most iterations.
         seed: Seeds minibatch sampling and the power iteration.
+        squaring: Let full-batch LiSSA compute its iterate by repeated squaring of the
+            dense ``I - A / scale`` when that takes fewer flops (same result).
+        self_influence: How the ranking's self-influences ``g_i^T A^{-1} g_i`` (one per
+            training point, on the full fit and on every refit) are solved: ``auto`` uses
+            the exact Cholesky factor whenever the dense Hessian is affordable (closed
+            form, at most 20,000 parameters) and ``solver`` otherwise; ``same`` always uses
+            ``solver``. ``solver`` always computes the test points' IHVPs (pair scores).
     """
 
     solver: str = "lissa"
@@ -33,8 +40,12 @@ class SolverArgs:
     batch_size: int | None = None
     max_iter: int = 1000
     seed: int = 0
+    self_influence: str = "auto"
+    squaring: bool = True
 
     def __post_init__(self) -> None:
+        if self.self_influence not in ("auto", "same"):
+            raise ConfigError(f"--self-influence must be auto or same, got {self.self_influence!r}")
         if self.solver not in ("lissa", "exact", "cg"):
             raise ConfigError(f"unknown solver {self.solver!r}; choose lissa, exact or cg")
         if self.damping < 0:
@@ -46,7 +57,7 @@ class SolverArgs:
         if self.scale is not None and self.scale <= 0:
             raise ConfigError(f"--scale must be > 0, got {self.scale}")
         if not self.tol > 0:
-            raise ConfigError(f"the solver tolerance must be > 0, got {self.tol}")
+            raise ConfigError(f"--tol (the solver tolerance) must be > 0, got {self.tol}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,4 +1,9 @@
-"""Exact solve: build the Hessian, factor it by Cholesky, solve every column."""
+"""Exact solve: build the Hessian, factor it by Cholesky, solve every column.
+
+The factor is cached on the operator and computed in the parameters' dtype; when a
+float32 factor leaves a relative residual above ``PRECISE_ABOVE`` the system is factored
+again in float64 and solved again. Triangular solves run in the columns' own dtype.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +16,22 @@ from auditor.hessian import HessianOperator
 from auditor.solvers.base import SolveDiagnostics, SolverArgs
 
 MAX_PARAMS = 20_000
+#: Relative residual of a float32 factor's solve above which float64 is used instead.
+PRECISE_ABOVE = 1e-4
 
 
 def exact_ihvp(
     op: HessianOperator, v: torch.Tensor, args: SolverArgs
 ) -> tuple[torch.Tensor, SolveDiagnostics]:
     """``A^{-1} V`` for ``V`` ``(p, m)`` by Cholesky of the dense ``A`` (float64 factor)."""
-    if op.p > MAX_PARAMS:
-        raise SolverError(
-            f"--solver exact builds a {op.p} x {op.p} Hessian; use lissa or cg above "
-            f"{MAX_PARAMS} parameters"
-        )
     start = time.perf_counter()
-    a = op.dense().to(torch.float64)
-    factor, info = torch.linalg.cholesky_ex(a)
-    if info != 0:
-        smallest = float(torch.linalg.eigvalsh(a)[0])
-        raise SolverError(
-            f"the Hessian is not positive definite (smallest eigenvalue {smallest:.3g}); "
-            f"raise --damping above {max(-smallest, 0) * 1.1:.3g}"
-        )
-    solution = torch.cholesky_solve(v.to(torch.float64), factor).to(v.dtype)
+    factor = factor_or_raise(op)
+    solution = torch.cholesky_solve(v, factor.to(v.dtype))
     residual = op.relative_residual(solution, v)
+    if factor.dtype != torch.float64 and residual.numel() and residual.max() > PRECISE_ABOVE:
+        factor = factor_or_raise(op, precise=True)
+        solution = torch.cholesky_solve(v.to(torch.float64), factor).to(v.dtype)
+        residual = op.relative_residual(solution, v)
     return solution, SolveDiagnostics(
         solver="exact",
         converged=bool(residual.max() <= max(args.tol, 1e-3)),
@@ -42,3 +41,43 @@ def exact_ihvp(
         seconds=time.perf_counter() - start,
         tol=args.tol,
     )
+
+
+def exact_quadratic_forms(op: HessianOperator, g: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """``g_i^T A^{-1} g_i`` for each row of ``g`` ``(n, p)``: ``(n,)``.
+
+    With ``A = L L^T`` this is ``||L^{-1} g_i||^2``: one triangular solve per block of rows
+    (``p^2`` flops per row, half a full solve) and no ``(p, n)`` solution kept.
+    """
+    factor = factor_or_raise(op).to(g.dtype)
+    out = torch.empty(g.shape[0], dtype=g.dtype, device=g.device)
+    for start in range(0, g.shape[0], chunk):
+        block = g[start : start + chunk].T
+        w = torch.linalg.solve_triangular(factor, block, upper=False)
+        out[start : start + chunk] = (w * w).sum(dim=0)
+    return out
+
+
+def exact_affordable(op: HessianOperator) -> bool:
+    """Whether the dense Hessian and its factor are cheap enough to build (a closed form
+    and at most ``MAX_PARAMS`` parameters)."""
+    return op.model.has_closed_form_hessian and op.p <= MAX_PARAMS
+
+
+def factor_or_raise(op: HessianOperator, precise: bool = False) -> torch.Tensor:
+    """The cached Cholesky factor of ``A`` (float64 with ``precise``), or a
+    :class:`SolverError` with advice."""
+    if op.p > MAX_PARAMS:
+        raise SolverError(
+            f"--solver exact builds a {op.p} x {op.p} Hessian; use lissa or cg above "
+            f"{MAX_PARAMS} parameters"
+        )
+    factor = op.cholesky(precise)
+    if factor is None:
+        a = op.dense().to(torch.float64)
+        smallest = float(torch.linalg.eigvalsh(a)[0])
+        raise SolverError(
+            f"the Hessian is not positive definite (smallest eigenvalue {smallest:.3g}); "
+            f"raise --damping above {max(-smallest, 0) * 1.1:.3g}"
+        )
+    return factor

@@ -95,7 +95,11 @@ def load(
         options = {**toy.source.options, "normalize": normalize}
         return restrict_classes(replace(toy, source=replace(toy.source, options=options)), classes)
     path = Path(spec).expanduser()
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long, a permission problem higher up...
+        raise DataError(f"{spec}: cannot be read ({exc.strerror})") from None
+    if not exists:
         raise DataError(f"{spec} does not exist")
     fmt = detect_format(path)
     if resize is not None and fmt != "imagefolder":

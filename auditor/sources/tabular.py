@@ -117,13 +117,18 @@ def load_csv(path: Path, normalize: str = "unit") -> Dataset:
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """Every array of an NPZ file (no pickled objects), by name."""
     try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: not an NPZ archive (a single .npy array?)")
-        with archive:
-            return {key: archive[key] for key in archive.files}
+        with path.open("rb") as f:  # closed here even when numpy fails half-way
+            archive = np.load(f, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: not an NPZ archive (a single .npy array?)")
+            with archive:
+                arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: cannot read NPZ ({exc})") from exc
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # numpy hands back a member's raw bytes
+            raise DataError(f"{path}: member {key!r} is not a .npy array")
+    return arrays
 
 
 def load_npz(path: Path, normalize: str = "unit") -> Dataset:
@@ -142,9 +147,10 @@ def load_npz(path: Path, normalize: str = "unit") -> Dataset:
             f"{path}: missing array {', '.join(missing)}; it holds {', '.join(arrays) or 'nothing'}"
         )
     x, y = arrays["X"], arrays["y"]
-    if x.ndim not in (2, 3, 4) or len(x) == 0:
+    if x.ndim not in (2, 3, 4) or len(x) == 0 or x[0].size == 0:
         raise DataError(
-            f"{path}: X must be (n, d), (n, H, W) or (n, C, H, W) with n > 0, got {x.shape}"
+            f"{path}: X must be (n, d), (n, H, W) or (n, C, H, W) with n > 0 and at least one "
+            f"feature, got {x.shape}"
         )
     if y.shape != (len(x),):
         raise DataError(f"{path}: y must have shape ({len(x)},) to match X, got {y.shape}")

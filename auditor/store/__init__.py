@@ -52,14 +52,7 @@ def open_db(db: str, *, create: bool = True) -> Engine:
     """
     url = database_url(db)
     if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.exists():
-            if not create:
-                raise StoreError(f"database {path} does not exist")
-            if not path.parent.exists():
-                raise StoreError(f"cannot create database {path}: {path.parent} does not exist")
-            if not os.access(path.parent, os.W_OK):
-                raise StoreError(f"cannot create database {path}: directory is not writable")
+        _check_sqlite_path(Path(url.removeprefix("sqlite:///")), create)
     try:
         engine = create_engine(url)
     except ArgumentError as exc:
@@ -77,6 +70,27 @@ def open_db(db: str, *, create: bool = True) -> Engine:
         reason = str(getattr(exc, "orig", None) or exc).strip()
         raise StoreError(f"cannot open database {display_url(db)}: {reason}") from None
     return engine
+
+
+def _check_sqlite_path(path: Path, create: bool) -> None:
+    """Refuse, with one clear line, a SQLite path that cannot be opened (or written)."""
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:
+        raise StoreError(f"cannot open database {path}: {exc.strerror}") from None
+    if is_dir:
+        raise StoreError(f"database {path} is a directory; give a file path")
+    if not exists:
+        if not create:
+            raise StoreError(f"database {path} does not exist")
+        if not path.parent.exists():
+            raise StoreError(f"cannot create database {path}: {path.parent} does not exist")
+        if not path.parent.is_dir():
+            raise StoreError(f"cannot create database {path}: {path.parent} is not a directory")
+        if not os.access(path.parent, os.W_OK):
+            raise StoreError(f"cannot create database {path}: directory is not writable")
+    elif create and not os.access(path, os.W_OK):
+        raise StoreError(f"database {path} is not writable")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -30,20 +30,39 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database to ``revision``; raise :class:`StoreError` if it is at a revision
-    this version of auditor does not know (written by a newer auditor)."""
+    this version of auditor does not know (written by a newer auditor).
+
+    On SQLite the upgrade re-checks and runs in one ``BEGIN IMMEDIATE`` transaction, so two
+    processes opening a new database at once do not both create the tables: the second
+    waits (busy timeout) and then finds the schema at head. A database already at head is
+    only read.
+    """
     script = ScriptDirectory.from_config(alembic_config())
-    current = current_revision(engine)
-    if current is not None:
-        try:
-            script.get_revision(current)
-        except Exception:
-            raise StoreError(
-                f"the database schema is at revision {current}, newer than this auditor "
-                f"knows (head {script.get_current_head()}); upgrade auditor to read it"
-            ) from None
-        if current == script.get_current_head() and revision == "head":
+    with engine.connect() as conn:
+        if _up_to_date(conn, script, revision):
             return
-    config = alembic_config()
-    with engine.begin() as conn:
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if _up_to_date(conn, script, revision):
+            conn.rollback()
+            return
+        config = alembic_config()
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+        conn.commit()
+
+
+def _up_to_date(conn, script: ScriptDirectory, revision: str) -> bool:
+    """Whether ``conn``'s database is at head (for ``revision="head"``); refuse unknown ones."""
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is None:
+        return False
+    try:
+        script.get_revision(current)
+    except Exception:
+        raise StoreError(
+            f"the database schema is at revision {current}, newer than this auditor "
+            f"knows (head {script.get_current_head()}); upgrade auditor to read it"
+        ) from None
+    return current == script.get_current_head() and revision == "head"

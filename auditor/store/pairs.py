@@ -3,6 +3,8 @@ training point, in training-index order (little-endian, 4 bytes per pair)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
@@ -21,9 +23,10 @@ def write_pair_scores(conn: Connection, run_id: int, first_test: int, scores: np
             block is committed).
         scores: ``(c, n_train)`` array; row j holds I(z_i, z_test_{first_test + j}).
     """
-    if not np.isfinite(scores).all():
+    with np.errstate(over="ignore"):
+        scores = np.ascontiguousarray(scores, dtype=DTYPE)
+    if not np.isfinite(scores).all():  # checked after the cast: 1e39 becomes inf in float32
         raise StoreError("refusing to store non-finite pair scores")
-    scores = np.ascontiguousarray(scores, dtype=DTYPE)
     conn.execute(
         pair_scores.insert(),
         [
@@ -34,17 +37,34 @@ def write_pair_scores(conn: Connection, run_id: int, first_test: int, scores: np
 
 
 def read_pair_scores(engine: Engine, run_id: int) -> np.ndarray:
-    """All pair scores of a run: ``(n_test, n_train)`` float32, row = test point."""
+    """All pair scores of a run: ``(n_test, n_train)`` float32, row = test point.
+
+    This holds the whole matrix; :func:`iter_pair_blocks` streams it instead.
+    """
+    blocks = list(iter_pair_blocks(engine, run_id))
+    if not blocks:
+        return np.zeros((0, 0), dtype=DTYPE)
+    return blocks[0][1] if len(blocks) == 1 else np.concatenate([b for _, b in blocks])
+
+
+def iter_pair_blocks(
+    engine: Engine, run_id: int, rows: int = 256
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream a run's pair scores as ``(first_test, block)`` with ``block`` ``(c, n_train)``
+    float32, ``c <= rows``, in test-index order; memory stays at one block."""
     query = (
-        select(pair_scores.c.scores)
+        select(pair_scores.c.test_idx, pair_scores.c.scores)
         .where(pair_scores.c.run_id == run_id)
         .order_by(pair_scores.c.test_idx)
+        .execution_options(yield_per=rows)
     )
     with engine.connect() as conn:
-        blobs = conn.execute(query).scalars().all()
-    if not blobs:
-        return np.zeros((0, 0), dtype=DTYPE)
-    return np.frombuffer(b"".join(blobs), dtype=DTYPE).reshape(len(blobs), -1)
+        result = conn.execute(query)
+        while chunk := result.fetchmany(rows):
+            block = np.empty((len(chunk), len(chunk[0][1]) // DTYPE.itemsize), dtype=DTYPE)
+            for k, (_, blob) in enumerate(chunk):
+                block[k] = np.frombuffer(blob, dtype=DTYPE)
+            yield chunk[0][0], block
 
 
 def read_test_scores(engine: Engine, run_id: int, test_idx: int) -> np.ndarray:
@@ -60,8 +80,35 @@ def read_test_scores(engine: Engine, run_id: int, test_idx: int) -> np.ndarray:
 
 
 def read_train_scores(engine: Engine, run_id: int, train_idx: int) -> np.ndarray:
-    """Scores of one training point on every test point: ``(n_test,)``."""
-    return read_pair_scores(engine, run_id)[:, train_idx]
+    """Scores of one training point on every test point: ``(n_test,)`` (streamed)."""
+    return read_train_columns(engine, run_id, [train_idx])[:, 0]
+
+
+def read_slices(
+    engine: Engine, run_id: int, test_idxs: Sequence[int], train_idxs: Sequence[int]
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """In one streamed pass: the full rows ``(n_train,)`` of some test points (by index) and
+    the columns ``(n_test, len(train_idxs))`` of some training points."""
+    wanted = set(test_idxs)
+    index = np.asarray(train_idxs, dtype=np.int64)
+    rows: dict[int, np.ndarray] = {}
+    parts = []
+    for j0, block in iter_pair_blocks(engine, run_id):
+        parts.append(block[:, index])
+        for j in wanted.intersection(range(j0, j0 + block.shape[0])):
+            rows[j] = block[j - j0].copy()
+    columns = np.concatenate(parts) if parts else np.zeros((0, len(index)), dtype=DTYPE)
+    return rows, columns
+
+
+def read_train_columns(engine: Engine, run_id: int, train_idxs: Sequence[int]) -> np.ndarray:
+    """Scores of some training points on every test point: ``(n_test, len(train_idxs))``,
+    read one block of test points at a time (never the whole matrix)."""
+    index = np.asarray(train_idxs, dtype=np.int64)
+    parts = [block[:, index] for _, block in iter_pair_blocks(engine, run_id)]
+    if not parts:
+        return np.zeros((0, len(index)), dtype=DTYPE)
+    return np.concatenate(parts)
 
 
 def stored_test_indexes(engine: Engine, run_id: int) -> set[int]:

@@ -43,10 +43,15 @@ def finish_run(engine: Engine, run_id: int, **fields) -> None:
     update_run(engine, run_id, status="complete", phase="done", finished_at=now, **fields)
 
 
-def fail_run(engine: Engine, run_id: int, error: str) -> None:
-    """Mark a run failed with the error that stopped it."""
+def fail_run(engine: Engine, run_id: int, error: str, *, status: str = "failed") -> None:
+    """Mark a run ``failed`` (or ``interrupted``) with the error that stopped it."""
     now = datetime.now(UTC).replace(tzinfo=None)
-    update_run(engine, run_id, status="failed", finished_at=now, error=error)
+    update_run(engine, run_id, status=status, finished_at=now, error=error)
+
+
+def restart_run(engine: Engine, run_id: int) -> None:
+    """Put an incomplete run back in status ``running`` (``auditor scan --resume``)."""
+    update_run(engine, run_id, status="running", finished_at=None, error=None)
 
 
 def get_run(engine: Engine, run_id: int, *, with_theta: bool = False) -> dict:

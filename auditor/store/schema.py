@@ -37,7 +37,7 @@ runs = Table(
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("created_at", DateTime, nullable=False),
     Column("finished_at", DateTime),
-    Column("status", String(16), nullable=False),  # running | complete | failed
+    Column("status", String(16), nullable=False),  # running | complete | failed | interrupted
     Column("phase", String(32)),  # the phase reached (for incomplete runs)
     Column("auditor_version", String(32), nullable=False),
     Column("config", JSON, nullable=False),

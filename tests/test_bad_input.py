@@ -1,0 +1,411 @@
+"""Bad input, case by case (issue 6): one clear ``Error:`` line naming the problem and where,
+exit status 2 for usage errors and 1 for data errors, no traceback, no run written.
+
+Every case goes through the real command line (CliRunner) on real files. Tests run as
+root here, where file permissions do not apply; the permission cases therefore run the
+command in a subprocess without the capabilities that let root ignore them (``setpriv``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import sqlite3
+import struct
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+import torch
+from click.testing import CliRunner
+from torchvision.io import encode_png
+
+from auditor.cli import cli
+from auditor.store import open_db
+
+ROOT = Path(__file__).resolve().parents[1]
+SETPRIV = shutil.which("setpriv")
+
+
+def fails(args: list[str], code: int, *needles: str) -> str:
+    """Run ``auditor ARGS``; assert the exit ``code`` and one error line holding ``needles``."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def no_runs(db: Path) -> bool:
+    """True when ``db`` does not exist or holds no run (read without creating anything)."""
+    if not db.exists():
+        return True
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        tables = {r[0] for r in conn.execute("select name from sqlite_master")}
+        return "runs" not in tables or conn.execute("select count(*) from runs").fetchone() == (0,)
+
+
+def scan_fails(tmp_path: Path, args: list[str], code: int, *needles: str) -> str:
+    """``auditor scan ARGS`` into a fresh database fails as asked and writes no run."""
+    db = tmp_path / "audit.db"
+    line = fails(["scan", *args, "--db", str(db)], code, *needles)
+    assert no_runs(db)
+    return line
+
+
+def csv_file(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+def two_class_csv(path: Path, columns: int = 2, n: int = 8) -> str:
+    header = ",".join(f"f{i}" for i in range(columns)) + ",label\n"
+    rows = "".join(
+        ",".join(str(i + j) for j in range(columns)) + f",{'ab'[i % 2]}\n" for i in range(n)
+    )
+    return csv_file(path, header + rows)
+
+
+def png(path: Path, h: int, w: int, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 256, (1, h, w), generator=gen, dtype=torch.uint8)
+    path.write_bytes(encode_png(image).numpy().tobytes())
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An idx file written with struct, independently of the code under test."""
+    header = struct.pack(">4B", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+# --- paths -------------------------------------------------------------------------------
+
+
+def test_missing_train_and_test_paths(tmp_path):
+    scan_fails(tmp_path, ["--train", str(tmp_path / "nope.csv"), "--test-split", "0.5"], 1,
+               "nope.csv", "does not exist")  # fmt: skip
+    train = two_class_csv(tmp_path / "t.csv")
+    scan_fails(tmp_path, ["--train", train, "--test", str(tmp_path / "gone.npz")], 1,
+               "gone.npz", "does not exist")  # fmt: skip
+
+
+def test_path_below_a_regular_file_and_a_name_too_long(tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    scan_fails(tmp_path, ["--train", str(tmp_path / "plain.txt" / "d.csv"), "--test-split", "0.5"],
+               1, "plain.txt/d.csv")  # fmt: skip
+    long = str(tmp_path / ("x" * 300 + ".csv"))
+    scan_fails(tmp_path, ["--train", long, "--test-split", "0.5"], 1, "cannot be read",
+               "too long")  # fmt: skip
+
+
+def test_a_folder_where_a_data_file_is_expected(tmp_path):
+    (tmp_path / "data.csv").mkdir()
+    scan_fails(tmp_path, ["--train", str(tmp_path / "data.csv"), "--test-split", "0.5"], 1,
+               "data.csv", "no images")  # fmt: skip
+
+
+def test_unknown_data_format(tmp_path):
+    path = csv_file(tmp_path / "data.json", "{}")
+    scan_fails(tmp_path, ["--train", path, "--test-split", "0.5"], 1, "data.json",
+               "unknown data format")  # fmt: skip
+
+
+def without_root_powers(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m auditor ARGS`` in a subprocess for which file permissions apply."""
+    prefix = []
+    if os.geteuid() == 0:
+        if SETPRIV is None:
+            pytest.skip("running as root without setpriv: permissions cannot be enforced")
+        drop = "-dac_override,-dac_read_search"
+        prefix = [SETPRIV, f"--inh-caps={drop}", f"--bounding-set={drop}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "auditor", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_one_clean_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+def test_unreadable_data_file(tmp_path):
+    data = Path(two_class_csv(tmp_path / "secret.csv"))
+    data.chmod(0)
+    db = tmp_path / "audit.db"
+    proc = without_root_powers(
+        ["scan", "--train", str(data), "--test-split", "0.5", "--db", str(db)], tmp_path
+    )
+    assert_one_clean_error(proc, 1, "secret.csv", "cannot be read")
+    assert no_runs(db)
+
+
+def test_unwritable_database_directory_and_file(tmp_path):
+    data = two_class_csv(tmp_path / "ok.csv")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    proc = without_root_powers(
+        ["scan", "--train", data, "--test-split", "0.5", "--db", str(locked / "a.db")], tmp_path
+    )
+    assert_one_clean_error(proc, 1, "locked/a.db", "not writable")
+    assert not (locked / "a.db").exists()
+
+    db = tmp_path / "readonly.db"
+    open_db(str(db)).dispose()
+    db.chmod(0o444)
+    proc = without_root_powers(
+        ["scan", "--train", data, "--test-split", "0.5", "--db", str(db)], tmp_path
+    )
+    assert_one_clean_error(proc, 1, "readonly.db", "not writable")
+    assert no_runs(db)
+
+
+def test_database_paths_that_cannot_be_files(tmp_path):
+    data = two_class_csv(tmp_path / "ok.csv")
+    (tmp_path / "dir.db").mkdir()
+    fails(["scan", "--train", data, "--test-split", "0.5", "--db", str(tmp_path / "dir.db")], 1,
+          "dir.db", "is a directory")  # fmt: skip
+    (tmp_path / "plain").write_text("x")
+    fails(["scan", "--train", data, "--test-split", "0.5", "--db", str(tmp_path / "plain" / "a.db")],
+          1, "plain", "not a directory")  # fmt: skip
+    fails(["scan", "--train", data, "--test-split", "0.5", "--db", str(tmp_path / "no" / "a.db")],
+          1, "does not exist")  # fmt: skip
+    # /proc accepts no new files, not even from root
+    fails(["scan", "--train", data, "--test-split", "0.5", "--db", "/proc/auditor-test.db"], 1,
+          "/proc/auditor-test.db")  # fmt: skip
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("", ["e.csv", "empty file"]),
+        ("f0,f1,label\n", ["e.csv", "no data rows"]),
+    ],
+)
+def test_empty_csv(tmp_path, text, needles):
+    path = csv_file(tmp_path / "e.csv", text)
+    scan_fails(tmp_path, ["--train", path, "--test-split", "0.5"], 1, *needles)
+
+
+def test_empty_npz_and_empty_image_folder(tmp_path):
+    np.savez(tmp_path / "e.npz", X=np.zeros((0, 3), np.float32), y=np.zeros(0, np.int64))
+    scan_fails(tmp_path, ["--train", str(tmp_path / "e.npz"), "--test-split", "0.5"], 1,
+               "e.npz", "n > 0")  # fmt: skip
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    scan_fails(tmp_path, ["--train", str(tmp_path / "images"), "--test-split", "0.5"], 1,
+               "images", "no images")  # fmt: skip
+
+
+def test_one_class_only_for_a_classifier(tmp_path):
+    path = csv_file(tmp_path / "one.csv", "x,label\n" + "".join(f"{i},a\n" for i in range(6)))
+    scan_fails(tmp_path, ["--train", path, "--test-split", "0.5"], 1, "one.csv", "only one class")
+
+
+def test_labels_not_numeric_or_out_of_range(tmp_path):
+    path = csv_file(tmp_path / "r.csv", "x,target\n1,2.5\n2,abc\n3,1\n")
+    scan_fails(tmp_path, ["--train", path, "--test-split", "0.5"], 1, "r.csv", "line 3",
+               "'target'", "'abc' is not a number")  # fmt: skip
+    np.savez(tmp_path / "s.npz", X=np.ones((4, 2)), y=np.array(["a", "b", "a", "b"]))
+    scan_fails(tmp_path, ["--train", str(tmp_path / "s.npz"), "--test-split", "0.5"], 1,
+               "s.npz", "y must be integer")  # fmt: skip
+    train = two_class_csv(tmp_path / "train.csv")
+    test = csv_file(tmp_path / "test.csv", "f0,f1,label\n1,2,a\n3,4,zebra\n")
+    scan_fails(tmp_path, ["--train", train, "--test", test], 1, "test.csv", "'zebra'")
+
+
+def test_classes_absent_from_the_data(tmp_path):
+    train = two_class_csv(tmp_path / "t.csv")
+    scan_fails(tmp_path, ["--train", train, "--test-split", "0.5", "--classes", "a,q"], 1,
+               "no class 'q'")  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e999"])
+def test_non_finite_features_in_csv(tmp_path, bad):
+    path = csv_file(tmp_path / "n.csv", f"f0,f1,label\n1,2,a\n3,{bad},b\n5,6,a\n7,8,b\n")
+    scan_fails(tmp_path, ["--train", path, "--test-split", "0.5"], 1, "n.csv", "line 3",
+               "'f1'", "non-finite")  # fmt: skip
+
+
+def test_non_finite_features_and_targets_in_npz(tmp_path):
+    x = np.ones((6, 2), np.float64)
+    x[4, 1] = np.inf
+    np.savez(tmp_path / "x.npz", X=x, y=np.arange(6) % 2)
+    scan_fails(tmp_path, ["--train", str(tmp_path / "x.npz"), "--test-split", "0.5"], 1,
+               "x.npz", "non-finite", "row 4")  # fmt: skip
+    np.savez(tmp_path / "y.npz", X=np.ones((6, 2)), y=np.array([1, 2, np.nan, 4, 5, 6]))
+    scan_fails(tmp_path, ["--train", str(tmp_path / "y.npz"), "--test-split", "0.5"], 1,
+               "y.npz", "non-finite y", "row 2")  # fmt: skip
+
+
+def test_images_of_different_sizes_need_resize(tmp_path):
+    for i in range(4):
+        png(tmp_path / "imgs" / "a" / f"{i}.png", 6, 6, seed=i)
+        png(tmp_path / "imgs" / "b" / f"{i}.png", 6, 6, seed=10 + i)
+    png(tmp_path / "imgs" / "b" / "big.png", 9, 7)
+    args = ["--train", str(tmp_path / "imgs"), "--test-split", "0.3", "--solver", "exact"]
+    scan_fails(tmp_path, args, 1, "b/big.png", "9x7", "6x6", "resize")
+    db = tmp_path / "ok.db"
+    result = CliRunner().invoke(cli, ["scan", *args, "--resize", "6x6", "--db", str(db)])
+    assert result.exit_code == 0, result.output  # resized only when asked
+
+
+def test_corrupt_and_truncated_images(tmp_path):
+    for i in range(3):
+        png(tmp_path / "imgs" / "a" / f"{i}.png", 5, 5, seed=i)
+        png(tmp_path / "imgs" / "b" / f"{i}.png", 5, 5, seed=10 + i)
+    whole = (tmp_path / "imgs" / "b" / "2.png").read_bytes()
+    (tmp_path / "imgs" / "b" / "2.png").write_bytes(whole[: len(whole) // 2])
+    args = ["--train", str(tmp_path / "imgs"), "--test-split", "0.3"]
+    scan_fails(tmp_path, args, 1, "b/2.png", "cannot decode")
+    (tmp_path / "imgs" / "b" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    scan_fails(tmp_path, args, 1, "b/2.png", "cannot decode")
+
+
+def test_truncated_and_corrupt_idx_files(tmp_path):
+    gen = np.random.default_rng(0)
+    pixels = gen.integers(0, 256, (12, 4, 4), dtype=np.uint8)
+    labels = np.arange(12, dtype=np.uint8) % 2
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    images = folder / "t10k-images-idx3-ubyte.gz"
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(labels)))
+    args = ["--train", str(folder), "--test-split", "0.5"]
+    images.write_bytes(gzip.compress(idx_bytes(pixels)[:-7]))
+    scan_fails(tmp_path, args, 1, "t10k-images-idx3-ubyte.gz", "truncated")
+    images.write_bytes(gzip.compress(idx_bytes(pixels))[:-20])  # a cut-off gzip stream
+    scan_fails(tmp_path, args, 1, "t10k-images-idx3-ubyte.gz", "cannot read")
+    images.write_bytes(gzip.compress(b"PK\x03\x04" + idx_bytes(pixels)[4:]))
+    scan_fails(tmp_path, args, 1, "t10k-images-idx3-ubyte.gz", "not an idx file")
+
+
+def test_corrupt_npz(tmp_path):
+    (tmp_path / "c.npz").write_bytes(b"PK\x03\x04 this is no zip archive")
+    scan_fails(tmp_path, ["--train", str(tmp_path / "c.npz"), "--test-split", "0.5"], 1,
+               "c.npz", "cannot read NPZ")  # fmt: skip
+
+
+def test_train_and_test_with_different_feature_sizes(tmp_path):
+    train = two_class_csv(tmp_path / "train.csv", columns=2)
+    test = two_class_csv(tmp_path / "test.csv", columns=3, n=4)
+    scan_fails(tmp_path, ["--train", train, "--test", test], 1, "train has 2 features",
+               "test has 3")  # fmt: skip
+
+
+# --- the database ------------------------------------------------------------------------
+
+
+def test_database_written_by_a_newer_auditor(tmp_path):
+    db = tmp_path / "new.db"
+    engine = open_db(str(db))
+    with engine.begin() as conn:
+        conn.execute(sa.text("update alembic_version set version_num = 'ffff9999'"))
+    engine.dispose()
+    data = two_class_csv(tmp_path / "ok.csv")
+    for args in (["runs"], ["scan", "--train", data, "--test-split", "0.5"], ["export"]):
+        fails([*args, "--db", str(db)], 1, "ffff9999", "newer than this auditor")
+    assert no_runs(db)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["show", "42", "--test-index", "0"],
+        ["export", "42"],
+        ["report", "42", "--out", "r.html"],
+        ["compare", "42", "1"],
+        ["scan", "--resume", "42"],
+    ],
+)
+def test_a_run_id_that_does_not_exist(tmp_path, args):
+    db = tmp_path / "audit.db"
+    assert (
+        CliRunner().invoke(cli, ["scan", "--train", "toy-linear", "--db", str(db)]).exit_code == 0
+    )
+    fails([*args, "--db", str(db)], 1, "run 42 does not exist")
+
+
+def test_commands_on_a_missing_database(tmp_path):
+    db = tmp_path / "none.db"
+    fails(["runs", "--db", str(db)], 1, "none.db", "does not exist")
+    fails(["scan", "--resume", "1", "--db", str(db)], 1, "none.db", "does not exist")
+    assert not db.exists()
+
+
+# --- option values -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--depth", "-3"),
+        ("--depth", "0"),
+        ("--damping", "-1"),
+        ("--weight-decay", "-0.5"),
+        ("--test-split", "0"),
+        ("--test-split", "1"),
+        ("--test-split", "1.5"),
+        ("--test-split", "-0.2"),
+        ("--scale", "0"),
+        ("--repeats", "0"),
+        ("--batch-size", "0"),
+        ("--hidden", "0"),
+        ("--tol", "0"),
+        ("--trim", "0.7"),
+        ("--chunk", "0"),
+        ("--resize", "0x4"),
+        ("--resize", "big"),
+        ("--classes", "7"),
+        ("--solver", "magic"),
+        ("--seed", "one"),
+    ],
+)
+def test_option_values_out_of_range(tmp_path, option, value):
+    args = ["--train", "toy-linear", option, value]
+    if option != "--test-split":
+        args = ["--train", two_class_csv(tmp_path / "d.csv"), "--test-split", "0.5", option, value]
+    scan_fails(tmp_path, args, 2, option)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["show", "1", "--test-index", "5"], "--test-index"),
+        (["show", "1", "--test-index", "-1"], "--test-index"),
+        (["show", "1"], "--test-index"),
+        (["show", "1", "--train-index", "0", "--top", "0"], "--top"),
+        (["report", "1", "--top", "0", "--out", "r.html"], "--top"),
+        (["scan", "--resume", "1", "--train", "toy-linear"], "--train"),
+        (["scan", "--resume", "1", "--depth", "7"], "--depth"),
+        (["scan", "--resume", "1"], "already complete"),
+        (["scan", "--train", "toy-linear", "--test-split", "0.5", "--test", "toy-linear"], "both"),
+    ],
+)
+def test_usage_errors_of_read_commands_and_resume(tmp_path, args, needle):
+    db = tmp_path / "audit.db"
+    assert (
+        CliRunner().invoke(cli, ["scan", "--train", "toy-linear", "--db", str(db)]).exit_code == 0
+    )
+    fails([*args, "--db", str(db)], 2, needle)

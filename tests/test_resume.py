@@ -1,0 +1,190 @@
+"""``auditor scan --resume`` and the numeric guards, in process on real SQLite files.
+
+The subprocess tests in ``test_crash_resume.py`` kill real scans; these take a finished run
+apart in the database the way a crash leaves it (blocks missing, no ranking, no fit) and
+check what resuming reuses, what it recomputes, and what it refuses.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from bs4 import BeautifulSoup
+from click.testing import CliRunner
+
+from auditor.cli import cli
+from auditor.config import DataArgs
+from auditor.errors import StoreError
+from auditor.scan import resume
+from auditor.store import open_db, pairs, points, runs
+from auditor.store.schema import pair_scores
+from auditor.store.schema import points as points_table
+from tests.helpers import run_scan
+
+
+def regression_csv(path, n=40, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    y = x @ np.array([1.5, -2.0]) + rng.normal(0, 0.1, n)
+    x, y = x * scale, y * scale
+    path.write_text(
+        "a,b,target\n"
+        + "".join(f"{r[0]!r},{r[1]!r},{t!r}\n" for r, t in zip(x.tolist(), y.tolist(), strict=True))
+    )
+    return str(path)
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture
+def finished(tmp_path):
+    """A complete run over 30 train and 10 test points, 5 blocks of 2 test points."""
+    data = regression_csv(tmp_path / "d.csv")
+    db = str(tmp_path / "a.db")
+    result = invoke("scan", "--train", data, "--test-split", "0.25", "--chunk", "2",
+                    "--solver", "exact", "--db", db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    return (
+        engine,
+        db,
+        data,
+        pairs.read_pair_scores(engine, 1),
+        points.read_points(engine, 1, "train"),
+    )
+
+
+def crash(engine, *, keep_blocks_below: int, keep_fit: bool = True) -> None:
+    """Leave run 1 as a SIGKILL during the pair scores would."""
+    with engine.begin() as conn:
+        conn.execute(sa.delete(pair_scores).where(pair_scores.c.test_idx >= keep_blocks_below))
+        conn.execute(sa.delete(points_table).where(points_table.c.split == "train"))
+    fields = {"status": "running", "phase": "pair_scores", "finished_at": None, "ranking": None}
+    if not keep_fit:
+        fields.update(theta=None, metrics=None, phase="fit")
+    runs.update_run(engine, 1, **fields)
+
+
+def test_resume_scores_only_the_missing_blocks(finished):
+    engine, db, _, scores, train = finished
+    crash(engine, keep_blocks_below=4)
+    # mark the stored blocks: a resume that recomputed them would overwrite the mark
+    with engine.begin() as conn:
+        for j in range(4):
+            blob = (scores[j] * 2).astype("<f4").tobytes()
+            conn.execute(
+                sa.update(pair_scores).where(pair_scores.c.test_idx == j).values(scores=blob)
+            )
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == "1"
+    got = pairs.read_pair_scores(engine, 1)
+    np.testing.assert_array_equal(got[:4], scores[:4] * 2)  # kept, not recomputed
+    np.testing.assert_array_equal(got[4:], scores[4:])  # computed again, bit for bit
+    resumed = points.read_points(engine, 1, "train")
+    # harmfulness sums the stored scores, marked ones included
+    np.testing.assert_allclose([p["harmfulness"] for p in resumed], got.sum(axis=0), rtol=1e-5)
+    assert [p["rank"] for p in resumed] == [p["rank"] for p in train]
+    assert runs.get_run(engine, 1)["status"] == "complete"
+
+
+def test_resume_refits_when_the_fit_was_never_stored(finished):
+    engine, db, _, scores, train = finished
+    crash(engine, keep_blocks_below=0, keep_fit=False)
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(pairs.read_pair_scores(engine, 1), scores, rtol=1e-6, atol=1e-9)
+    resumed = points.read_points(engine, 1, "train")
+    assert [(p["rank"], p["flags"]) for p in resumed] == [(p["rank"], p["flags"]) for p in train]
+
+
+def test_resume_refuses_changed_data_and_leaves_the_run_alone(finished, tmp_path):
+    engine, db, data, _, _ = finished
+    crash(engine, keep_blocks_below=2)
+    regression_csv(tmp_path / "d.csv", seed=1)  # same file, other numbers
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "run 1: the data changed since the run started" in errors[0]
+    run = runs.get_run(engine, 1)
+    assert (run["status"], run["phase"]) == ("running", "pair_scores")
+    assert pairs.count_pairs(engine, 1) == 2 * 30
+
+
+def test_resume_finishes_a_failed_run(finished):
+    engine, db, _, scores, _ = finished
+    crash(engine, keep_blocks_below=6)
+    runs.fail_run(engine, 1, "disk full")
+    assert invoke("runs", "--db", db).output.splitlines()[1].split()[1] == "failed"
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    run = runs.get_run(engine, 1)
+    assert (run["status"], run["error"]) == ("complete", None)
+    np.testing.assert_array_equal(pairs.read_pair_scores(engine, 1), scores)
+
+
+def test_scores_beyond_float32_are_never_stored(tmp_path):
+    data = regression_csv(tmp_path / "huge.csv", scale=1e37)
+    db = str(tmp_path / "h.db")
+    args = ["scan", "--train", data, "--test-split", "0.25", "--solver", "exact", "--db", db]
+    result = invoke(*args, "--dtype", "float64")  # the fit works; the scores overflow float32
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "non-finite pair scores" in errors[0]
+    engine = open_db(db)
+    assert runs.get_run(engine, 1)["status"] == "failed"
+    assert pairs.count_pairs(engine, 1) == 0
+    result = invoke(*args)  # float32: the fit itself overflows
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "the fit overflowed" in result.output
+    assert runs.get_run(engine, 2)["status"] == "failed"
+    assert pairs.count_pairs(engine, 2) == 0
+
+
+def test_lissa_divergence_fails_the_run_with_the_scale_that_converges(tmp_path):
+    db = str(tmp_path / "l.db")
+    data = regression_csv(tmp_path / "d.csv")
+    result = invoke("scan", "--train", data, "--test-split", "0.25", "--solver", "lissa",
+                    "--scale", "0.01", "--db", db)  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "diverged" in errors[0] and "--scale" in errors[0]
+    engine = open_db(db)
+    run = runs.get_run(engine, 1)
+    assert run["status"] == "failed" and "diverged" in run["error"]
+    assert pairs.count_pairs(engine, 1) == 0
+
+
+def test_a_fit_far_from_an_optimum_is_flagged_in_the_run_and_the_report(tmp_path):
+    data = regression_csv(tmp_path / "d.csv", scale=30.0)
+    engine, result = run_scan(tmp_path / "f.db", DataArgs(train=data, test_split=0.25), max_iter=1)
+    run = runs.get_run(engine, result.run_id)
+    assert run["metrics"]["grad_norm"] > 1e-3
+    far = [w for w in run["warnings"] if "far from an optimum" in w]
+    assert far == [w for w in result.warnings if "far from an optimum" in w] and len(far) == 1
+    out = tmp_path / "r.html"
+    report = invoke("report", "--out", str(out), "--db", str(tmp_path / "f.db"))
+    assert report.exit_code == 0, report.output
+    soup = BeautifulSoup(out.read_text(encoding="utf-8"), "html.parser")
+    alerts = soup.select_one("header .warnings[role=alert]").get_text()
+    assert "far from an optimum" in alerts
+
+
+def test_a_second_scan_resuming_the_same_run_is_detected(finished):
+    engine, _, _, scores, _ = finished
+    crash(engine, keep_blocks_below=2)
+
+    def other_scan_writes_ahead(phase, done, total):
+        # another process resuming run 1 stores the block this one computes next
+        if phase == "pair scores" and done == 4 and pairs.count_pairs(engine, 1) == 4 * 30:
+            with engine.begin() as conn:
+                pairs.write_pair_scores(conn, 1, 4, scores[4:6])
+
+    with pytest.raises(StoreError, match="test points 4..5 appeared .* another scan"):
+        resume(engine, 1, progress=other_scan_writes_ahead)
+    run = runs.get_run(engine, 1)
+    assert run["status"] == "failed" and "another scan" in run["error"]

@@ -1,0 +1,108 @@
+"""Schema upgrades (issue 6): a database written at the first Alembic revision (0001)
+opens with the current code, is upgraded to head, and keeps every run, point and pair score.
+
+The fixture ``fixtures/rev0001.sqlite`` was written by ``fixtures/make_rev0001_db.py``;
+it is read here with plain ``sqlite3`` before and after the upgrade, independently of
+the code under test.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from auditor.cli import cli
+from auditor.store import migrate, open_db, pairs, points, runs
+
+FIXTURE = Path(__file__).parent / "fixtures" / "rev0001.sqlite"
+TABLES = {"runs": "id", "points": "run_id, split, idx", "pair_scores": "run_id, test_idx"}
+
+
+def dump(path: Path) -> dict[str, tuple[list[str], list[tuple]]]:
+    """Every row of the three tables, as stored: ``{table: (columns, rows)}``."""
+    with closing(sqlite3.connect(path)) as conn:
+        out = {}
+        for table, order in TABLES.items():
+            cursor = conn.execute(f"select * from {table} order by {order}")
+            out[table] = ([d[0] for d in cursor.description], cursor.fetchall())
+        return out
+
+
+def revision(path: Path) -> str:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute("select version_num from alembic_version").fetchone()[0]
+
+
+@pytest.fixture
+def upgraded(tmp_path) -> tuple[Path, dict]:
+    db = tmp_path / "old.db"
+    shutil.copy(FIXTURE, db)
+    assert revision(db) == "0001"
+    before = dump(db)
+    open_db(str(db)).dispose()
+    return db, before
+
+
+def test_upgrade_reaches_head_and_keeps_every_row(upgraded):
+    db, before = upgraded
+    assert revision(db) == migrate.head_revision()
+    after = dump(db)
+    for table, (columns, rows) in before.items():
+        new_columns, new_rows = after[table]
+        assert set(columns) <= set(new_columns), table  # a revision may add columns
+        keep = [new_columns.index(c) for c in columns]
+        assert [tuple(r[i] for i in keep) for r in new_rows] == rows, table
+    assert [r[:2] for r in before["runs"][1]] != []
+    statuses = {r[0]: r[before["runs"][0].index("status")] for r in before["runs"][1]}
+    assert statuses == {1: "complete", 2: "complete", 3: "interrupted"}
+
+
+def test_the_upgraded_runs_read_back_through_the_library_and_cli(upgraded, tmp_path):
+    db, before = upgraded
+    engine = open_db(str(db), create=False)
+    n_scores = {r[0]: len(r[2]) // 4 for r in before["pair_scores"][1]}
+    for run_id in (1, 2):
+        run = runs.get_run(engine, run_id)
+        scores = pairs.read_pair_scores(engine, run_id)
+        assert scores.shape == (run["n_test"], run["n_train"])
+        assert scores.shape[1] == n_scores[run_id]
+        train = points.read_points(engine, run_id, "train")
+        assert sorted(p["rank"] for p in train) == list(range(1, run["n_train"] + 1))
+        np.testing.assert_allclose(
+            [p["harmfulness"] for p in train], scores.sum(axis=0), rtol=1e-5, atol=1e-9
+        )
+    runner = CliRunner()
+    listing = runner.invoke(cli, ["runs", "--db", str(db)])
+    assert listing.exit_code == 0
+    assert [line.split()[:2] for line in listing.output.splitlines()[1:]] == [
+        ["3", "interrupted"],
+        ["2", "complete"],
+        ["1", "complete"],
+    ]
+    assert runner.invoke(cli, ["show", "1", "--test-index", "0", "--db", str(db)]).exit_code == 0
+    out = tmp_path / "r.html"
+    report = runner.invoke(cli, ["report", "2", "--out", str(out), "--db", str(db)])
+    assert report.exit_code == 0, report.output
+    assert out.read_text().count("data:image/png;base64,") >= 1  # thumbnails from stored pixels
+
+
+def test_an_interrupted_run_from_revision_0001_resumes_after_the_upgrade(upgraded):
+    db, _ = upgraded
+    result = CliRunner().invoke(cli, ["scan", "--resume", "3", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    engine = open_db(str(db), create=False)
+    assert runs.get_run(engine, 3)["status"] == "complete"
+    # run 1 is the same scan, finished without interruption
+    np.testing.assert_array_equal(
+        pairs.read_pair_scores(engine, 3), pairs.read_pair_scores(engine, 1)
+    )
+    ranks = [
+        [(p["rank"], p["flags"]) for p in points.read_points(engine, r, "train")] for r in (1, 3)
+    ]
+    assert ranks[0] == ranks[1]
