@@ -190,6 +190,16 @@ def process_group(device_name: str) -> Iterator[Comm]:
         dist.destroy_process_group()
 
 
+@contextmanager
+def joined(comm: Comm | None, device_name: str) -> Iterator[Comm]:
+    """``comm`` if the caller already joined the job, else :func:`process_group`."""
+    if comm is not None:
+        yield comm
+        return
+    with process_group(device_name) as comm:
+        yield comm
+
+
 def test_blocks(n_test: int, chunk: int) -> list[Block]:
     """The ``[j0, j1)`` blocks of test points a one-process scan commits one by one."""
     return [(j0, min(j0 + chunk, n_test)) for j0 in range(0, n_test, chunk)]

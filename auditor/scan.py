@@ -37,8 +37,8 @@ from auditor.distributed import (
     PeerFailed,
     PeerLost,
     combine_diagnostics,
+    joined,
     missing_runs,
-    process_group,
     shard,
     shared_operator,
     sum_in_rank_order,
@@ -180,14 +180,12 @@ def scan(
             finished with :func:`resume`.
         PeerFailed: another rank failed or was lost; the run is left resumable.
     """
-    if comm is None:
-        with process_group(config.device) as comm:
-            return scan(engine, config, progress, comm)
-    phases = _Phases(engine)
-    with interruptible(None), phases("load"):
-        train, test, model = comm.step(_load, config)
-    run_id = comm.broadcast(comm.root_step(_create_run, engine, config, train, test, model))
-    return _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, None)
+    with joined(comm, config.device) as comm:
+        phases, train, test, model = _load_phase(comm, engine, config)
+        run_id = comm.broadcast(comm.root_step(_create_run, engine, config, train, test, model))
+        return _run_guarded(
+            comm, engine, run_id, config, model, train, test, phases, progress, None
+        )
 
 
 def resume(
@@ -210,17 +208,25 @@ def resume(
     if run["status"] == "complete":
         raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
     config = ScanConfig.from_dict(run["config"])
-    if comm is None:
-        with process_group(config.device) as comm:
-            return resume(engine, run_id, progress, comm)
+    with joined(comm, config.device) as comm:
+        phases, train, test, model = _load_phase(comm, engine, config, run)
+        if comm.is_root:
+            runs.restart_run(engine, run_id)
+        stored = _stored_fit(run, model, config)
+        return _run_guarded(
+            comm, engine, run_id, config, model, train, test, phases, progress, stored
+        )
+
+
+def _load_phase(comm: Comm, engine: Engine, config: ScanConfig, run: dict | None = None):
+    """The timed load phase on every rank: the data and the model, and for a resumed
+    ``run`` the check that the data still has its fingerprint."""
     phases = _Phases(engine)
     with interruptible(None), phases("load"):
         train, test, model = comm.step(_load, config)
-        comm.step(_check_fingerprint, run, train, test)
-    if comm.is_root:
-        runs.restart_run(engine, run_id)
-    stored = _stored_fit(run, model, config)
-    return _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, stored)
+        if run is not None:
+            comm.step(_check_fingerprint, run, train, test)
+    return phases, train, test, model
 
 
 def _load(config: ScanConfig) -> tuple[Dataset, Dataset, ModelTask]:

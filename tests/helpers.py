@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,18 @@ def assert_same_run(got: dict, want: dict) -> None:
     for key in ("self_influence", "harmfulness", "suspicion", "rank", "flags", "loss"):
         assert got["train"][key] == want["train"][key], key
     assert got["test"] == want["test"]
+
+
+def write_remove_decisions(engine, run_id: int, path: Path) -> list[dict]:
+    """A decisions file for ``auditor apply`` removing every flagged training point of
+    ``run_id``; returns those points."""
+    flagged = [p for p in points.read_points(engine, run_id, "train") if p["flags"]]
+    decisions = {
+        "run": run_id,
+        "data_fingerprint": runs.get_run(engine, run_id)["data_fingerprint"],
+        "decisions": [
+            {"index": p["idx"], "id": p["point_id"], "action": "remove"} for p in flagged
+        ],
+    }
+    path.write_text(json.dumps(decisions))
+    return flagged

@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.store import open_db, points, runs
+from tests.helpers import write_remove_decisions
 
 
 def test_removing_the_toy_outliers_lowers_the_test_loss(tmp_path):
@@ -14,16 +15,7 @@ def test_removing_the_toy_outliers_lowers_the_test_loss(tmp_path):
     db = str(tmp_path / "a.db")
     assert runner.invoke(cli, ["scan", "--train", "toy-linear", "--db", db]).exit_code == 0
     engine = open_db(db)
-    train = points.read_points(engine, 1, "train")
-    flagged = [p for p in train if p["flags"]]
-    decisions = {
-        "run": 1,
-        "data_fingerprint": runs.get_run(engine, 1)["data_fingerprint"],
-        "decisions": [
-            {"index": p["idx"], "id": p["point_id"], "action": "remove"} for p in flagged
-        ],
-    }
-    (tmp_path / "d.json").write_text(json.dumps(decisions))
+    flagged = write_remove_decisions(engine, 1, tmp_path / "d.json")
     out = tmp_path / "clean"
     result = runner.invoke(
         cli, ["apply", "1", str(tmp_path / "d.json"), "--out", str(out), "--db", db]

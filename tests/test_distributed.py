@@ -51,6 +51,17 @@ def one_thread_scan(args: list[str]) -> int:
     return int(result.stdout.strip().splitlines()[-1])
 
 
+def killed_scan(tmp_path, mnist_dir) -> str:
+    """The database of an exact 2-rank scan (run 1) whose rank 1 was SIGKILLed."""
+    db = str(tmp_path / "killed.db")
+    killed = torchrun(
+        *mnist_args(mnist_dir, "--solver", "exact"), "--db", db,
+        script=[str(ROOT / "tests" / "dying_rank.py")],
+    )  # fmt: skip
+    assert killed.returncode != 0
+    return db
+
+
 @pytest.fixture(scope="module")
 def exact_reference(tmp_path_factory, mnist_dir):
     db = str(tmp_path_factory.mktemp("ref") / "one.db")
@@ -111,12 +122,7 @@ def test_two_gloo_ranks_equal_one_process_pair_for_pair(tmp_path, mnist_dir, exa
 def test_a_killed_rank_leaves_the_run_incomplete_and_resume_scores_only_its_blocks(
     tmp_path, mnist_dir, exact_reference
 ):
-    db = str(tmp_path / "killed.db")
-    killed = torchrun(
-        *mnist_args(mnist_dir, "--solver", "exact"), "--db", db,
-        script=[str(ROOT / "tests" / "dying_rank.py")],
-    )  # fmt: skip
-    assert killed.returncode != 0
+    db = killed_scan(tmp_path, mnist_dir)
     engine = open_db(db, create=False)
     run = runs.get_run(engine, 1, with_theta=True)
     assert run["status"] != "complete"
@@ -137,12 +143,7 @@ def test_a_killed_rank_leaves_the_run_incomplete_and_resume_scores_only_its_bloc
 def test_resume_in_one_process_finishes_a_run_left_by_torchrun(
     tmp_path, mnist_dir, exact_reference
 ):
-    db = str(tmp_path / "killed.db")
-    killed = torchrun(
-        *mnist_args(mnist_dir, "--solver", "exact"), "--db", db,
-        script=[str(ROOT / "tests" / "dying_rank.py")],
-    )  # fmt: skip
-    assert killed.returncode != 0
+    db = killed_scan(tmp_path, mnist_dir)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

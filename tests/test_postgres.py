@@ -11,9 +11,9 @@ from bs4 import BeautifulSoup
 from click.testing import CliRunner
 
 from auditor.cli import cli
-from auditor.store import database_url, display_url, migrate, open_db, points, runs
+from auditor.store import database_url, display_url, migrate, open_db, runs
 from auditor.store.schema import metadata
-from tests.helpers import assert_same_run, run_state
+from tests.helpers import assert_same_run, run_state, write_remove_decisions
 
 
 def test_postgresql_urls_get_the_psycopg_driver_and_paths_stay_sqlite(tmp_path):
@@ -92,15 +92,7 @@ def test_mnist_scan_in_postgresql_equals_sqlite_and_every_read_command_agrees(
 def test_cleaning_loop_on_postgresql(tmp_path, pg_url):
     invoke("scan", "--train", "toy-linear", "--db", pg_url)
     engine = open_db(pg_url, create=False)
-    flagged = [p for p in points.read_points(engine, 1, "train") if p["flags"]]
-    decisions = {
-        "run": 1,
-        "data_fingerprint": runs.get_run(engine, 1)["data_fingerprint"],
-        "decisions": [
-            {"index": p["idx"], "id": p["point_id"], "action": "remove"} for p in flagged
-        ],
-    }
-    (tmp_path / "d.json").write_text(json.dumps(decisions))
+    flagged = write_remove_decisions(engine, 1, tmp_path / "d.json")
     out = invoke(
         "apply", "1", str(tmp_path / "d.json"), "--out", str(tmp_path / "c"), "--db", pg_url
     )
