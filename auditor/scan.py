@@ -4,8 +4,13 @@ Each phase is timed; pair scores are committed one block of test points at a tim
 the run is marked ``complete`` only by its last write, so an interrupted scan never looks
 finished. The fitted parameters are stored as soon as the fit ends, so :func:`resume`
 finishes a killed or interrupted run: it reloads the data (checking its fingerprint),
-recomputes the deterministic gradients and solve from the stored parameters, and scores
-only the test points whose blocks are missing.
+recomputes the deterministic gradients from the stored parameters, and solves and scores
+only the blocks of test points that are missing.
+
+Under torchrun the same functions run on every rank: :mod:`auditor.distributed` supplies
+the collectives (the identity in one process), the share of the test blocks each rank
+solves and scores, and the Hessian computed once on rank 0; rank 0 alone fits, ranks and
+writes the run row.
 """
 
 from __future__ import annotations
@@ -322,6 +327,7 @@ class _Data:
 
 
 def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress, stored):
+    """The phases after the run row exists, on every rank; the result on rank 0."""
     warnings: list[str] = []
     dtype = getattr(torch, config.model.dtype)
     d = _Data(*_tensors(train, comm.device, dtype), *_tensors(test, comm.device, dtype))
@@ -331,47 +337,24 @@ def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress
             _fit_phase, engine, run_id, config, model, train, test, d, stored, warnings
         ) or (None, None)
         theta = _shared_theta(comm, fitted, config, d.x.device)
-
-    blocks = test_blocks(len(test), config.score_chunk)
-    done = comm.broadcast(
-        pairs.stored_test_indexes(engine, run_id) if comm.is_root and stored is not None else set()
-    )
-    pending = [b for b in blocks if not all(j in done for j in range(*b))]
-    mine = shard(pending, comm.rank, comm.world)
-    if comm.is_root:  # rank 0 also reads back the blocks stored before (for harmfulness)
-        mine = sorted(mine + [b for b in blocks if b not in pending])
-    to_solve = [b for b in mine if b in pending]
-    own_train = train_slice(len(train), comm.rank, comm.world)
-
+    plan = _plan_blocks(comm, engine, run_id, len(test), config.score_chunk, stored)
     with phases("gradients"):
         train_grads = per_example_grads(model, theta, d.x, d.y)
-        # One call per block: a gradient's last bits depend on the rows computed with it,
-        # so a block gets the same ones in one process, on any rank and on a resume.
-        test_grads = torch.cat(
-            [train_grads[:0]]
-            + [
-                per_example_grads(model, theta, d.x_test[j0:j1], d.y_test[j0:j1])
-                for j0, j1 in to_solve
-            ]
-        )
-
+        test_grads = _test_gradients(model, theta, d, plan.to_solve)
     with phases("ihvp"):
-        op = shared_operator(comm, model, theta, d.x, d.y, config.model.weight_decay, config.solver)
-        test_ihvps, diag = comm.step(_solve, op, test_grads.T.contiguous(), config.solver)
-        first, self_diag = comm.step(self_influences, op, train_grads[own_train], config.solver)
-        del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
-        record = _solver_record(comm, diag, test_grads.shape[0], self_diag, own_train)
+        test_ihvps, first, record = _solve_phase(
+            comm, model, theta, d, config, train_grads, test_grads
+        )
         if comm.is_root:
             runs.update_run(engine, run_id, solver=record)
             warnings += _solve_warnings(record)
-
     harm = comm.step(
-        _score_and_store, engine, run_id, train_grads, test_ihvps, mine, pending, done, phases,
-        progress,
-    )  # fmt: skip
+        _score_and_store, engine, run_id, train_grads, test_ihvps, plan, phases, progress
+    )
     reports = comm.gather({"si": first.cpu(), "harm": harm, "timings": phases.timings})
     if not comm.is_root:
         return None
+
     _check_all_stored(engine, run_id, len(test))
     phases.timings = {k: max(r["timings"].get(k, 0.0) for r in reports) for k in phases.timings}
     first = torch.cat([r["si"] for r in reports]).to(theta.device)
@@ -381,8 +364,61 @@ def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress
         warnings, phases, progress,
     )  # fmt: skip
     result.ranks, result.resumed = comm.world, stored is not None
-    result.scored = len(test) - len(done)
+    result.scored = len(test) - len(plan.done)
     return result
+
+
+@dataclass
+class _BlockPlan:
+    """This rank's share of the test blocks.
+
+    Attributes:
+        done: Test indexes with stored scores when the scan started (a resume).
+        pending: The blocks of all ranks with at least one test point not in ``done``.
+        mine: This rank's blocks, sorted: its share of ``pending`` and, on rank 0, the
+            blocks stored before (read back for harmfulness).
+        to_solve: The blocks of ``mine`` that are pending (solved and scored here).
+    """
+
+    done: set[int]
+    pending: list[Block]
+    mine: list[Block]
+    to_solve: list[Block]
+
+
+def _plan_blocks(comm: Comm, engine, run_id: int, n_test: int, chunk: int, stored) -> _BlockPlan:
+    done = comm.broadcast(
+        pairs.stored_test_indexes(engine, run_id) if comm.is_root and stored is not None else set()
+    )
+    blocks = test_blocks(n_test, chunk)
+    pending = [b for b in blocks if not all(j in done for j in range(*b))]
+    mine = shard(pending, comm.rank, comm.world)
+    if comm.is_root:
+        mine = sorted(mine + [b for b in blocks if b not in pending])
+    return _BlockPlan(done, pending, mine, [b for b in mine if b in pending])
+
+
+def _test_gradients(model: ModelTask, theta, d: _Data, blocks: list[Block]) -> torch.Tensor:
+    """Per-example gradients ``(m, p)`` of the test points of ``blocks``, in order.
+
+    One call per block: a gradient's last bits depend on the rows computed with it, so a
+    block gets the same ones in one process, on any rank and on a resume."""
+    parts = [per_example_grads(model, theta, d.x_test[j0:j1], d.y_test[j0:j1]) for j0, j1 in blocks]
+    if not parts:  # nothing left for this rank (a resume)
+        return theta.new_zeros(0, theta.shape[0])
+    return torch.cat(parts)
+
+
+def _solve_phase(comm: Comm, model, theta, d: _Data, config, train_grads, test_grads):
+    """The IHVPs of this rank's test points ``(p, m)``, the self-influences of its slice of
+    the training points, and the run's solver record (every rank's merged)."""
+    own_train = train_slice(train_grads.shape[0], comm.rank, comm.world)
+    op = shared_operator(comm, model, theta, d.x, d.y, config.model.weight_decay, config.solver)
+    test_ihvps, diag = comm.step(_solve, op, test_grads.T.contiguous(), config.solver)
+    first, self_diag = comm.step(self_influences, op, train_grads[own_train], config.solver)
+    del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
+    record = _solver_record(comm, diag, test_grads.shape[0], self_diag, own_train)
+    return test_ihvps, first, record
 
 
 def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, warnings):
@@ -465,22 +501,22 @@ def _solve_warnings(record: dict) -> list[str]:
 
 
 def _score_and_store(
-    engine, run_id, train_grads, test_ihvps, mine, pending, done, phases, progress
+    engine, run_id, train_grads, test_ihvps, plan: _BlockPlan, phases, progress
 ) -> np.ndarray:
-    """Score and commit this rank's blocks (``mine``, sorted): the ``pending`` ones from
+    """Score and commit this rank's blocks (``plan.mine``): the pending ones from
     ``test_ihvps`` (their columns in order), the others read back. Returns the float64 sum
     of the scores per training point ``(n,)``.
 
     Scores and storage are timed apart ("pair_scores" and "storage") so that the
     benchmark shows where time goes."""
     harm = np.zeros(train_grads.shape[0], dtype=np.float64)
-    total = sum(j1 - j0 for j0, j1 in mine)
+    total = sum(j1 - j0 for j0, j1 in plan.mine)
     scored = 0
-    blocks = _score_blocks(engine, run_id, train_grads, test_ihvps, mine, pending)
+    blocks = _score_blocks(engine, run_id, train_grads, test_ihvps, plan.mine, plan.pending)
     for j0, scores, fresh in phases.timed_iter("pair_scores", blocks):
         if fresh:
             with phases("storage", mark=False):
-                _store_block(engine, run_id, done, j0, scores)
+                _store_block(engine, run_id, plan.done, j0, scores)
         harm += scores.sum(axis=0, dtype=np.float64)
         scored += scores.shape[0]
         progress("pair scores", scored, total)
