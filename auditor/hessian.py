@@ -121,20 +121,21 @@ class HessianOperator:
         return factor if info == 0 else None
 
     def _build_loss_hessian(self) -> torch.Tensor:
-        h = torch.zeros(self.p, self.p, dtype=self.theta.dtype, device=self.theta.device)
         # Closed forms need only (rows, d) temporaries: take up to 32 M elements at once.
         rows = self.chunk
         if self.model.has_closed_form_hessian:
             rows = max(rows, 2**25 // max(self.x[0].numel(), 1))
+        h = None
         for start in range(0, self.n, rows):
             s = slice(start, min(start + rows, self.n))
-            weight = (s.stop - s.start) / self.n
             block = self.model.loss_hessian(self.theta, self.x[s], self.y[s])
             if block is None:
                 eye = torch.eye(self.p, dtype=self.theta.dtype, device=self.theta.device)
                 block = batch_hvp(self.model, self.theta, self.x[s], self.y[s], eye)
-            h += weight * block
-        return 0.5 * (h + h.T)
+            block.mul_((s.stop - s.start) / self.n)
+            h = block if h is None else h.add_(block)
+        # Symmetric to the last bit (the products are symmetric only up to rounding).
+        return h.add_(h.T.clone()).mul_(0.5)
 
     def relative_residual(self, solution: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``||A s - v|| / ||v||`` per column ``(m,)`` (0 where ``v`` is 0)."""

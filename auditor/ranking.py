@@ -58,7 +58,7 @@ def robust_z(values: torch.Tensor) -> torch.Tensor:
     if scale <= 0:
         scale = deviation.mean()
     if scale <= 0:
-        scale = torch.ones((), dtype=values.dtype)
+        scale = torch.ones((), dtype=values.dtype, device=values.device)
     return (values - median) / scale
 
 

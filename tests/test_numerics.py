@@ -11,6 +11,7 @@ from auditor.hessian import HessianOperator
 from auditor.influence import self_influences
 from auditor.models import build_model
 from auditor.solvers import SolverArgs, solve
+from auditor.solvers.lissa import _squaring
 from auditor.training import fit, risk
 
 
@@ -170,3 +171,18 @@ def test_exact_self_influence_matches_a_dense_solve(name, task, k):
     )
     assert diag["solver"] == "cg"
     torch.testing.assert_close(same, expected, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("m", [2, 40])  # fewer columns than parameters, and more
+def test_squaring_keeps_the_partial_sum_as_columns_or_matrix_alike(m):
+    model, theta, x, y = problem("logistic", "classification", 3)  # p = 15
+    op = HessianOperator(model, theta, x, y, weight_decay=0.05)
+    v = torch.randn(model.n_params, m, dtype=torch.float64)
+    args = SolverArgs(solver="lissa", tol=1e-7)
+    scale = 1.1 * op.max_eigenvalue()
+    squared, t = _squaring(op, v, args, scale, scale, [])
+    assert t + 1 & t == 0 and t > 0
+    plain = SolverArgs(solver="lissa", tol=1e-300, depth=t, scale=scale, squaring=False)
+    stepped, diag = solve(op, v, plain)
+    assert diag.iterations == t
+    torch.testing.assert_close(squared / scale, stepped, rtol=1e-9, atol=1e-12)

@@ -89,19 +89,23 @@ def _squaring_pays(op: HessianOperator, v: torch.Tensor, args: SolverArgs, scale
     p, m = op.p, v.shape[1]
     steps = min(args.depth, math.log(1.0 / args.tol) * scale / op.shift / 2)
     doublings = math.ceil(math.log2(max(steps, 2.0)))
-    return doublings * (4 * p**3 + 2 * p**2 * m) < steps * 2 * p**2 * m
+    per_doubling = 2 * p**3 + 2 * p**2 * m + 2 * p**2 * min(p, m)
+    return doublings * per_doubling < steps * 2 * p**2 * m
 
 
 def _squaring(op, v, args, scale, lambda_max, history):
     """Full-batch LiSSA by repeated squaring; returns ``h_t`` ``(p, m)`` and ``t``.
 
     ``h_t`` is the recursion's own iterate (the same polynomial in ``A``), for the first
-    ``t = 2^k - 1`` whose residual ``R^{t+1} v`` meets the tolerance.
+    ``t = 2^k - 1`` whose residual ``R^{t+1} v`` meets the tolerance. With fewer columns
+    than parameters the partial sum is kept applied to ``v`` (``S_n v``, ``2 p^2 m`` flops
+    per doubling), otherwise as the matrix ``S_n`` (``2 p^3``).
     """
     v_norm = v.norm(dim=0).clamp_min(torch.finfo(v.dtype).tiny)
     power = op.dense().mul_(-1.0 / scale)  # R^n, n = 1
     power.diagonal().add_(1.0)
-    partial = None  # S_n; None stands for S_1 = I
+    by_columns = v.shape[1] < op.p
+    partial = v.clone() if by_columns else None  # S_n v, or S_n (None stands for S_1 = I)
     residual = power @ v  # R^n v
     n, best = 1, math.inf
     while True:
@@ -111,12 +115,14 @@ def _squaring(op, v, args, scale, lambda_max, history):
         best = min(best, rel)
         history.append([n - 1, rel])
         if rel <= args.tol or 2 * n > args.depth + 1:
-            h = v.clone() if partial is None else partial @ v
+            h = partial if by_columns else v.clone() if partial is None else partial @ v
             if rel <= args.tol:
                 return h, n - 1
             # finish the remaining steps one at a time
             return _recursion(op, v, args, scale, lambda_max, True, None, history, h0=h, first=n)
-        if partial is None:
+        if by_columns:
+            partial = partial + power @ partial  # S_2n v = S_n v + R^n (S_n v)
+        elif partial is None:
             partial = power.clone()
             partial.diagonal().add_(1.0)
         else:
