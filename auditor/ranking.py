@@ -2,15 +2,17 @@
 
 The rule (documented in the README, thresholds overridable from the CLI):
 
-1. Suspicion is the robust z-score of the influence norm ``sqrt(|self-influence|)``:
-   ``z = (s - median(s)) / (1.4826 * MAD(s))``. Rank 1 is the largest z.
+1. The self-influence used for the masking refits below is ranked by the robust z-score of
+   the influence norm ``sqrt(|self-influence|)``: ``z = (s - median(s)) / (1.4826 *
+   MAD(s))``. The stored suspicion, rank and flags use :func:`combined_suspicion` (robust
+   z of the log training loss and of harmfulness, whichever is larger).
 2. Masking: a cluster of bad points drags the fit towards itself and hides its members
    (five y = 100 points among twenty). So the self-influence is recomputed on refits that
    leave out the ``trim`` most suspicious fraction (concentration steps, as in least
    trimmed squares), and finally on a refit without the points flagged by step 3. Each
    point's score is then "how much its own loss depends on it, next to the clean data".
-3. Flags: ``mislabel`` when the model (refit without the flagged points) predicts another
-   class than the given label and ``z >= mislabel_z``; ``outlier`` when ``z >= outlier_z``
+3. Flags: ``mislabel`` when the model predicts another class than the given label and
+   ``z >= mislabel_z``; ``outlier`` when ``z >= outlier_z``
    and the point is not a mislabel. Regression data has no labels to flip: only outliers.
 """
 
@@ -65,6 +67,26 @@ def robust_z(values: torch.Tensor) -> torch.Tensor:
 def suspicion(self_influence: torch.Tensor) -> torch.Tensor:
     """Robust z-score of the influence norm ``sqrt(|self-influence|)``: ``(n,)``."""
     return robust_z(self_influence.abs().sqrt())
+
+
+def combined_suspicion(loss: torch.Tensor, harmfulness: torch.Tensor) -> torch.Tensor:
+    """The product's ranking score ``(n,)``: ``max(robust_z(log loss), robust_z(harmfulness))``.
+
+    Two tests for two kinds of fault, put on one scale and joined as a union. The log
+    training loss asks "does the model disagree with this label?" (a mislabel, a noise
+    image with an arbitrary label); harmfulness asks "does keeping this point raise the
+    test loss?" (systematic faults such as class-conditional flips, which bend the
+    boundary so that the model learns them and their loss stays low). Under the clean bulk
+    each robust z is about standard normal, so a point is as suspicious as its more extreme
+    test says. Self-influence is not part of it: on every setting measured (README,
+    "Detection quality") it ranked faults below training loss.
+
+    Args:
+        loss: Per-example training loss ``(n,)`` under the fitted model.
+        harmfulness: Sum of the point's influence over all test points ``(n,)``.
+    """
+    log_loss = loss.double().clamp_min(torch.finfo(torch.float64).tiny).log()
+    return torch.maximum(robust_z(log_loss), robust_z(harmfulness.double()))
 
 
 def trimmed_mask(score: torch.Tensor, trim: float) -> torch.Tensor:

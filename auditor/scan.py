@@ -31,7 +31,7 @@ from auditor.errors import AuditorError, ConfigError
 from auditor.gradients import per_example_grads
 from auditor.influence import robust_ranking, solve_columns
 from auditor.models import ModelTask, build_model, default_model_name
-from auditor.ranking import ranks
+from auditor.ranking import combined_suspicion, flags_for, ranks
 from auditor.scoring import pair_score_chunks, self_influence
 from auditor.sources.idx import find_pairs
 from auditor.store import pairs, points, runs
@@ -91,6 +91,20 @@ def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
     return train, test
 
 
+def model_for(config: ScanConfig, train: Dataset) -> ModelTask:
+    """The (unfitted) model ``config`` asks for, shaped for ``train``."""
+    return build_model(
+        config.model.name or default_model_name(train.task),
+        train.task,
+        train.n_features,
+        train.n_classes,
+        hidden=config.model.hidden,
+        image_shape=None if train.images is None else tuple(train.images.shape[1:]),
+        params=config.model.params,
+        epochs=config.model.epochs,
+    )
+
+
 def _has_test_part(spec: str) -> bool:
     """Whether ``spec`` is a folder holding both a train and a test idx pair."""
     path = Path(spec).expanduser()
@@ -112,8 +126,17 @@ class _Phases:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
 
-def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -> ScanResult:
+def scan(
+    engine: Engine,
+    config: ScanConfig,
+    progress: Progress | None = None,
+    *,
+    datasets: tuple[Dataset, Dataset] | None = None,
+) -> ScanResult:
     """Run a whole scan into ``engine``'s database and return its :class:`ScanResult`.
+
+    ``datasets`` ``(train, test)`` replaces loading ``config.data`` (``auditor evaluate``
+    scans data with injected faults this way).
 
     Raises:
         ConfigError, DataError: before anything is written to the database.
@@ -124,14 +147,8 @@ def scan(engine: Engine, config: ScanConfig, progress: Progress | None = None) -
     dtype = getattr(torch, config.model.dtype)
     phases = _Phases(engine)
     with phases("load"):
-        train, test = load_data(config.data)
-        model = build_model(
-            config.model.name or default_model_name(train.task),
-            train.task,
-            train.n_features,
-            train.n_classes,
-            hidden=config.model.hidden,
-        )
+        train, test = load_data(config.data) if datasets is None else datasets
+        model = model_for(config, train)
     run_id = runs.create_run(
         engine,
         config=config.to_dict(),
@@ -218,19 +235,21 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
             fit_kwargs=fit_kwargs,
             progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
         )
-        rank = ranks(ranked.z)
+        z = combined_suspicion(train_out["loss"], torch.from_numpy(harm))
+        rank = ranks(z)
+        flags = flags_for(z, train_out["predicted"].cpu(), y.cpu(), train.task, config.rule)
         rows = _point_rows(train, train_out)
         for i, row in enumerate(rows):
             row.update(
                 self_influence=float(ranked.self_influence[i]),
                 harmfulness=float(harm[i]),
-                suspicion=float(ranked.z[i]),
+                suspicion=float(z[i]),
                 rank=int(rank[i]),
-                flags=ranked.flags[i],
+                flags=flags[i],
             )
         points.write_points(engine, run_id, "train", rows)
 
-    flag_counts = _count_flags(ranked.flags)
+    flag_counts = _count_flags(flags)
     runs.finish_run(
         engine,
         run_id,
