@@ -4,8 +4,8 @@ The rule (documented in the README, thresholds overridable from the CLI):
 
 1. The self-influence used for the masking refits below is ranked by the robust z-score of
    the influence norm ``sqrt(|self-influence|)``: ``z = (s - median(s)) / (1.4826 *
-   MAD(s))``. The stored suspicion, rank and flags use :func:`combined_suspicion` (robust
-   z of the log training loss and of harmfulness, whichever is larger).
+   MAD(s))``. The stored suspicion, rank and flags use :func:`combined_suspicion` (the
+   largest robust z of the log training loss, harmfulness and log self-influence).
 2. Masking: a cluster of bad points drags the fit towards itself and hides its members
    (five y = 100 points among twenty). So the self-influence is recomputed on refits that
    leave out the ``trim`` most suspicious fraction (concentration steps, as in least
@@ -18,7 +18,8 @@ The rule (documented in the README, thresholds overridable from the CLI):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -37,7 +38,7 @@ class FlagRule:
     """
 
     outlier_z: float = 6.0
-    mislabel_z: float = 3.0
+    mislabel_z: float = 5.0
     trim: float = 0.25
     rounds: int = 3
 
@@ -69,24 +70,35 @@ def suspicion(self_influence: torch.Tensor) -> torch.Tensor:
     return robust_z(self_influence.abs().sqrt())
 
 
-def combined_suspicion(loss: torch.Tensor, harmfulness: torch.Tensor) -> torch.Tensor:
-    """The product's ranking score ``(n,)``: ``max(robust_z(log loss), robust_z(harmfulness))``.
+def combined_suspicion(
+    loss: torch.Tensor, harmfulness: torch.Tensor, self_influence: torch.Tensor
+) -> torch.Tensor:
+    """The product's ranking score ``(n,)``: the largest of three robust z-scores, of the
+    log training loss, of harmfulness and of the log influence norm ``log |self-influence|``.
 
-    Two tests for two kinds of fault, put on one scale and joined as a union. The log
-    training loss asks "does the model disagree with this label?" (a mislabel, a noise
-    image with an arbitrary label); harmfulness asks "does keeping this point raise the
-    test loss?" (systematic faults such as class-conditional flips, which bend the
-    boundary so that the model learns them and their loss stays low). Under the clean bulk
-    each robust z is about standard normal, so a point is as suspicious as its more extreme
-    test says. Self-influence is not part of it: on every setting measured (README,
-    "Detection quality") it ranked faults below training loss.
+    Three tests for three kinds of fault, put on one scale and joined as a union. The log
+    loss asks "does the model disagree with this label?" (a mislabel); harmfulness asks
+    "does keeping this point raise the test loss?" (systematic faults such as
+    class-conditional flips, which bend the boundary until the model fits them); the
+    self-influence (from the masking refits) asks "does the fit lean on this point
+    alone?" (outliers, also in clusters that mask each other's loss). Under the clean bulk
+    each robust z is roughly standard normal, so a point is as suspicious as its most
+    extreme test says. Logs tame the heavy right tails of loss and self-influence, which
+    would otherwise let one statistic's ordinary points outrank another's faults.
 
     Args:
         loss: Per-example training loss ``(n,)`` under the fitted model.
         harmfulness: Sum of the point's influence over all test points ``(n,)``.
+        self_influence: ``-g^T A^{-1} g`` per point ``(n,)`` (after the masking refits).
     """
-    log_loss = loss.double().clamp_min(torch.finfo(torch.float64).tiny).log()
-    return torch.maximum(robust_z(log_loss), robust_z(harmfulness.double()))
+    return torch.maximum(
+        torch.maximum(robust_z(_log(loss)), robust_z(harmfulness.double())),
+        robust_z(_log(self_influence.abs())),
+    )
+
+
+def _log(values: torch.Tensor) -> torch.Tensor:
+    return values.double().clamp_min(torch.finfo(torch.float64).tiny).log()
 
 
 def trimmed_mask(score: torch.Tensor, trim: float) -> torch.Tensor:
@@ -113,6 +125,23 @@ def flags_for(
         else:
             flags.append([])
     return flags
+
+
+def combined_flags(
+    z: torch.Tensor,
+    influence_z: torch.Tensor,
+    predicted: torch.Tensor,
+    targets: torch.Tensor,
+    task: str,
+    rule: FlagRule,
+) -> list[list[str]]:
+    """Flags of the product's ranking: ``mislabel`` when the prediction disagrees with the
+    label and the combined score ``z`` ``(n,)`` reaches ``mislabel_z``; otherwise
+    ``outlier`` when the masking-resistant influence-norm z ``influence_z`` ``(n,)`` reaches
+    ``outlier_z`` (a cluster of outliers hides from the loss but not from the refits)."""
+    mislabel = flags_for(z, predicted, targets, task, replace(rule, outlier_z=math.inf))
+    outlier = flags_for(influence_z, predicted, targets, task, replace(rule, mislabel_z=math.inf))
+    return [m or o for m, o in zip(mislabel, outlier, strict=True)]
 
 
 def ranks(score: torch.Tensor) -> torch.Tensor:

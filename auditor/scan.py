@@ -31,7 +31,7 @@ from auditor.errors import AuditorError, ConfigError
 from auditor.gradients import per_example_grads
 from auditor.influence import robust_ranking, solve_columns
 from auditor.models import ModelTask, build_model, default_model_name
-from auditor.ranking import combined_suspicion, flags_for, ranks
+from auditor.ranking import combined_flags, combined_suspicion, ranks
 from auditor.scoring import pair_score_chunks, self_influence
 from auditor.sources.idx import find_pairs
 from auditor.store import pairs, points, runs
@@ -235,9 +235,13 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
             fit_kwargs=fit_kwargs,
             progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
         )
-        z = combined_suspicion(train_out["loss"], torch.from_numpy(harm))
+        z = combined_suspicion(
+            train_out["loss"].cpu(), torch.from_numpy(harm), ranked.self_influence.cpu()
+        )
         rank = ranks(z)
-        flags = flags_for(z, train_out["predicted"].cpu(), y.cpu(), train.task, config.rule)
+        flags = combined_flags(
+            z, ranked.z, train_out["predicted"].cpu(), y.cpu(), train.task, config.rule
+        )
         rows = _point_rows(train, train_out)
         for i, row in enumerate(rows):
             row.update(

@@ -178,7 +178,9 @@ def test_toy_linear_scatter_marks_exactly_the_two_outliers(tmp_path, toy_db):
     assert len(svg.select("circle.point")) == 18 and len(svg.select(".test-point")) == 1
     assert svg.select_one("polyline.fit") is not None
     lines = soup.select("svg#histogram line.threshold")
-    assert [(line["data-kind"], float(line["data-value"])) for line in lines] == [("outlier", 6.0)]
+    assert [(line["data-kind"], float(line["data-value"])) for line in lines] == [
+        ("outlier", FlagRule().outlier_z)
+    ]
     rows = soup.select("tr[data-index]")
     assert sorted(int(r["data-index"]) for r in rows) == [1, 15]
     assert all(r.select_one('input[type="number"][name^="label-"]') for r in rows)
