@@ -127,7 +127,7 @@ _SCAN_OPTIONS: list[tuple[str, object]] = [
     (
         "--epochs",
         click.option(
-            "--epochs", type=int, default=5, show_default=True, help="Adam epochs of --model cnn."
+            "--epochs", type=int, default=8, show_default=True, help="Adam epochs of --model cnn."
         ),
     ),
     (

@@ -51,7 +51,7 @@ class CNN(ModelTask):
         params: str = "last",
         channels: tuple[int, int] = (16, 32),
         hidden: int = 64,
-        epochs: int = 5,
+        epochs: int = 8,
     ) -> None:
         c, h, w = image_shape
         super().__init__(c * h * w, n_outputs)
@@ -81,6 +81,7 @@ class CNN(ModelTask):
         self.n_params = self.n_head if params == "last" else self.n_body + self.n_head
         self.input_scale = 1.0
         self.body_theta: torch.Tensor | None = None  # the frozen body of ``params="last"``
+        self._cache: tuple | None = None
 
     @property
     def max_polish_iter(self) -> int:
@@ -113,7 +114,21 @@ class CNN(ModelTask):
 
     def outputs(self, theta, x):
         body, head = self._split(theta)
-        return self.head.outputs(head, self.embed(body, x))
+        return self.head.outputs(
+            head, self._frozen_embed(body, x) if self.params == "last" else self.embed(body, x)
+        )
+
+    def _frozen_embed(self, body: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings under the frozen body, remembered for the last ``x`` seen: the L-BFGS
+        polish and the solvers pass the same training tensor again and again."""
+        cached = self._cache
+        if cached is not None and cached[0] is x and cached[1] is self.body_theta:
+            return cached[2]
+        with torch.no_grad():
+            z = self.embed(body, x)
+        if not torch._C._functorch.is_batchedtensor(x):
+            self._cache = (x, self.body_theta, z)
+        return z
 
     def loss(self, outputs, y):
         return self.head.loss(outputs, y)
@@ -125,15 +140,12 @@ class CNN(ModelTask):
     def hvp(self, theta, x, y, v):
         if self.params == "all":
             return None
-        with torch.no_grad():
-            z = self.embed(self.body_theta.to(theta.dtype), x)
-        return self.head.hvp(theta, z, y, v)
+        return self.head.hvp(theta, self._frozen_embed(self.body_theta.to(theta.dtype), x), y, v)
 
     def loss_hessian(self, theta, x, y):
         if self.params == "all":
             return None
-        with torch.no_grad():
-            z = self.embed(self.body_theta.to(theta.dtype), x)
+        z = self._frozen_embed(self.body_theta.to(theta.dtype), x)
         return self.head.loss_hessian(theta, z, y)
 
     # --- training ----------------------------------------------------------------------

@@ -72,7 +72,7 @@ class ModelArgs:
     grad_tol: float = 1e-5
     dtype: str = "float32"
     params: str = "last"
-    epochs: int = 5
+    epochs: int = 8
 
     def __post_init__(self) -> None:
         if self.params not in ("all", "last"):

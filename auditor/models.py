@@ -232,7 +232,7 @@ def build_model(
     *,
     image_shape: tuple[int, ...] | None = None,
     params: str = "last",
-    epochs: int = 5,
+    epochs: int = 8,
 ) -> ModelTask:
     """The model ``name`` (``linear``, ``logistic``, ``mlp`` or ``cnn``) for a ``task``.
 

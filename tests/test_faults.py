@@ -13,9 +13,7 @@ from auditor.sources.toy import toy_linear
 
 @pytest.fixture(scope="module")
 def mnist17(mnist_dir):
-    train, _ = load_data(
-        DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2, seed=0)
-    )
+    train, _ = load_data(DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2, seed=0))
     return train
 
 
