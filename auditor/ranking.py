@@ -33,12 +33,16 @@ class FlagRule:
     Attributes:
         outlier_z: Flag ``outlier`` at or above this z.
         mislabel_z: Flag ``mislabel`` at or above this z when the prediction disagrees.
+        outlier_support_z: The combined suspicion an ``outlier`` must also reach (the
+            influence norm alone has a heavy right tail on clean data, more so with a small
+            weight decay).
         trim: Fraction left out in the concentration refits (0 turns refits off).
         rounds: Most concentration refits.
     """
 
     outlier_z: float = 6.0
     mislabel_z: float = 5.0
+    outlier_support_z: float = 4.0
     trim: float = 0.25
     rounds: int = 3
 
@@ -138,9 +142,11 @@ def combined_flags(
     """Flags of the product's ranking: ``mislabel`` when the prediction disagrees with the
     label and the combined score ``z`` ``(n,)`` reaches ``mislabel_z``; otherwise
     ``outlier`` when the masking-resistant influence-norm z ``influence_z`` ``(n,)`` reaches
-    ``outlier_z`` (a cluster of outliers hides from the loss but not from the refits)."""
+    ``outlier_z`` (a cluster of outliers hides from the loss but not from the refits) and
+    ``z`` reaches ``outlier_support_z`` (two tests agree)."""
     mislabel = flags_for(z, predicted, targets, task, replace(rule, outlier_z=math.inf))
-    outlier = flags_for(influence_z, predicted, targets, task, replace(rule, mislabel_z=math.inf))
+    supported = torch.where(z >= rule.outlier_support_z, influence_z, -math.inf)
+    outlier = flags_for(supported, predicted, targets, task, replace(rule, mislabel_z=math.inf))
     return [m or o for m, o in zip(mislabel, outlier, strict=True)]
 
 
