@@ -74,31 +74,43 @@ def suspicion(self_influence: torch.Tensor) -> torch.Tensor:
     return robust_z(self_influence.abs().sqrt())
 
 
-def combined_suspicion(
-    loss: torch.Tensor, harmfulness: torch.Tensor, self_influence: torch.Tensor
-) -> torch.Tensor:
-    """The product's ranking score ``(n,)``: the largest of three robust z-scores, of the
-    log training loss, of harmfulness and of the log influence norm ``log |self-influence|``.
+#: How many robust standard deviations the secondary tests (harmfulness, self-influence)
+#: must exceed the training-loss test by to decide a point's score.
+SECONDARY_OFFSET = 2.0
 
-    Three tests for three kinds of fault, put on one scale and joined as a union. The log
-    loss asks "does the model disagree with this label?" (a mislabel); harmfulness asks
-    "does keeping this point raise the test loss?" (systematic faults such as
-    class-conditional flips, which bend the boundary until the model fits them); the
-    self-influence (from the masking refits) asks "does the fit lean on this point
-    alone?" (outliers, also in clusters that mask each other's loss). Under the clean bulk
-    each robust z is roughly standard normal, so a point is as suspicious as its most
-    extreme test says. Logs tame the heavy right tails of loss and self-influence, which
-    would otherwise let one statistic's ordinary points outrank another's faults.
+
+def suspicion_tests(
+    loss: torch.Tensor, harmfulness: torch.Tensor, self_influence: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Robust z-scores ``(n,)`` of the primary test, ``z(log loss)``, and of the stronger
+    secondary test, ``max(z(harmfulness), z(log |self-influence|))``.
+
+    Three tests for three kinds of fault. The log loss asks "does the model disagree with
+    this label?" (a mislabel); harmfulness asks "does keeping this point raise the test
+    loss?" (systematic faults such as class-conditional flips, which bend the boundary
+    until the model fits them); the self-influence (from the masking refits) asks "does
+    the fit lean on this point alone?" (outliers, also in clusters that mask each other's
+    loss). Under the clean bulk each robust z is roughly standard normal; logs tame the
+    heavy right tails of loss and self-influence.
 
     Args:
         loss: Per-example training loss ``(n,)`` under the fitted model.
         harmfulness: Sum of the point's influence over all test points ``(n,)``.
         self_influence: ``-g^T A^{-1} g`` per point ``(n,)`` (after the masking refits).
     """
-    return torch.maximum(
-        torch.maximum(robust_z(_log(loss)), robust_z(harmfulness.double())),
-        robust_z(_log(self_influence.abs())),
-    )
+    secondary = torch.maximum(robust_z(harmfulness.double()), robust_z(_log(self_influence.abs())))
+    return robust_z(_log(loss)), secondary
+
+
+def combined_suspicion(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
+    """The product's ranking score ``(n,)``: ``max(primary, secondary - SECONDARY_OFFSET)``.
+
+    A union of tests pays for every test's null tail (harmfulness has a heavy one), so the
+    secondary tests must be :data:`SECONDARY_OFFSET` robust standard deviations more
+    extreme than the loss to decide a point's score: the loss ranks, the others promote
+    clear cases. The offset was chosen on design seeds (README, "Detection quality").
+    """
+    return torch.maximum(primary, secondary - SECONDARY_OFFSET)
 
 
 def _log(values: torch.Tensor) -> torch.Tensor:
@@ -132,7 +144,7 @@ def flags_for(
 
 
 def combined_flags(
-    z: torch.Tensor,
+    union_z: torch.Tensor,
     influence_z: torch.Tensor,
     predicted: torch.Tensor,
     targets: torch.Tensor,
@@ -140,10 +152,11 @@ def combined_flags(
     rule: FlagRule,
 ) -> list[list[str]]:
     """Flags of the product's ranking: ``mislabel`` when the prediction disagrees with the
-    label and the combined score ``z`` ``(n,)`` reaches ``mislabel_z``; otherwise
-    ``outlier`` when the masking-resistant influence-norm z ``influence_z`` ``(n,)`` reaches
-    ``outlier_z`` (a cluster of outliers hides from the loss but not from the refits) and
-    ``z`` reaches ``outlier_support_z`` (two tests agree)."""
+    label and the union of the tests ``union_z = max(primary, secondary)`` ``(n,)``
+    reaches ``mislabel_z``; otherwise ``outlier`` when the masking-resistant influence-norm
+    z ``influence_z`` ``(n,)`` reaches ``outlier_z`` (a cluster of outliers hides from the
+    loss but not from the refits) and ``union_z`` reaches ``outlier_support_z``."""
+    z = union_z
     mislabel = flags_for(z, predicted, targets, task, replace(rule, outlier_z=math.inf))
     supported = torch.where(z >= rule.outlier_support_z, influence_z, -math.inf)
     outlier = flags_for(supported, predicted, targets, task, replace(rule, mislabel_z=math.inf))

@@ -31,7 +31,7 @@ from auditor.errors import AuditorError, ConfigError
 from auditor.gradients import per_example_grads
 from auditor.influence import robust_ranking, solve_columns
 from auditor.models import ModelTask, build_model, default_model_name
-from auditor.ranking import combined_flags, combined_suspicion, ranks
+from auditor.ranking import combined_flags, combined_suspicion, ranks, suspicion_tests
 from auditor.scoring import pair_score_chunks, self_influence
 from auditor.sources.idx import find_pairs
 from auditor.store import pairs, points, runs
@@ -235,12 +235,18 @@ def _scan_run(engine, run_id, config, model, train, test, device, dtype, phases,
             fit_kwargs=fit_kwargs,
             progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
         )
-        z = combined_suspicion(
+        primary, secondary = suspicion_tests(
             train_out["loss"].cpu(), torch.from_numpy(harm), ranked.self_influence.cpu()
         )
+        z = combined_suspicion(primary, secondary)
         rank = ranks(z)
         flags = combined_flags(
-            z, ranked.z, train_out["predicted"].cpu(), y.cpu(), train.task, config.rule
+            torch.maximum(primary, secondary),
+            ranked.z,
+            train_out["predicted"].cpu(),
+            y.cpu(),
+            train.task,
+            config.rule,
         )
         rows = _point_rows(train, train_out)
         for i, row in enumerate(rows):
