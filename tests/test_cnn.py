@@ -22,9 +22,7 @@ from auditor.training import fit, risk
 @pytest.fixture(scope="module")
 def small_digits(mnist_dir):
     """60 MNIST 1s and 7s, centre-cropped to 16x16, in float64."""
-    train, _ = load_data(
-        DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2, seed=0)
-    )
+    train, _ = load_data(DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2, seed=0))
     images = train.images[:60, :, 6:22, 6:22]
     x = images.reshape(60, -1).double() / 255.0
     return x, train.targets[:60]
