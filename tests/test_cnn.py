@@ -32,7 +32,7 @@ def tiny(params: str) -> CNN:
     return CNN((1, 16, 16), 2, params=params, channels=(2, 2), hidden=3, epochs=3)
 
 
-@pytest.mark.parametrize("params", ["all", "last"])
+@pytest.mark.parametrize("params", [pytest.param("all", marks=pytest.mark.slow), "last"])
 def test_cnn_hessian_matches_autograd_and_cg_matches_dense(small_digits, params):
     x, y = small_digits
     model = tiny(params)
