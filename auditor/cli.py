@@ -6,7 +6,6 @@ Usage errors exit 2 (``click.UsageError``), expected runtime failures exit 1
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -20,13 +19,12 @@ from auditor.cli_common import (
     open_existing,
     resolve_run,
 )
-from auditor.config import DataArgs, ModelArgs, ScanConfig
+from auditor.cli_options import Bars, scan_config, scan_options
 from auditor.errors import Interrupted
-from auditor.ranking import FlagRule
+from auditor.evaluate_command import evaluate
 from auditor.report.command import report
 from auditor.scan import resume as resume_scan
 from auditor.scan import scan as run_scan
-from auditor.solvers.base import SolverArgs
 from auditor.store import display_url, runs
 
 
@@ -42,109 +40,8 @@ def cli() -> None:
     """
 
 
-def _classes(_ctx, _param, value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    classes = [c.strip() for c in value.split(",") if c.strip()]
-    if len(classes) < 2:
-        raise click.BadParameter("give at least two comma-separated classes, e.g. 1,7")
-    return classes
-
-
-def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HxW such as 28x28, got {value!r}") from None
-    if h < 1 or w < 1:
-        raise click.BadParameter(f"sizes must be positive, got {value!r}")
-    return h, w
-
-
 @cli.command()
-@click.option(
-    "--train", "train", metavar="DATA", help="toy-linear, an idx or image folder, a .csv or .npz."
-)
-@click.option("--test", "test", metavar="DATA", help="Test data (same kinds as --train).")
-@click.option("--test-split", type=float, help="Hold out this fraction of --train as test points.")
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seeds the split and sampling."
-)
-@click.option("--classes", callback=_classes, help="Keep these classes, e.g. 1,7 (binary task).")
-@click.option(
-    "--normalize",
-    type=click.Choice(["unit", "none"]),
-    default="unit",
-    show_default=True,
-    help="Scale each image to unit L2 norm, or keep pixels in [0, 1].",
-)
-@click.option("--resize", callback=_resize, metavar="HxW", help="Resize images of different sizes.")
-@click.option("--download", type=click.Choice(["mnist"]), help="Fetch MNIST through torchvision.")
-@click.option(
-    "--download-root", default="data", show_default=True, help="Where --download stores files."
-)
-@click.option(
-    "--model",
-    type=click.Choice(["linear", "logistic", "mlp"]),
-    help="Default: linear for a numeric target, logistic for labels.",
-)
-@click.option("--weight-decay", type=float, default=0.01, show_default=True, help="L2 coefficient.")
-@click.option(
-    "--hidden", type=int, default=32, show_default=True, help="Hidden units of --model mlp."
-)
-@click.option(
-    "--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True
-)
-@click.option(
-    "--solver", type=click.Choice(["lissa", "exact", "cg"]), default="lissa", show_default=True
-)
-@click.option("--damping", type=float, default=0.0, show_default=True, help="Added to the Hessian.")
-@click.option("--scale", type=float, help="LiSSA scale (default: from the largest eigenvalue).")
-@click.option("--depth", type=int, default=5000, show_default=True, help="Most LiSSA steps.")
-@click.option("--repeats", type=int, default=1, show_default=True, help="LiSSA repeats averaged.")
-@click.option("--batch-size", type=int, help="LiSSA minibatch size (default: all points).")
-@click.option(
-    "--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual."
-)
-@click.option(
-    "--self-influence",
-    type=click.Choice(["auto", "same"]),
-    default="auto",
-    show_default=True,
-    help="Ranking self-influences: auto = exact Cholesky when the dense Hessian is "
-    "affordable, else --solver; same = always --solver.",
-)
-@click.option(
-    "--outlier-z",
-    type=float,
-    default=FlagRule.outlier_z,
-    show_default=True,
-    help="Flag outlier at this robust z of the influence norm.",
-)
-@click.option(
-    "--mislabel-z",
-    type=float,
-    default=FlagRule.mislabel_z,
-    show_default=True,
-    help="Flag mislabel at this z when the prediction disagrees.",
-)
-@click.option(
-    "--trim",
-    type=float,
-    default=FlagRule.trim,
-    show_default=True,
-    help="Fraction left out of the masking refits (0: no refits).",
-)
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option(
-    "--chunk",
-    type=click.IntRange(min=1),
-    default=256,
-    show_default=True,
-    help="Test points per committed block of pair scores (work lost at most on a crash).",
-)
+@scan_options()
 @click.option(
     "--resume",
     "resume_run",
@@ -170,7 +67,7 @@ def scan(**opts) -> None:
         torchrun --nproc-per-node 4 -m auditor scan --train data/ --db postgresql://host/db
         auditor scan --resume 3 --db audit.db
     """
-    bars = _Bars() if distributed.rank() == 0 else None
+    bars = Bars() if distributed.rank() == 0 else None
     if opts["resume_run"] is not None:
         ctx = click.get_current_context()
         given = [
@@ -186,47 +83,13 @@ def scan(**opts) -> None:
         engine = open_existing(opts["db"])
         _report_scan(opts, bars, lambda: resume_scan(engine, opts["resume_run"], progress=bars))
         return
-    config = ScanConfig(
-        data=DataArgs(
-            train=opts["train"],
-            test=opts["test"],
-            test_split=opts["test_split"],
-            seed=opts["seed"],
-            classes=opts["classes"],
-            normalize=opts["normalize"],
-            resize=opts["resize"],
-            download=opts["download"],
-            download_root=opts["download_root"],
-        ),
-        model=ModelArgs(
-            name=opts["model"],
-            weight_decay=opts["weight_decay"],
-            hidden=opts["hidden"],
-            dtype=opts["dtype"],
-        ),
-        solver=SolverArgs(
-            solver=opts["solver"],
-            damping=opts["damping"],
-            scale=opts["scale"],
-            depth=opts["depth"],
-            repeats=opts["repeats"],
-            batch_size=opts["batch_size"],
-            tol=opts["tol"],
-            seed=opts["seed"],
-            self_influence=opts["self_influence"],
-        ),
-        rule=FlagRule(
-            outlier_z=opts["outlier_z"], mislabel_z=opts["mislabel_z"], trim=opts["trim"]
-        ),
-        device=opts["device"],
-        score_chunk=opts["chunk"],
-    )
+    config = scan_config(opts)
     with distributed.process_group(config.device) as comm:
         engine = dispose_on_close(distributed.open_in_order(comm, opts["db"]))
         _report_scan(opts, bars, lambda: run_scan(engine, config, progress=bars, comm=comm))
 
 
-def _report_scan(opts: dict, bars: _Bars | None, run) -> None:
+def _report_scan(opts: dict, bars: Bars | None, run) -> None:
     """Run a scan (or resume) with progress bars and print its summary and run id (on
     rank 0 of a torchrun job only)."""
     start = time.perf_counter()
@@ -257,27 +120,6 @@ def _report_scan(opts: dict, bars: _Bars | None, run) -> None:
         err=True,
     )
     click.echo(result.run_id)
-
-
-class _Bars:
-    """One click progress bar per phase, drawn on stderr."""
-
-    def __init__(self) -> None:
-        self.bar = None
-        self.phase = None
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if phase != self.phase:
-            self.close()
-            self.phase = phase
-            self.bar = click.progressbar(length=total, label=phase, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.update(done - self.bar.pos)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-        self.bar, self.phase = None, None
 
 
 @cli.command("runs")
@@ -414,6 +256,7 @@ def compare(run_a: int, run_b: int, db: str) -> None:
 
 
 cli.add_command(report)
+cli.add_command(evaluate)
 
 
 def main() -> None:

@@ -54,12 +54,15 @@ class ModelArgs:
     """The model and how it is fitted.
 
     Attributes:
-        name: ``linear``, ``logistic`` or ``mlp``; ``None`` follows the data.
+        name: ``linear``, ``logistic``, ``mlp`` or ``cnn``; ``None`` follows the data.
         weight_decay: L2 coefficient lambda of the risk (keeps the Hessian positive definite).
         hidden: Hidden units of the MLP.
         max_iter: Most L-BFGS iterations.
         grad_tol: Gradient norm that counts as an optimum.
         dtype: ``float32`` or ``float64``.
+        params: Parameters influence is taken over for ``cnn``: ``last`` (the final linear
+            layer, on frozen embeddings) or ``all``.
+        epochs: Minibatch Adam epochs that train ``cnn`` before the L-BFGS polish.
     """
 
     name: str | None = None
@@ -68,8 +71,14 @@ class ModelArgs:
     max_iter: int = 2000
     grad_tol: float = 1e-5
     dtype: str = "float32"
+    params: str = "last"
+    epochs: int = 8
 
     def __post_init__(self) -> None:
+        if self.params not in ("all", "last"):
+            raise ConfigError(f"--params must be all or last, got {self.params!r}")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.dtype not in ("float32", "float64"):

@@ -1,8 +1,11 @@
 """Ctrl-C and SIGTERM during a scan: stop with :class:`~auditor.errors.Interrupted`.
 
-Python turns SIGINT into ``KeyboardInterrupt`` wherever the main thread happens to be;
-:func:`interruptible` does the same for SIGTERM and converts both into ``Interrupted``
-(exit status 130), naming the incomplete run so that it can be resumed.
+Inside :func:`interruptible`, SIGINT and SIGTERM raise ``KeyboardInterrupt`` wherever the
+main thread happens to be, and both become ``Interrupted`` (exit status 130), naming the
+incomplete run so that it can be resumed. Database writes run inside :func:`deferred`: a
+signal that arrives there is held until the write has finished, so no transaction or
+pooled connection is abandoned half-way (which would leave a traceback from the
+connection's finaliser on stderr).
 """
 
 from __future__ import annotations
@@ -15,11 +18,31 @@ from contextlib import contextmanager
 from auditor.errors import Interrupted
 
 
+class _Deferral:
+    depth = 0  # nesting of deferred() blocks
+    pending = False  # a signal arrived inside one
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends; then raise ``KeyboardInterrupt``."""
+    _Deferral.depth += 1
+    try:
+        yield
+    finally:
+        _Deferral.depth -= 1
+    if _Deferral.depth == 0 and _Deferral.pending:
+        _Deferral.pending = False
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def interruptible(run_id: int | None) -> Iterator[None]:
     """Turn Ctrl-C (and SIGTERM, in the main thread) into :class:`Interrupted`."""
     main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if main else None
+    previous = (
+        {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    )
     try:
         yield
     except KeyboardInterrupt:
@@ -30,12 +53,17 @@ def interruptible(run_id: int | None) -> Iterator[None]:
         )
         raise Interrupted(f"interrupted; {where}", run_id=run_id) from None
     finally:
-        if main:  # None: a handler installed outside Python; the default is the closest
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        _Deferral.pending = False
+        for s, handler in previous.items():
+            # None: a handler installed outside Python; the default is the closest
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
-def _raise_keyboard_interrupt(_signum, _frame) -> None:
-    raise KeyboardInterrupt
+def _on_signal(_signum, _frame) -> None:
+    if _Deferral.depth:
+        _Deferral.pending = True
+    else:
+        raise KeyboardInterrupt
 
 
 @contextmanager

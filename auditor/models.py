@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from auditor.errors import ConfigError
 
-MODEL_NAMES = ("linear", "logistic", "mlp")
+MODEL_NAMES = ("linear", "logistic", "mlp", "cnn")
 
 
 class ModelTask(ABC):
@@ -65,6 +65,11 @@ class ModelTask(ABC):
     def has_closed_form_hessian(self) -> bool:
         """Whether :meth:`loss_hessian` is implemented (cheap dense Hessians)."""
         return type(self).loss_hessian is not ModelTask.loss_hessian
+
+    def pretrain(self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int):
+        """Starting point ``(p,)`` of the L-BFGS fit from minibatch training, or ``None``
+        (the default) to start from :meth:`init_params`. Deep models override it."""
+        return None
 
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -231,11 +236,20 @@ class MLP(ModelTask):
 
 
 def build_model(
-    name: str, task: str, n_features: int, n_classes: int, hidden: int = 32
+    name: str,
+    task: str,
+    n_features: int,
+    n_classes: int,
+    hidden: int = 32,
+    *,
+    image_shape: tuple[int, ...] | None = None,
+    params: str = "last",
+    epochs: int = 8,
 ) -> ModelTask:
-    """The model ``name`` (``linear``, ``logistic`` or ``mlp``) for a ``task``.
+    """The model ``name`` (``linear``, ``logistic``, ``mlp`` or ``cnn``) for a ``task``.
 
-    ``logistic`` is binary for two classes and multinomial for more.
+    ``logistic`` is binary for two classes and multinomial for more. ``cnn`` needs the
+    ``image_shape`` ``(C, H, W)`` and takes influence over ``params`` (``last`` or ``all``).
     """
     if name == "linear":
         if task != "regression":
@@ -249,6 +263,12 @@ def build_model(
         return MultinomialLogistic(n_features, n_classes)
     if name == "mlp":
         return MLP(n_features, n_classes, hidden=hidden, regression=task == "regression")
+    if name == "cnn":
+        from auditor.cnn import CNN  # the CNN builds on this module's classes
+
+        if task != "classification" or image_shape is None:
+            raise ConfigError("--model cnn needs labelled images (idx, image folder, image NPZ)")
+        return CNN(tuple(image_shape), n_classes, params=params, hidden=hidden, epochs=epochs)
     raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
 
 

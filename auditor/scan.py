@@ -62,9 +62,9 @@ from auditor.errors import (
 from auditor.gradients import per_example_grads
 from auditor.hessian import HessianOperator
 from auditor.influence import robust_ranking, self_influences
-from auditor.interrupts import interruptible, signals_ignored
+from auditor.interrupts import deferred, interruptible, signals_ignored
 from auditor.models import ModelTask, build_model, default_model_name
-from auditor.ranking import ranks
+from auditor.ranking import combined_flags, combined_suspicion, ranks, suspicion_tests
 from auditor.scoring import pair_score_chunks
 from auditor.solvers import solve
 from auditor.sources.idx import find_pairs
@@ -130,6 +130,20 @@ def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
     return train, test
 
 
+def model_for(config: ScanConfig, train: Dataset) -> ModelTask:
+    """The (unfitted) model ``config`` asks for, shaped for ``train``."""
+    return build_model(
+        config.model.name or default_model_name(train.task),
+        train.task,
+        train.n_features,
+        train.n_classes,
+        hidden=config.model.hidden,
+        image_shape=None if train.images is None else tuple(train.images.shape[1:]),
+        params=config.model.params,
+        epochs=config.model.epochs,
+    )
+
+
 def _has_test_part(spec: str) -> bool:
     """Whether ``spec`` is a folder holding both a train and a test idx pair."""
     path = Path(spec).expanduser()
@@ -146,7 +160,8 @@ class _Phases:
     def __call__(self, name: str, mark: bool = True) -> Iterator[None]:
         """Time a phase; ``mark`` records it as the run's phase in the database."""
         if mark and self.run_id is not None:
-            runs.update_run(self.engine, self.run_id, phase=name)
+            with deferred():
+                runs.update_run(self.engine, self.run_id, phase=name)
         start = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
@@ -155,7 +170,8 @@ class _Phases:
         """Yield from ``items``, adding the time spent producing each item to ``name``."""
         self.timings.setdefault(name, 0.0)
         if self.run_id is not None:
-            runs.update_run(self.engine, self.run_id, phase=name)
+            with deferred():
+                runs.update_run(self.engine, self.run_id, phase=name)
         while True:
             start = time.perf_counter()
             try:
@@ -172,8 +188,13 @@ def scan(
     config: ScanConfig,
     progress: Progress | None = None,
     comm: Comm | None = None,
+    *,
+    datasets: tuple[Dataset, Dataset] | None = None,
 ) -> ScanResult | None:
     """Run a whole scan into ``engine``'s database and return its :class:`ScanResult`.
+
+    ``datasets`` ``(train, test)`` replaces loading ``config.data`` (``auditor evaluate``
+    scans data with injected faults this way).
 
     Under torchrun (``WORLD_SIZE`` > 1) the test points are sharded over the ranks of the
     job ``comm`` (joined here if not given); rank 0 returns the result, the others ``None``.
@@ -186,7 +207,7 @@ def scan(
         PeerFailed: another rank failed or was lost; the run is left resumable.
     """
     with joined(comm, config.device) as comm:
-        phases, train, test, model = _load_phase(comm, engine, config)
+        phases, train, test, model = _load_phase(comm, engine, config, datasets=datasets)
         run_id = comm.broadcast(comm.root_step(_create_run, engine, config, train, test, model))
         return _run_guarded(
             comm, engine, run_id, config, model, train, test, phases, progress, None
@@ -223,27 +244,28 @@ def resume(
         )
 
 
-def _load_phase(comm: Comm, engine: Engine, config: ScanConfig, run: dict | None = None):
+def _load_phase(
+    comm: Comm,
+    engine: Engine,
+    config: ScanConfig,
+    run: dict | None = None,
+    datasets: tuple[Dataset, Dataset] | None = None,
+):
     """The timed load phase on every rank: the data and the model, and for a resumed
     ``run`` the check that the data still has its fingerprint."""
     phases = _Phases(engine)
     with interruptible(None), phases("load"):
-        train, test, model = comm.step(_load, config)
+        train, test, model = comm.step(_load, config, datasets)
         if run is not None:
             comm.step(_check_fingerprint, run, train, test)
     return phases, train, test, model
 
 
-def _load(config: ScanConfig) -> tuple[Dataset, Dataset, ModelTask]:
-    train, test = load_data(config.data)
-    model = build_model(
-        config.model.name or default_model_name(train.task),
-        train.task,
-        train.n_features,
-        train.n_classes,
-        hidden=config.model.hidden,
-    )
-    return train, test, model
+def _load(
+    config: ScanConfig, datasets: tuple[Dataset, Dataset] | None = None
+) -> tuple[Dataset, Dataset, ModelTask]:
+    train, test = load_data(config.data) if datasets is None else datasets
+    return train, test, model_for(config, train)
 
 
 def _create_run(engine: Engine, config: ScanConfig, train, test, model: ModelTask) -> int:
@@ -346,7 +368,8 @@ def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress
             comm, model, theta, d, config, train_grads, test_grads
         )
         if comm.is_root:
-            runs.update_run(engine, run_id, solver=record)
+            with deferred():
+                runs.update_run(engine, run_id, solver=record)
             warnings += _solve_warnings(record)
     harm = comm.step(
         _score_and_store, engine, run_id, train_grads, test_ihvps, plan, phases, progress
@@ -441,11 +464,13 @@ def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, war
         )
     train_out = _evaluate(model, fitted.theta, d.x, d.y)
     test_out = _evaluate(model, fitted.theta, d.x_test, d.y_test)
-    points.write_points(engine, run_id, "test", _point_rows(test, test_out))
+    with deferred():
+        points.write_points(engine, run_id, "test", _point_rows(test, test_out))
     if stored is None:
-        runs.update_run(
-            engine, run_id, theta=_theta_bytes(fitted.theta), metrics=_fit_metrics(fitted)
-        )
+        with deferred():
+            runs.update_run(
+                engine, run_id, theta=_theta_bytes(fitted.theta), metrics=_fit_metrics(fitted)
+            )
     return fitted, (train_out, test_out)
 
 
@@ -556,42 +581,54 @@ def _rank_and_finish(
             progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
         )
         _check_finite(ranked.self_influence.cpu().numpy(), "self-influence")
-        _check_finite(ranked.z.cpu().numpy(), "suspicion scores")
         _check_finite(harm, "harmfulness")
-        rank = ranks(ranked.z)
+        primary, secondary = suspicion_tests(
+            train_out["loss"].cpu(), torch.from_numpy(harm), ranked.self_influence.cpu()
+        )
+        z = combined_suspicion(primary, secondary)
+        _check_finite(z.cpu().numpy(), "suspicion scores")
+        rank = ranks(z)
+        flags = combined_flags(
+            torch.maximum(primary, secondary),
+            ranked.z,
+            train_out["predicted"].cpu(),
+            d.y.cpu(),
+            train.task,
+            config.rule,
+        )
         rows = _point_rows(train, train_out)
         values = zip(
             ranked.self_influence.double().cpu().tolist(),
             harm.tolist(),
-            ranked.z.double().cpu().tolist(),
+            z.double().cpu().tolist(),
             rank.cpu().tolist(),
             strict=True,
         )
-        for i, (row, (si, hm, z, r)) in enumerate(zip(rows, values, strict=True)):
-            row.update(
-                self_influence=si, harmfulness=hm, suspicion=z, rank=r, flags=ranked.flags[i]
-            )
-        points.write_points(engine, run_id, "train", rows)
+        for i, (row, (si, hm, sus, r)) in enumerate(zip(rows, values, strict=True)):
+            row.update(self_influence=si, harmfulness=hm, suspicion=sus, rank=r, flags=flags[i])
+        with deferred():
+            points.write_points(engine, run_id, "train", rows)
 
-    flag_counts = _count_flags(ranked.flags)
-    runs.finish_run(
-        engine,
-        run_id,
-        metrics={
-            **_metrics(train.task, fitted, train_out, d.y, test_out, d.y_test),
-            "test_fingerprint": points_fingerprint(test),
-        },
-        ranking={
-            "rule": config.rule.to_dict(),
-            "refits": ranked.refits,
-            "kept_in_last_refit": ranked.kept,
-            "flag_counts": flag_counts,
-            "refit_solves": ranked.diagnostics,
-        },
-        timings=phases.timings,
-        warnings=warnings,
-        theta=_theta_bytes(fitted.theta),
-    )
+    flag_counts = _count_flags(flags)
+    with deferred():
+        runs.finish_run(
+            engine,
+            run_id,
+            metrics={
+                **_metrics(train.task, fitted, train_out, d.y, test_out, d.y_test),
+                "test_fingerprint": points_fingerprint(test),
+            },
+            ranking={
+                "rule": config.rule.to_dict(),
+                "refits": ranked.refits,
+                "kept_in_last_refit": ranked.kept,
+                "flag_counts": flag_counts,
+                "refit_solves": ranked.diagnostics,
+            },
+            timings=phases.timings,
+            warnings=warnings,
+            theta=_theta_bytes(fitted.theta),
+        )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
 
 
@@ -630,7 +667,9 @@ def _score_blocks(
     column = 0
     for j0, j1 in blocks:
         if (j0, j1) not in pending:
-            yield j0, pairs.read_test_range(engine, run_id, j0, j1), False
+            with deferred():
+                stored = pairs.read_test_range(engine, run_id, j0, j1)
+            yield j0, stored, False
             continue
         c = j1 - j0
         _, block = next(pair_score_chunks(train_grads, test_ihvps, c, start=column))
@@ -644,7 +683,7 @@ def _store_block(engine: Engine, run_id: int, done: set[int], j0: int, scores: n
     """Commit the rows of one block that are not stored yet, in one transaction."""
     j1 = j0 + scores.shape[0]
     try:
-        with engine.begin() as conn:
+        with deferred(), engine.begin() as conn:
             for k0, k1 in missing_runs(done, j0, j1):
                 pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
     except IntegrityError:

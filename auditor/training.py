@@ -50,13 +50,17 @@ def fit(
         x: ``(n, d)`` features.
         y: ``(n,)`` targets.
         weight_decay: L2 coefficient (lambda above).
-        seed: Seeds the starting point of non-convex models.
+        seed: Seeds the starting point of non-convex models (and their minibatch
+            :meth:`~auditor.models.ModelTask.pretrain`, run first when ``theta0`` is None).
         max_iter: Most L-BFGS iterations.
         grad_tol: Stop when ``||grad R|| <= grad_tol``; ``converged`` records whether it did.
         theta0: Optional warm start ``(p,)``.
     """
     gen = torch.Generator().manual_seed(seed)
+    if theta0 is None:
+        theta0 = model.pretrain(x, y, weight_decay, seed)
     theta = model.init_params(gen, x.dtype).to(x.device) if theta0 is None else theta0.clone()
+    max_iter = min(max_iter, getattr(model, "max_polish_iter", max_iter))
     theta.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [theta],

@@ -15,10 +15,13 @@ from torchvision.io import decode_png
 
 from auditor.cli import cli
 from auditor.config import DataArgs
+from auditor.evaluate import RANKINGS
 from auditor.ranking import FlagRule
 from auditor.report import charts
+from auditor.report.render import num as render_num
 from auditor.report.thumbnails import thumbnail
-from auditor.store import pairs, points, runs
+from auditor.store import open_db, pairs, points, runs
+from auditor.store.evaluations import read_evaluation
 from tests.helpers import run_scan
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -178,7 +181,9 @@ def test_toy_linear_scatter_marks_exactly_the_two_outliers(tmp_path, toy_db):
     assert len(svg.select("circle.point")) == 18 and len(svg.select(".test-point")) == 1
     assert svg.select_one("polyline.fit") is not None
     lines = soup.select("svg#histogram line.threshold")
-    assert [(line["data-kind"], float(line["data-value"])) for line in lines] == [("outlier", 6.0)]
+    assert [(line["data-kind"], float(line["data-value"])) for line in lines] == [
+        ("outlier", FlagRule().outlier_z)
+    ]
     rows = soup.select("tr[data-index]")
     assert sorted(int(r["data-index"]) for r in rows) == [1, 15]
     assert all(r.select_one('input[type="number"][name^="label-"]') for r in rows)
@@ -244,3 +249,33 @@ def test_nice_ticks_and_thumbnail_sizes():
     assert thumbnail(small).shape == (1, 56, 56)
     big = torch.zeros(3, 200, 100, dtype=torch.uint8)
     assert thumbnail(big).shape == (3, 56, 28)
+
+
+def test_report_shows_detection_curves_of_an_evaluated_run(tmp_path, toy_db):
+    db = str(tmp_path / "eval.db")
+    result = CliRunner().invoke(
+        cli,
+        ["evaluate", "--train", "toy-linear", "--solver", "exact", "--faults", "outlier"]
+        + ["--rate", "0.1", "--no-fix", "--db", db],
+    )
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    _, rows = read_evaluation(engine, 1)
+    result, soup = report(tmp_path, db, str(rows[0]["run_id"]))
+    assert result.exit_code == 0, result.output
+    assert_self_contained(soup)
+    lines = soup.select("svg#detection polyline.curve")
+    assert [line["data-ranking"] for line in lines] == list(RANKINGS)
+    by = {r["ranking"]: r for r in rows}
+    for line in lines:
+        xy = [tuple(map(float, p.split(","))) for p in line["points"].split()]
+        assert len(xy) == len(by[line["data-ranking"]]["curve"])
+        # the y pixel falls as the share found rises: the curve never goes down on screen
+        assert all(b[1] <= a[1] for a, b in zip(xy, xy[1:], strict=False))
+    cells = soup.select('table.detection tr[data-ranking="combined"] td')
+    assert cells[1].get_text() == render_num(by["combined"]["auroc"])
+    # a run without an evaluation has no detection section
+    _, plain = report(tmp_path, toy_db[0])
+    assert (
+        plain.select_one("svg#detection") is None and plain.select_one("#detection-quality") is None
+    )

@@ -87,7 +87,7 @@ def test_resume_scores_only_the_missing_blocks(finished):
     resumed = points.read_points(engine, 1, "train")
     # harmfulness sums the stored scores, marked ones included
     np.testing.assert_allclose([p["harmfulness"] for p in resumed], got.sum(axis=0), rtol=1e-5)
-    assert [p["rank"] for p in resumed] == [p["rank"] for p in train]
+    # (ranks are not compared: the combined suspicion reads harmfulness, which the marks change)
     assert runs.get_run(engine, 1)["status"] == "complete"
 
 

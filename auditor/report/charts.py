@@ -270,3 +270,62 @@ def histogram(
         lines,
         hi if overflow else None,
     )
+
+
+@dataclass
+class Series:
+    """One ranking's detection curve: ``points`` is an SVG ``points`` string."""
+
+    name: str
+    css: str  # a class name derived from ``name``
+    points: str
+    auroc: float | None
+    found10: float | None
+
+
+@dataclass
+class DetectionChart:
+    """Share of the injected faults found (y) after checking a share of the data (x), one
+    line per ranking (Koh & Liang's Fig. 6)."""
+
+    width: int
+    height: int
+    box: dict[str, float]
+    x_axis: Axis
+    y_axis: Axis
+    series: list[Series]
+    title: str
+
+
+def detection_chart(
+    curves: dict[str, list[list[float]]],
+    auroc: dict[str, float | None],
+    found10: dict[str, float | None],
+    title: str,
+    width: int = 640,
+    height: int = 320,
+) -> DetectionChart:
+    """Lay out detection curves ``{ranking: [[share checked, share found], ...]}``."""
+    box = _box(width, height)
+    px = _linear(0.0, 1.0, box["left"], box["right"])
+    py = _linear(0.0, 1.0, box["bottom"], box["top"])
+    ticks = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    series = [
+        Series(
+            name,
+            "r-" + "".join(c if c.isalnum() else "-" for c in name),
+            " ".join(f"{px(x)},{py(y)}" for x, y in curve),
+            auroc.get(name),
+            found10.get(name),
+        )
+        for name, curve in curves.items()
+    ]
+    return DetectionChart(
+        width,
+        height,
+        box,
+        Axis("share of the training data checked", [(px(t), f"{t:.0%}") for t in ticks]),
+        Axis("share of the faults found", [(py(t), f"{t:.0%}") for t in ticks]),
+        series,
+        title,
+    )

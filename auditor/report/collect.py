@@ -13,10 +13,11 @@ import numpy as np
 from sqlalchemy.engine import Engine
 
 from auditor.errors import ConfigError, DataError
+from auditor.evaluate import RANKINGS
 from auditor.exports import label_name, run_summary, train_records
 from auditor.report import charts
 from auditor.report.thumbnails import png_data_uri
-from auditor.store import pairs, points, runs
+from auditor.store import evaluations, pairs, points, runs
 
 HURTS = 3  # test points listed per flagged row
 NEIGHBOURS = 6  # most harmful / most helpful training points per test panel
@@ -89,6 +90,7 @@ class ReportView:
     scatter: charts.Scatter | None
     has_images: bool
     script_data: dict = field(default_factory=dict)  # goes to JS through |tojson
+    detection: charts.DetectionChart | None = None  # when an evaluation scanned this run
 
 
 def collect(
@@ -156,6 +158,7 @@ def collect(
         histogram=_histogram(train, thresholds),
         scatter=_scatter(run, train, test, features, thresholds) if features else None,
         has_images=bool(run["image_shape"]),
+        detection=_detection(engine, run_id),
     )
     view.script_data = {
         "run": run_id,
@@ -165,6 +168,21 @@ def collect(
         "ids": {str(r.record["index"]): r.record["id"] for r in rows},
     }
     return view
+
+
+def _detection(engine: Engine, run_id: int) -> charts.DetectionChart | None:
+    """The detection curves of the evaluation that scanned this run, if one did."""
+    rows = evaluations.results_for_run(engine, run_id)
+    if not rows:
+        return None
+    order = {name: i for i, name in enumerate(RANKINGS)}
+    rows.sort(key=lambda r: order.get(r["ranking"], len(order)))
+    return charts.detection_chart(
+        {r["ranking"]: r["curve"] for r in rows},
+        {r["ranking"]: r["auroc"] for r in rows},
+        {r["ranking"]: (r["found"] or {}).get("0.1") for r in rows},
+        f"{rows[0]['n_faults']} injected faults among {rows[0]['n_train']} training points",
+    )
 
 
 def _thresholds(run: dict) -> dict[str, float]:

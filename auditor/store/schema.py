@@ -89,3 +89,38 @@ pair_scores = Table(
     Column("scores", LargeBinary, nullable=False),
     sqlite_with_rowid=False,
 )
+
+evaluations = Table(
+    "evaluations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("auditor_version", String(32), nullable=False),
+    Column("config", JSON, nullable=False),  # the scan configuration (seed 0's)
+    Column("faults", JSON, nullable=False),  # FaultSpec
+    Column("seeds", JSON, nullable=False),
+    Column("summary", JSON),  # ranking -> metric -> [mean, spread]
+    Column("timings", JSON),
+)
+
+evaluation_results = Table(
+    "evaluation_results",
+    metadata,
+    Column(
+        "evaluation_id",
+        Integer,
+        ForeignKey("evaluations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("seed", Integer, primary_key=True),
+    Column("ranking", String(32), primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("n_train", Integer, nullable=False),
+    Column("n_faults", Integer, nullable=False),
+    Column("auroc", Float),
+    Column("average_precision", Float),
+    Column("found", JSON),  # {"0.05": share, ...}
+    Column("curve", JSON),  # [[share checked, share found], ...]
+    Column("fix", JSON),  # [{k, test_loss, test_accuracy, ...}] (combined and random only)
+    sqlite_with_rowid=False,
+)

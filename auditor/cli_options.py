@@ -1,0 +1,314 @@
+"""Options shared by the commands that scan (``scan``, ``evaluate``), and their progress bars."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from auditor.config import DataArgs, ModelArgs, ScanConfig
+from auditor.models import MODEL_NAMES
+from auditor.ranking import FlagRule
+from auditor.solvers.base import SolverArgs
+
+
+def _classes(_ctx, _param, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    classes = [c.strip() for c in value.split(",") if c.strip()]
+    if len(classes) < 2:
+        raise click.BadParameter("give at least two comma-separated classes, e.g. 1,7")
+    return classes
+
+
+def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected HxW such as 28x28, got {value!r}") from None
+    if h < 1 or w < 1:
+        raise click.BadParameter(f"sizes must be positive, got {value!r}")
+    return h, w
+
+
+_SCAN_OPTIONS: list[tuple[str, object]] = [
+    (
+        "--train",
+        click.option(
+            "--train",
+            "train",
+            metavar="DATA",
+            help="toy-linear, an idx or image folder, a .csv or .npz.",
+        ),
+    ),
+    (
+        "--test",
+        click.option("--test", "test", metavar="DATA", help="Test data (same kinds as --train)."),
+    ),
+    (
+        "--test-split",
+        click.option(
+            "--test-split", type=float, help="Hold out this fraction of --train as test points."
+        ),
+    ),
+    (
+        "--seed",
+        click.option(
+            "--seed", type=int, default=0, show_default=True, help="Seeds the split and sampling."
+        ),
+    ),
+    (
+        "--classes",
+        click.option(
+            "--classes", callback=_classes, help="Keep these classes, e.g. 1,7 (binary task)."
+        ),
+    ),
+    (
+        "--normalize",
+        click.option(
+            "--normalize",
+            type=click.Choice(["unit", "none"]),
+            default="unit",
+            show_default=True,
+            help="Scale each image to unit L2 norm, or keep pixels in [0, 1].",
+        ),
+    ),
+    (
+        "--resize",
+        click.option(
+            "--resize", callback=_resize, metavar="HxW", help="Resize images of different sizes."
+        ),
+    ),
+    (
+        "--download",
+        click.option(
+            "--download", type=click.Choice(["mnist"]), help="Fetch MNIST through torchvision."
+        ),
+    ),
+    (
+        "--download-root",
+        click.option(
+            "--download-root",
+            default="data",
+            show_default=True,
+            help="Where --download stores files.",
+        ),
+    ),
+    (
+        "--model",
+        click.option(
+            "--model",
+            type=click.Choice(list(MODEL_NAMES)),
+            help="Default: linear for a numeric target, logistic for labels; cnn for images.",
+        ),
+    ),
+    (
+        "--weight-decay",
+        click.option(
+            "--weight-decay", type=float, default=0.01, show_default=True, help="L2 coefficient."
+        ),
+    ),
+    (
+        "--hidden",
+        click.option(
+            "--hidden", type=int, default=32, show_default=True, help="Hidden units of --model mlp."
+        ),
+    ),
+    (
+        "--params",
+        click.option(
+            "--params",
+            type=click.Choice(["last", "all"]),
+            default="last",
+            show_default=True,
+            help="--model cnn: influence over the last layer only, or over all weights.",
+        ),
+    ),
+    (
+        "--epochs",
+        click.option(
+            "--epochs", type=int, default=8, show_default=True, help="Adam epochs of --model cnn."
+        ),
+    ),
+    (
+        "--dtype",
+        click.option(
+            "--dtype",
+            type=click.Choice(["float32", "float64"]),
+            default="float32",
+            show_default=True,
+        ),
+    ),
+    (
+        "--solver",
+        click.option(
+            "--solver",
+            type=click.Choice(["lissa", "exact", "cg"]),
+            default="lissa",
+            show_default=True,
+        ),
+    ),
+    (
+        "--damping",
+        click.option(
+            "--damping", type=float, default=0.0, show_default=True, help="Added to the Hessian."
+        ),
+    ),
+    (
+        "--scale",
+        click.option(
+            "--scale", type=float, help="LiSSA scale (default: from the largest eigenvalue)."
+        ),
+    ),
+    (
+        "--depth",
+        click.option(
+            "--depth", type=int, default=5000, show_default=True, help="Most LiSSA steps."
+        ),
+    ),
+    (
+        "--repeats",
+        click.option(
+            "--repeats", type=int, default=1, show_default=True, help="LiSSA repeats averaged."
+        ),
+    ),
+    (
+        "--batch-size",
+        click.option("--batch-size", type=int, help="LiSSA minibatch size (default: all points)."),
+    ),
+    (
+        "--tol",
+        click.option(
+            "--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual."
+        ),
+    ),
+    (
+        "--self-influence",
+        click.option(
+            "--self-influence",
+            type=click.Choice(["auto", "same"]),
+            default="auto",
+            show_default=True,
+            help="Ranking self-influences: auto = exact Cholesky when the dense Hessian is "
+            "affordable, else --solver; same = always --solver.",
+        ),
+    ),
+    (
+        "--outlier-z",
+        click.option(
+            "--outlier-z",
+            type=float,
+            default=FlagRule.outlier_z,
+            show_default=True,
+            help="Flag outlier at this robust z of the influence norm.",
+        ),
+    ),
+    (
+        "--mislabel-z",
+        click.option(
+            "--mislabel-z",
+            type=float,
+            default=FlagRule.mislabel_z,
+            show_default=True,
+            help="Flag mislabel at this z when the prediction disagrees.",
+        ),
+    ),
+    (
+        "--trim",
+        click.option(
+            "--trim",
+            type=float,
+            default=FlagRule.trim,
+            show_default=True,
+            help="Fraction left out of the masking refits (0: no refits).",
+        ),
+    ),
+    ("--device", click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")),
+    (
+        "--chunk",
+        click.option(
+            "--chunk",
+            type=click.IntRange(min=1),
+            default=256,
+            show_default=True,
+            help="Test points per committed block of pair scores (work lost at most on a crash).",
+        ),
+    ),
+]
+
+
+def scan_options(*, without: tuple[str, ...] = ()):
+    """Every option of ``auditor scan`` that builds its :class:`ScanConfig`, but the
+    options named in ``without`` (e.g. ``("--seed",)``)."""
+
+    def decorate(func):
+        for name, option in reversed(_SCAN_OPTIONS):
+            if name not in without:
+                func = option(func)
+        return func
+
+    return decorate
+
+
+def scan_config(opts: dict) -> ScanConfig:
+    """The :class:`ScanConfig` the parsed ``scan_options`` describe."""
+    return ScanConfig(
+        data=DataArgs(
+            train=opts["train"],
+            test=opts["test"],
+            test_split=opts["test_split"],
+            seed=opts.get("seed", 0),
+            classes=opts["classes"],
+            normalize=opts["normalize"],
+            resize=opts["resize"],
+            download=opts["download"],
+            download_root=opts["download_root"],
+        ),
+        model=ModelArgs(
+            name=opts["model"],
+            weight_decay=opts["weight_decay"],
+            hidden=opts["hidden"],
+            dtype=opts["dtype"],
+            params=opts["params"],
+            epochs=opts["epochs"],
+        ),
+        solver=SolverArgs(
+            solver=opts["solver"],
+            damping=opts["damping"],
+            scale=opts["scale"],
+            depth=opts["depth"],
+            repeats=opts["repeats"],
+            batch_size=opts["batch_size"],
+            tol=opts["tol"],
+            seed=opts.get("seed", 0),
+            self_influence=opts["self_influence"],
+        ),
+        rule=FlagRule(
+            outlier_z=opts["outlier_z"], mislabel_z=opts["mislabel_z"], trim=opts["trim"]
+        ),
+        device=opts["device"],
+        score_chunk=opts["chunk"],
+    )
+
+
+class Bars:
+    """One click progress bar per phase, drawn on stderr."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.phase = None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self.phase:
+            self.close()
+            self.phase = phase
+            self.bar = click.progressbar(length=total, label=phase, file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        self.bar, self.phase = None, None

@@ -1,0 +1,92 @@
+"""Detection metrics for a ranking of training points against known faults (numpy only).
+
+``scores`` ``(n,)``: higher means more suspicious. ``is_fault`` ``(n,)`` booleans.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def auroc(scores: np.ndarray, is_fault: np.ndarray) -> float:
+    """Area under the ROC curve: the probability that a random fault scores above a random
+    clean point, ties counting one half (the Mann-Whitney U statistic over ``m0 * m1``).
+    NaN when either class is empty."""
+    scores, is_fault = np.asarray(scores, dtype=np.float64), np.asarray(is_fault, dtype=bool)
+    m1 = int(is_fault.sum())
+    m0 = is_fault.size - m1
+    if m0 == 0 or m1 == 0:
+        return math.nan
+    ranks = _average_ranks(scores)
+    u = ranks[is_fault].sum() - m1 * (m1 + 1) / 2
+    return float(u / (m0 * m1))
+
+
+def average_precision(scores: np.ndarray, is_fault: np.ndarray) -> float:
+    """Average precision: sum over thresholds of ``(R_t - R_{t-1}) * P_t``, one threshold per
+    distinct score (tied points enter together). NaN without faults."""
+    scores, is_fault = np.asarray(scores, dtype=np.float64), np.asarray(is_fault, dtype=bool)
+    m1 = int(is_fault.sum())
+    if m1 == 0:
+        return math.nan
+    order = np.argsort(-scores, kind="stable")
+    s, f = scores[order], is_fault[order]
+    last_of_tie = np.r_[s[1:] != s[:-1], True]
+    tp = np.cumsum(f)[last_of_tie]
+    seen = np.arange(1, s.size + 1)[last_of_tie]
+    recall = tp / m1
+    precision = tp / seen
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def found_after(scores: np.ndarray, is_fault: np.ndarray, fraction: float) -> float:
+    """Share of the faults among the ``ceil(fraction * n)`` highest scores (ties broken by
+    index, as a reviewer reading the list top-down would). NaN without faults."""
+    is_fault = np.asarray(is_fault, dtype=bool)
+    m1 = int(is_fault.sum())
+    if m1 == 0:
+        return math.nan
+    k = math.ceil(fraction * is_fault.size - 1e-9)
+    return float(is_fault[top_order(scores)[:k]].sum() / m1)
+
+
+def top_order(scores: np.ndarray) -> np.ndarray:
+    """Indexes by descending score, ties by index: the order a reviewer checks them."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+
+
+def detection_curve(
+    scores: np.ndarray, is_fault: np.ndarray, points: int = 101
+) -> tuple[list[float], list[float]]:
+    """Share of faults found ``(points,)`` after checking a share of the data ``(points,)``
+    (Koh & Liang's Fig. 6), at evenly spaced shares 0..1."""
+    is_fault = np.asarray(is_fault, dtype=bool)
+    n, m1 = is_fault.size, max(int(is_fault.sum()), 1)
+    found = np.r_[0, np.cumsum(is_fault[top_order(scores)])] / m1
+    shares = np.linspace(0.0, 1.0, points)
+    return shares.tolist(), found[np.ceil(shares * n - 1e-9).astype(int)].tolist()
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value), ignoring NaN."""
+    v = np.asarray([x for x in values if not math.isnan(x)], dtype=np.float64)
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks ascending, tied values sharing their average rank."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    starts = np.r_[True, sorted_values[1:] != sorted_values[:-1]]
+    group = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    counts = np.diff(np.r_[first, values.size])
+    average = first + (counts + 1) / 2.0
+    ranks = np.empty(values.size, dtype=np.float64)
+    ranks[order] = average[group]
+    return ranks
