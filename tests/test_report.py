@@ -16,8 +16,10 @@ from torchvision.io import decode_png
 from auditor.cli import cli
 from auditor.config import DataArgs
 from auditor.evaluate import RANKINGS
+from auditor.exports import train_records
 from auditor.ranking import FlagRule
 from auditor.report import charts
+from auditor.report.collect import attach_flag_tests
 from auditor.report.render import num as render_num
 from auditor.report.thumbnails import thumbnail
 from auditor.store import open_db, pairs, points, runs
@@ -279,3 +281,36 @@ def test_report_shows_detection_curves_of_an_evaluated_run(tmp_path, toy_db):
     assert (
         plain.select_one("svg#detection") is None and plain.select_one("#detection-quality") is None
     )
+
+
+def test_flag_tests_recomputed_by_the_report_reproduce_the_stored_flags(mnist_db):
+    db, engine, run_id = mnist_db
+    rule = FlagRule()
+    train = train_records(engine, run_id)
+    attach_flag_tests(train)
+    for r in train:
+        disagrees = r["predicted"] != r["label"]
+        mislabel = disagrees and r["union_z"] >= rule.mislabel_z
+        outlier = not mislabel and (
+            r["influence_z"] >= rule.outlier_z and r["union_z"] >= rule.outlier_support_z
+        )
+        expected = ["mislabel"] if mislabel else ["outlier"] if outlier else []
+        assert r["flags"] == expected, r
+
+
+def test_histogram_is_of_the_influence_norm_with_the_outlier_threshold(tmp_path, mnist_db):
+    db, engine, run_id = mnist_db
+    result, soup = report(tmp_path, db)
+    assert result.exit_code == 0, result.output
+    lines = soup.select("svg#histogram line.threshold")
+    assert [(line["data-kind"], float(line["data-value"])) for line in lines] == [("outlier", 6.0)]
+    si = np.array([r["self_influence"] for r in train_records(engine, run_id)])
+    z = np.sqrt(np.abs(si))
+    z = (z - np.median(z)) / (1.4826 * np.median(np.abs(z - np.median(z))))
+    outliers = [
+        int(row["data-index"])
+        for row in soup.select("tr[data-index]")
+        if "influence-norm z" in row.get_text()
+    ]
+    assert outliers, "no outlier row to check"
+    assert all(z[i] >= 6.0 for i in outliers)
