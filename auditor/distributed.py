@@ -280,7 +280,7 @@ def shared_operator(
     if op.dense_matvec or uses_factor:
         h = comm.root_step(op.loss_hessian)  # rank 0 keeps it in its own cache
         h = comm.broadcast_tensor(h, (op.p, op.p), theta.dtype)
-        op._loss_hessian = h  # noqa: SLF001 - the cache every other rank would fill alike
+        op.use_loss_hessian(h)
     if args.solver == "lissa":
         value = comm.root_step(op.max_eigenvalue, 30, args.seed)
         op.shared_max_eigenvalue = comm.broadcast(value)

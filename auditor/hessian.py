@@ -94,6 +94,13 @@ class HessianOperator:
             self._loss_hessian = self._build_loss_hessian()
         return self._loss_hessian
 
+    def use_loss_hessian(self, h: torch.Tensor) -> None:
+        """Adopt ``h`` ``(p, p)``, built elsewhere (e.g. broadcast by another rank), as the
+        cached loss Hessian instead of building it here."""
+        if h.shape != (self.p, self.p):
+            raise ValueError(f"loss Hessian of shape {tuple(h.shape)}, expected {(self.p, self.p)}")
+        self._loss_hessian = h
+
     def cholesky(self, precise: bool = False) -> torch.Tensor | None:
         """Lower Cholesky factor of ``A`` ``(p, p)``, cached; ``None`` when ``A`` is not
         positive definite.
