@@ -24,11 +24,10 @@ from auditor.training import fit
 
 @dataclass
 class RobustRanking:
-    """Self-influence ``(n,)``, its z-score ``(n,)``, flags, and the refits it took."""
+    """Self-influence ``(n,)``, its z-score ``(n,)``, and the refits it took."""
 
     self_influence: torch.Tensor
     z: torch.Tensor
-    flags: list[list[str]]
     refits: int
     kept: int
     diagnostics: list[dict]
@@ -75,7 +74,8 @@ def robust_ranking(
     fit_kwargs: dict | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> RobustRanking:
-    """Rank and flag training points, refitting around suspected clusters of bad points.
+    """Self-influence and its influence-norm z, refitting around suspected clusters of bad
+    points (the last refit leaves out the points the flag rule would flag).
 
     Args:
         theta: Parameters fitted on all points ``(p,)``.
@@ -115,4 +115,4 @@ def robust_ranking(
         )
         if flagged.any() and not flagged.all():
             refit(~flagged)
-    return RobustRanking(si, z, flags_for(z, predicted, y, task, rule), refits, kept, diagnostics)
+    return RobustRanking(si, z, refits, kept, diagnostics)

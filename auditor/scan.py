@@ -159,9 +159,8 @@ class _Phases:
     @contextmanager
     def __call__(self, name: str, mark: bool = True) -> Iterator[None]:
         """Time a phase; ``mark`` records it as the run's phase in the database."""
-        if mark and self.run_id is not None:
-            with deferred():
-                runs.update_run(self.engine, self.run_id, phase=name)
+        if mark:
+            self._mark(name)
         start = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
@@ -169,9 +168,7 @@ class _Phases:
     def timed_iter(self, name: str, items: Iterator) -> Iterator:
         """Yield from ``items``, adding the time spent producing each item to ``name``."""
         self.timings.setdefault(name, 0.0)
-        if self.run_id is not None:
-            with deferred():
-                runs.update_run(self.engine, self.run_id, phase=name)
+        self._mark(name)
         while True:
             start = time.perf_counter()
             try:
@@ -181,6 +178,11 @@ class _Phases:
             finally:
                 self.timings[name] += time.perf_counter() - start
             yield item
+
+    def _mark(self, name: str) -> None:
+        if self.run_id is not None:
+            with deferred():
+                runs.update_run(self.engine, self.run_id, phase=name)
 
 
 def scan(
@@ -627,7 +629,6 @@ def _rank_and_finish(
             },
             timings=phases.timings,
             warnings=warnings,
-            theta=_theta_bytes(fitted.theta),
         )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
 
