@@ -86,6 +86,10 @@ class ModelArgs:
         if self.hidden < 1 or self.max_iter < 1:
             raise ConfigError("--hidden and the iteration limit must be >= 1")
 
+    def fit_kwargs(self) -> dict:
+        """The keyword arguments of :func:`auditor.training.fit` these options set."""
+        return {"max_iter": self.max_iter, "grad_tol": self.grad_tol}
+
 
 @dataclass
 class ScanConfig:

@@ -54,6 +54,7 @@ from sqlalchemy.engine import Engine
 
 from auditor.errors import AuditorError, ConfigError
 from auditor.hessian import HessianOperator
+from auditor.influence import self_influence_from_factor
 from auditor.solvers.base import SolverArgs
 from auditor.solvers.exact import exact_affordable
 from auditor.store import open_db
@@ -247,19 +248,6 @@ def open_in_order(comm: Comm, db: str) -> Engine:
     return engine if comm.is_root else open_db(db, create=False)
 
 
-@dataclass
-class SharedHessian(HessianOperator):
-    """A :class:`HessianOperator` whose largest eigenvalue was computed once on rank 0
-    (the shared dense loss Hessian goes into the operator's own cache)."""
-
-    shared_max_eigenvalue: float | None = None
-
-    def max_eigenvalue(self, iters: int = 30, seed: int = 0) -> float:
-        if self.shared_max_eigenvalue is not None:
-            return self.shared_max_eigenvalue
-        return super().max_eigenvalue(iters, seed)
-
-
 def shared_operator(
     comm: Comm,
     model,
@@ -273,17 +261,17 @@ def shared_operator(
     from the whole data is computed on rank 0 only and broadcast: the dense loss Hessian
     when the matvecs, the exact solve or the self-influences use it, the largest
     eigenvalue for LiSSA. In one process this is the plain operator."""
+    op = HessianOperator(model, theta, x, y, weight_decay, args.damping)
     if comm.world == 1:
-        return HessianOperator(model, theta, x, y, weight_decay, args.damping)
-    op = SharedHessian(model, theta, x, y, weight_decay, args.damping)
-    uses_factor = exact_affordable(op) and (args.solver == "exact" or args.self_influence == "auto")
-    if op.dense_matvec or uses_factor:
+        return op
+    exact = args.solver == "exact" and exact_affordable(op)
+    if op.dense_matvec or exact or self_influence_from_factor(op, args):
         h = comm.root_step(op.loss_hessian)  # rank 0 keeps it in its own cache
         h = comm.broadcast_tensor(h, (op.p, op.p), theta.dtype)
         op.use_loss_hessian(h)
     if args.solver == "lissa":
         value = comm.root_step(op.max_eigenvalue, 30, args.seed)
-        op.shared_max_eigenvalue = comm.broadcast(value)
+        op.use_max_eigenvalue(comm.broadcast(value), 30, args.seed)
     return op
 
 

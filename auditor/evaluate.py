@@ -243,8 +243,7 @@ def _retrain(config: ScanConfig, train: Dataset, test: Dataset) -> dict:
         y,
         config.model.weight_decay,
         seed=config.data.seed,
-        max_iter=config.model.max_iter,
-        grad_tol=config.model.grad_tol,
+        **config.model.fit_kwargs(),
     )
     with torch.no_grad():
         out = model.outputs(fitted.theta, test.features.to(dtype))

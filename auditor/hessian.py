@@ -44,6 +44,9 @@ class HessianOperator:
     chunk: int = 2048
     dense_matvec: bool | None = None
     _loss_hessian: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _max_eigenvalues: dict[tuple[int, int], float] = field(
+        default_factory=dict, init=False, repr=False
+    )
     _factor: tuple[float, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -149,7 +152,19 @@ class HessianOperator:
         return _relative(self.matvec(solution) - v, v)
 
     def max_eigenvalue(self, iters: int = 30, seed: int = 0) -> float:
-        """Power-iteration estimate of the largest eigenvalue of ``A`` (from below)."""
+        """Power-iteration estimate of the largest eigenvalue of ``A`` (from below), cached
+        per ``(iters, seed)``: the test solve and the self-influences share it."""
+        key = (iters, seed)
+        if key not in self._max_eigenvalues:
+            self._max_eigenvalues[key] = self._power_iteration(iters, seed)
+        return self._max_eigenvalues[key]
+
+    def use_max_eigenvalue(self, value: float, iters: int = 30, seed: int = 0) -> None:
+        """Adopt ``value``, estimated elsewhere with the same ``iters`` and ``seed`` (e.g.
+        broadcast by another rank), as :meth:`max_eigenvalue`'s result."""
+        self._max_eigenvalues[(iters, seed)] = value
+
+    def _power_iteration(self, iters: int, seed: int) -> float:
         gen = torch.Generator().manual_seed(seed)
         u = torch.randn(self.p, 1, generator=gen, dtype=self.theta.dtype).to(self.theta.device)
         u /= u.norm()

@@ -37,6 +37,11 @@ class RobustRanking:
 RESIDUAL_SAMPLE = 64
 
 
+def self_influence_from_factor(op: HessianOperator, args: SolverArgs) -> bool:
+    """Whether :func:`self_influences` reads the cached Cholesky factor (else it solves)."""
+    return args.self_influence == "auto" and exact_affordable(op)
+
+
 def self_influences(
     op: HessianOperator, grads: torch.Tensor, args: SolverArgs
 ) -> tuple[torch.Tensor, dict]:
@@ -47,7 +52,7 @@ def self_influences(
     iterations); otherwise ``args.solver`` solves all ``n`` columns. Returns the values and
     the solve's diagnostics as a dict.
     """
-    if args.self_influence == "auto" and exact_affordable(op):
+    if self_influence_from_factor(op, args):
         start = time.perf_counter()
         # The sample's solve checks the factor first (and refines it if float32 is not enough).
         sample = grads[:: max(1, grads.shape[0] // RESIDUAL_SAMPLE)].T

@@ -450,7 +450,7 @@ def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, war
     """Rank 0: the stored fit (or a new one, stored at once so that a resume continues
     from it), checked finite, and the test points written. Returns the fit and the model's
     outputs on the training and test points."""
-    fit_kwargs = {"max_iter": config.model.max_iter, "grad_tol": config.model.grad_tol}
+    fit_kwargs = config.model.fit_kwargs()
     wd = config.model.weight_decay
     fitted = stored or fit(model, d.x, d.y, wd, seed=config.data.seed, **fit_kwargs)
     if not torch.isfinite(fitted.theta).all():
@@ -579,7 +579,7 @@ def _rank_and_finish(
             weight_decay=config.model.weight_decay,
             solver=config.solver,
             rule=config.rule,
-            fit_kwargs={"max_iter": config.model.max_iter, "grad_tol": config.model.grad_tol},
+            fit_kwargs=config.model.fit_kwargs(),
             progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
         )
         _check_finite(ranked.self_influence.cpu().numpy(), "self-influence")
