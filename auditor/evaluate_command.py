@@ -6,7 +6,7 @@ import json
 
 import click
 
-from auditor.cli_common import db_option, handle_errors
+from auditor.cli_common import db_option, dispose_on_close, handle_errors
 from auditor.cli_options import Bars, scan_config, scan_options
 from auditor.errors import ConfigError
 from auditor.evaluate import EvalArgs, evaluation_dict, format_table
@@ -93,7 +93,7 @@ def evaluate(**opts) -> None:
         )
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    engine = open_db(opts["db"])
+    engine = dispose_on_close(open_db(opts["db"]))
     bars = Bars()
     try:
         evaluation = run_evaluate(engine, config, args, progress=bars)

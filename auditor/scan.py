@@ -328,7 +328,7 @@ def _stored_fit(run: dict, model: ModelTask, config: ScanConfig) -> FitResult | 
     metrics = run["metrics"] or {}
     if not run["theta"] or "grad_norm" not in metrics:
         return None
-    theta = _theta_from_bytes(run["theta"], config.model.dtype)
+    theta = runs.theta_from_bytes(run["theta"], config.model.dtype)
     if theta.numel() != model.n_params:
         return None
     return FitResult(
@@ -471,7 +471,7 @@ def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, war
     if stored is None:
         with deferred():
             runs.update_run(
-                engine, run_id, theta=_theta_bytes(fitted.theta), metrics=_fit_metrics(fitted)
+                engine, run_id, theta=runs.theta_bytes(fitted.theta), metrics=_fit_metrics(fitted)
             )
     return fitted, (train_out, test_out)
 
@@ -480,8 +480,10 @@ def _shared_theta(comm: Comm, fitted: FitResult | None, config, device) -> torch
     """Rank 0's fitted parameters ``(p,)`` on every rank, bit for bit."""
     if comm.world == 1:
         return fitted.theta
-    blob = comm.broadcast(_theta_bytes(fitted.theta) if comm.is_root else None)
-    return fitted.theta if comm.is_root else _theta_from_bytes(blob, config.model.dtype).to(device)
+    blob = comm.broadcast(runs.theta_bytes(fitted.theta) if comm.is_root else None)
+    return (
+        fitted.theta if comm.is_root else runs.theta_from_bytes(blob, config.model.dtype).to(device)
+    )
 
 
 def _solve(op: HessianOperator, columns: torch.Tensor, args) -> tuple[torch.Tensor, dict | None]:
@@ -631,18 +633,6 @@ def _rank_and_finish(
             warnings=warnings,
         )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
-
-
-def _theta_bytes(theta: torch.Tensor) -> bytes:
-    """The fitted parameters ``(p,)`` as little-endian bytes in their own dtype (exact)."""
-    array = theta.detach().cpu().numpy()
-    return array.astype(array.dtype.newbyteorder("<")).tobytes()
-
-
-def _theta_from_bytes(blob: bytes, dtype: str) -> torch.Tensor:
-    """The parameters :func:`_theta_bytes` stored, on the CPU in their native byte order."""
-    array = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<"))
-    return torch.from_numpy(array.astype(np.dtype(dtype)))
 
 
 def _fit_metrics(fitted: FitResult) -> dict:

@@ -147,7 +147,9 @@ def collect(
     panels = [_panel(run, train, test, test_rows[j], j) for j in picks]
 
     _attach_pictures(engine, run, rows, panels)
-    features = _all_features(engine, run_id, run) if not run["image_shape"] else None
+    # Stored features only draw the regression scatter.
+    tabular_regression = run["task"] == "regression" and not run["image_shape"]
+    features = _all_features(engine, run_id, run) if tabular_regression else None
     view = ReportView(
         run=run_summary(run),
         cards=_cards(run, len(flagged)),
@@ -340,10 +342,9 @@ def _scatter(
         y = [float(r["label"]) for r in train]
         tests = [(float(features["test"][p["idx"], 0]), float(p["label"])) for p in test]
         axes = {"x_label": "x (the one feature)", "y_label": "target"}
-        blob = run["theta"] or b""  # float32 or float64 (the model's dtype), little-endian
-        itemsize = 8 if run["n_params"] and len(blob) == 8 * run["n_params"] else 4
-        theta = np.frombuffer(blob, dtype=f"<f{itemsize}")
-        if run["model"] == "linear" and theta.size == 2:
+        dtype = run["config"]["model"].get("dtype", "float32")
+        theta = runs.theta_from_bytes(run["theta"] or b"", dtype)
+        if run["model"] == "linear" and theta.numel() == 2:
             w, b = float(theta[0]), float(theta[1])
             axes.update(line=lambda v: w * v + b, line_label=f"fitted y = {w:.4g}·x + {b:.4g}")
     else:

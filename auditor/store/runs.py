@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
+import torch
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
@@ -93,3 +95,17 @@ def delete_run(engine: Engine, run_id: int) -> None:
         conn.execute(pair_scores.delete().where(pair_scores.c.run_id == run_id))
         conn.execute(points.delete().where(points.c.run_id == run_id))
         conn.execute(runs.delete().where(runs.c.id == run_id))
+
+
+def theta_bytes(theta: torch.Tensor) -> bytes:
+    """Fitted parameters ``(p,)`` as the ``runs.theta`` column holds them: little-endian
+    bytes in their own dtype (exact)."""
+    array = theta.detach().cpu().numpy()
+    return array.astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def theta_from_bytes(blob: bytes, dtype: str) -> torch.Tensor:
+    """The parameters ``(p,)`` :func:`theta_bytes` stored (``dtype`` is the run's
+    ``--dtype``), on the CPU in native byte order."""
+    array = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<"))
+    return torch.from_numpy(array.astype(np.dtype(dtype)))
