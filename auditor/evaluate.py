@@ -30,9 +30,10 @@ from sqlalchemy.engine import Engine
 from auditor import detection
 from auditor.config import ScanConfig
 from auditor.data import Dataset
+from auditor.distributed import torch_device
 from auditor.errors import ConfigError
 from auditor.faults import FaultSpec, inject
-from auditor.scan import load_data, model_for, scan
+from auditor.scan import dataset_tensors, load_data, model_for, model_outputs, scan
 from auditor.store import evaluations, points, runs
 from auditor.training import fit
 
@@ -234,29 +235,17 @@ def _restore(faulty: Dataset, clean: Dataset, index: np.ndarray) -> Dataset:
 
 def _retrain(config: ScanConfig, train: Dataset, test: Dataset) -> dict:
     """Fit a fresh model on ``train`` as the scan would; its test loss and accuracy."""
-    dtype = getattr(torch, config.model.dtype)
+    dtype, device = getattr(torch, config.model.dtype), torch_device(config.device)
     model = model_for(config, train)
-    x, y = train.features.to(dtype), _targets(train, dtype)
-    fitted = fit(
-        model,
-        x,
-        y,
-        config.model.weight_decay,
-        seed=config.data.seed,
-        **config.model.fit_kwargs(),
-    )
-    with torch.no_grad():
-        out = model.outputs(fitted.theta, test.features.to(dtype))
-        y_test = _targets(test, dtype)
-        loss = float(model.loss(out, y_test).mean())
-        accuracy = None
-        if test.task == "classification":
-            accuracy = float((model.predict(out)[0] == y_test).double().mean())
-    return {"test_loss": loss, "test_accuracy": accuracy}
-
-
-def _targets(ds: Dataset, dtype) -> torch.Tensor:
-    return ds.targets if ds.task == "classification" else ds.targets.to(dtype)
+    x, y = dataset_tensors(train, device, dtype)
+    x_test, y_test = dataset_tensors(test, device, dtype)
+    wd = config.model.weight_decay
+    fitted = fit(model, x, y, wd, seed=config.data.seed, **config.model.fit_kwargs())
+    out = model_outputs(model, fitted.theta, x_test, y_test)
+    accuracy = None
+    if test.task == "classification":
+        accuracy = float((out["predicted"] == y_test).double().mean())
+    return {"test_loss": float(out["loss"].mean()), "test_accuracy": accuracy}
 
 
 def _share(worst: float | None, value: float | None, best: float | None) -> float:

@@ -354,7 +354,9 @@ def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress
     """The phases after the run row exists, on every rank; the result on rank 0."""
     warnings: list[str] = []
     dtype = getattr(torch, config.model.dtype)
-    d = _Data(*_tensors(train, comm.device, dtype), *_tensors(test, comm.device, dtype))
+    d = _Data(
+        *dataset_tensors(train, comm.device, dtype), *dataset_tensors(test, comm.device, dtype)
+    )
 
     with phases("fit"):
         fitted, outputs = comm.root_step(
@@ -464,8 +466,8 @@ def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, war
             f"{FAR_FROM_OPTIMUM:g}); influence assumes one: raise --weight-decay or the "
             "iteration limit"
         )
-    train_out = _evaluate(model, fitted.theta, d.x, d.y)
-    test_out = _evaluate(model, fitted.theta, d.x_test, d.y_test)
+    train_out = model_outputs(model, fitted.theta, d.x, d.y)
+    test_out = model_outputs(model, fitted.theta, d.x_test, d.y_test)
     with deferred():
         points.write_points(engine, run_id, "test", _point_rows(test, test_out))
     if stored is None:
@@ -570,6 +572,7 @@ def _rank_and_finish(
     the run complete, its last write."""
     train_out, test_out = outputs
     with phases("ranking"):
+        _check_finite(first.cpu().numpy(), "self-influence")  # before the refits spend time
         ranked = robust_ranking(
             model,
             fitted.theta,
@@ -584,10 +587,11 @@ def _rank_and_finish(
             fit_kwargs=config.model.fit_kwargs(),
             progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
         )
-        _check_finite(ranked.self_influence.cpu().numpy(), "self-influence")
+        self_influence = ranked.self_influence.cpu()
+        _check_finite(self_influence.numpy(), "self-influence")
         _check_finite(harm, "harmfulness")
         primary, secondary = suspicion_tests(
-            train_out["loss"].cpu(), torch.from_numpy(harm), ranked.self_influence.cpu()
+            train_out["loss"].cpu(), torch.from_numpy(harm), self_influence
         )
         z = combined_suspicion(primary, secondary)
         _check_finite(z.cpu().numpy(), "suspicion scores")
@@ -602,7 +606,7 @@ def _rank_and_finish(
         )
         rows = _point_rows(train, train_out)
         values = zip(
-            ranked.self_influence.double().cpu().tolist(),
+            self_influence.double().tolist(),
             harm.tolist(),
             z.double().cpu().tolist(),
             rank.cpu().tolist(),
@@ -706,7 +710,9 @@ def _counter(progress: Progress, phase: str, total: int) -> Callable[[int], None
     return advance
 
 
-def _tensors(ds: Dataset, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def dataset_tensors(ds: Dataset, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``(n, d)`` in ``dtype`` and targets ``(n,)`` (class indices, or values in
+    ``dtype``) on ``device``."""
     y = ds.targets.to(device)
     return ds.features.to(device=device, dtype=dtype), y if ds.task == "classification" else y.to(
         dtype
@@ -714,7 +720,8 @@ def _tensors(ds: Dataset, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _evaluate(model: ModelTask, theta, x, y) -> dict[str, torch.Tensor]:
+def model_outputs(model: ModelTask, theta, x, y) -> dict[str, torch.Tensor]:
+    """Per-point ``predicted``, ``probability`` and ``loss`` ``(n,)`` of the fitted model."""
     out = model.outputs(theta, x)
     predicted, probability = model.predict(out)
     return {"predicted": predicted, "probability": probability, "loss": model.loss(out, y)}

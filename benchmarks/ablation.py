@@ -28,7 +28,7 @@ from auditor.gradients import per_example_grads  # noqa: E402
 from auditor.hessian import HessianOperator  # noqa: E402
 from auditor.influence import self_influences  # noqa: E402
 from auditor.models import build_model  # noqa: E402
-from auditor.scan import _tensors, load_data  # noqa: E402
+from auditor.scan import dataset_tensors, load_data  # noqa: E402
 from auditor.solvers import SolverArgs, solve  # noqa: E402
 from auditor.training import fit  # noqa: E402
 
@@ -64,8 +64,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
 
     train, test = load_data(DataArgs(train=str(MNIST), classes=["1", "7"], test_split=0.2))
-    x, y = _tensors(train, "cpu", torch.float32)
-    x_test, y_test = _tensors(test, "cpu", torch.float32)
+    x, y = dataset_tensors(train, "cpu", torch.float32)
+    x_test, y_test = dataset_tensors(test, "cpu", torch.float32)
     model = build_model("logistic", "classification", train.n_features, 2)
     theta = fit(model, x, y, 0.01).theta
     g_test = per_example_grads(model, theta, x_test, y_test).T.contiguous()

@@ -196,7 +196,7 @@ def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:
 
     from auditor.config import DataArgs, ScanConfig
     from auditor.models import build_model
-    from auditor.scan import _tensors, load_data, scan
+    from auditor.scan import dataset_tensors, load_data, scan
     from auditor.store import open_db, pairs, runs
     from auditor.training import risk
 
@@ -211,8 +211,8 @@ def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:
 
     train, test = load_data(data)
     dev = torch.device(device)
-    x, y = _tensors(train, dev, torch.float32)
-    x_test, y_test = _tensors(test, dev, torch.float32)
+    x, y = dataset_tensors(train, dev, torch.float32)
+    x_test, y_test = dataset_tensors(test, dev, torch.float32)
     model = build_model("logistic", train.task, train.n_features, train.n_classes)
     theta = torch.from_numpy(np.frombuffer(run["theta"], dtype=np.float32).copy()).to(dev)
     wd = run["config"]["model"]["weight_decay"]
