@@ -21,6 +21,15 @@ def _classes(_ctx, _param, value: str | None) -> list[str] | None:
     return classes
 
 
+def _auto_or_float(_ctx, _param, value: str) -> float | None:
+    if value == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither auto nor a number") from None
+
+
 def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -199,10 +208,11 @@ _SCAN_OPTIONS: list[tuple[str, object]] = [
         "--outlier-z",
         click.option(
             "--outlier-z",
-            type=float,
-            default=FlagRule.outlier_z,
+            default="auto",
             show_default=True,
-            help="Flag outlier at this robust z of the influence norm.",
+            callback=_auto_or_float,
+            help="Flag outlier at this robust z of log |self-influence| (auto: calibrated "
+            "to the number of training points).",
         ),
     ),
     (

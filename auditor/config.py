@@ -114,7 +114,7 @@ class ScanConfig:
             data=DataArgs(**data),
             model=ModelArgs(**d["model"]),
             solver=SolverArgs(**{"self_influence": "same", **d["solver"]}),
-            rule=FlagRule(**d["rule"]),
+            rule=FlagRule.from_dict(d["rule"]),
             device=d.get("device", "cpu"),
             score_chunk=d.get("score_chunk", 256),
         )

@@ -15,7 +15,14 @@ import torch
 from auditor.gradients import per_example_grads
 from auditor.hessian import HessianOperator
 from auditor.models import ModelTask
-from auditor.ranking import FlagRule, flags_for, suspicion, trimmed_mask
+from auditor.ranking import (
+    FlagRule,
+    combined_flags,
+    flags_for,
+    influence_z,
+    suspicion_tests,
+    trimmed_mask,
+)
 from auditor.scoring import self_influence
 from auditor.solvers import SolverArgs, solve
 from auditor.solvers.exact import exact_affordable, exact_ihvp, exact_quadratic_forms
@@ -78,8 +85,10 @@ def robust_ranking(
     rule: FlagRule,
     fit_kwargs: dict | None = None,
     progress: Callable[[int], None] | None = None,
+    loss: torch.Tensor | None = None,
+    harmfulness: torch.Tensor | None = None,
 ) -> RobustRanking:
-    """Self-influence and its influence-norm z, refitting around suspected clusters of bad
+    """Self-influence and its influence z, refitting around suspected clusters of bad
     points (the last refit leaves out the points the flag rule would flag).
 
     Args:
@@ -87,8 +96,12 @@ def robust_ranking(
         x, y: Training features ``(n, d)`` and targets ``(n,)``.
         predicted: The full model's predictions ``(n,)`` (for the mislabel rule).
         first_self_influence: Self-influence under the full fit ``(n,)``.
+        loss, harmfulness: Per-point training loss and harmfulness ``(n,)``. With both,
+            the last refit leaves out what :func:`~auditor.ranking.combined_flags` flags
+            (the scan's flags); without, what the influence z alone flags.
     """
-    z = suspicion(first_self_influence)
+    rule = rule.resolved(x.shape[0])
+    z = influence_z(first_self_influence, rule.influence_scale)
     si = first_self_influence
     diagnostics: list[dict] = []
     refits = 0
@@ -100,7 +113,7 @@ def robust_ranking(
         grads = per_example_grads(model, fitted.theta, x, y)
         op = HessianOperator(model, fitted.theta, x[keep], y[keep], weight_decay, solver.damping)
         si, diag = self_influences(op, grads, solver)
-        z = suspicion(si)
+        z = influence_z(si, rule.influence_scale)
         diagnostics.append(diag)
         refits += 1
         kept = int(keep.sum())
@@ -115,9 +128,13 @@ def robust_ranking(
                 break
             previous = keep
             refit(keep)
-        flagged = torch.tensor(
-            [bool(f) for f in flags_for(z, predicted, y, task, rule)], device=x.device
-        )
+        if loss is not None and harmfulness is not None:
+            primary, secondary = suspicion_tests(loss, harmfulness, si.cpu())
+            union = torch.maximum(primary, secondary)
+            flags = combined_flags(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
+        else:
+            flags = flags_for(z, predicted, y, task, rule)
+        flagged = torch.tensor([bool(f) for f in flags], device=x.device)
         if flagged.any() and not flagged.all():
             refit(~flagged)
     return RobustRanking(si, z, refits, kept, diagnostics)

@@ -2,24 +2,28 @@
 
 The rule (documented in the README, thresholds overridable from the CLI):
 
-1. The self-influence used for the masking refits below is ranked by the robust z-score of
-   the influence norm ``sqrt(|self-influence|)``: ``z = (s - median(s)) / (1.4826 *
-   MAD(s))``. The stored suspicion, rank and flags use :func:`combined_suspicion` (the
-   largest robust z of the log training loss, harmfulness and log self-influence).
+1. The self-influence is scored by the robust z-score of its logarithm (the *influence
+   z*): ``z = (s - median(s)) / (1.4826 * MAD(s))`` with ``s = log|self-influence|``. The
+   log makes it scale-free: on a well-fitted network most gradients are near zero and
+   ``|self-influence|`` spans orders of magnitude. The stored suspicion, rank and flags use
+   :func:`combined_suspicion` (the largest robust z of the log training loss, harmfulness
+   and the influence z).
 2. Masking: a cluster of bad points drags the fit towards itself and hides its members
    (five y = 100 points among twenty). So the self-influence is recomputed on refits that
    leave out the ``trim`` most suspicious fraction (concentration steps, as in least
    trimmed squares), and finally on a refit without the points flagged by step 3. Each
    point's score is then "how much its own loss depends on it, next to the clean data".
-3. Flags: ``mislabel`` when the model predicts another class than the given label and
-   ``z >= mislabel_z``; ``outlier`` when ``z >= outlier_z``
-   and the point is not a mislabel. Regression data has no labels to flip: only outliers.
+3. Flags (:func:`combined_flags`): ``mislabel`` when the model predicts another class than
+   the given label and the strongest test reaches ``mislabel_z``; ``outlier`` when the
+   influence z after the refits reaches ``outlier_z`` and the point is not a mislabel.
+   Regression data has no labels to flip: only outliers.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from statistics import NormalDist
 
 import torch
 
@@ -28,32 +32,60 @@ from auditor.errors import ConfigError
 
 @dataclass
 class FlagRule:
-    """Thresholds of the ranking rule (robust z-scores of the influence norm).
+    """Thresholds of the ranking rule (robust z-scores).
 
     Attributes:
-        outlier_z: Flag ``outlier`` at or above this z.
-        mislabel_z: Flag ``mislabel`` at or above this z when the prediction disagrees.
-        outlier_support_z: The combined suspicion an ``outlier`` must also reach (the
-            influence norm alone has a heavy right tail on clean data, more so with a small
-            weight decay).
+        outlier_z: Flag ``outlier`` at or above this influence z; ``None`` (the default)
+            calibrates it to the number of training points ``n``: the z that the largest
+            of ``n`` standard normal draws exceeds with probability :data:`OUTLIER_ALPHA`
+            (2.81 for 20 points, 4.02 for 1,730, 4.37 for 8,000). See :meth:`resolved`.
+        mislabel_z: Flag ``mislabel`` at or above this z of the strongest test when the
+            prediction disagrees.
+        outlier_support_z: The strongest test's z an ``outlier`` must also reach.
         trim: Fraction left out in the concentration refits (0 turns refits off).
         rounds: Most concentration refits.
+        influence_scale: ``log``: the influence z is of ``log|self-influence|``. ``sqrt``
+            (runs written before it existed): of the influence norm ``sqrt|self-influence|``,
+            whose robust z explodes on well-fitted networks (README, "Ranking and flags").
     """
 
-    outlier_z: float = 6.0
+    outlier_z: float | None = None
     mislabel_z: float = 5.0
     outlier_support_z: float = 4.0
     trim: float = 0.25
     rounds: int = 3
+    influence_scale: str = "log"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.trim < 0.5:
             raise ConfigError(f"--trim must lie in [0, 0.5), got {self.trim}")
         if self.rounds < 0:
             raise ConfigError(f"--rounds must be >= 0, got {self.rounds}")
+        if self.influence_scale not in INFLUENCE_SCALES:
+            raise ConfigError(f"influence_scale must be log or sqrt, got {self.influence_scale!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolved(self, n: int) -> FlagRule:
+        """This rule with ``outlier_z`` as a number for ``n`` training points."""
+        if self.outlier_z is not None:
+            return self
+        return replace(self, outlier_z=NormalDist().inv_cdf(1.0 - OUTLIER_ALPHA / max(n, 1)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FlagRule:
+        """The rule a run stored; one stored before ``influence_scale`` existed used
+        ``sqrt`` (and its thresholds were stored with it)."""
+        return cls(**{"influence_scale": "sqrt", **d})
+
+
+INFLUENCE_SCALES = ("log", "sqrt")
+
+#: The chance that a scan of ``n`` clean points, with standard normal influence zs, flags
+#: one of them ``outlier`` under the default (calibrated) ``outlier_z``. Real influence zs
+#: have a heavier right tail than the normal, so expect somewhat more (README).
+OUTLIER_ALPHA = 0.05
 
 
 def robust_z(values: torch.Tensor) -> torch.Tensor:
@@ -69,9 +101,11 @@ def robust_z(values: torch.Tensor) -> torch.Tensor:
     return (values - median) / scale
 
 
-def suspicion(self_influence: torch.Tensor) -> torch.Tensor:
-    """Robust z-score of the influence norm ``sqrt(|self-influence|)``: ``(n,)``."""
-    return robust_z(self_influence.abs().sqrt())
+def influence_z(self_influence: torch.Tensor, scale: str = "log") -> torch.Tensor:
+    """The influence z ``(n,)``: the robust z-score of ``log|self-influence|`` (``scale=
+    "log"``) or of the influence norm ``sqrt|self-influence|`` (``"sqrt"``, older runs)."""
+    magnitude = self_influence.abs()
+    return robust_z(_log(magnitude) if scale == "log" else magnitude.sqrt())
 
 
 #: How many robust standard deviations the secondary tests (harmfulness, self-influence)
@@ -98,7 +132,7 @@ def suspicion_tests(
         harmfulness: Sum of the point's influence over all test points ``(n,)``.
         self_influence: ``-g^T A^{-1} g`` per point ``(n,)`` (after the masking refits).
     """
-    secondary = torch.maximum(robust_z(harmfulness.double()), robust_z(_log(self_influence.abs())))
+    secondary = torch.maximum(robust_z(harmfulness.double()), influence_z(self_influence.double()))
     return robust_z(_log(loss)), secondary
 
 
@@ -128,24 +162,15 @@ def trimmed_mask(score: torch.Tensor, trim: float) -> torch.Tensor:
 def flags_for(
     z: torch.Tensor, predicted: torch.Tensor, targets: torch.Tensor, task: str, rule: FlagRule
 ) -> list[list[str]]:
-    """The flags of each point (a list of strings per point)."""
-    flags: list[list[str]] = []
-    disagrees = (
-        predicted.ne(targets) if task == "classification" else torch.zeros_like(z, dtype=bool)
-    )
-    for zi, wrong in zip(z.tolist(), disagrees.tolist(), strict=True):
-        if wrong and zi >= rule.mislabel_z:
-            flags.append(["mislabel"])
-        elif zi >= rule.outlier_z:
-            flags.append(["outlier"])
-        else:
-            flags.append([])
-    return flags
+    """The flags of each point (a list of strings per point) when one z ``(n,)`` decides
+    both: ``mislabel`` at ``mislabel_z`` with a disagreeing prediction, else ``outlier`` at
+    ``outlier_z`` (the masking refits' rule)."""
+    return _flag_lists(*_flag_masks(z, z, predicted, targets, task, rule.resolved(z.shape[0])))
 
 
 def combined_flags(
     union_z: torch.Tensor,
-    influence_z: torch.Tensor,
+    influence: torch.Tensor,
     predicted: torch.Tensor,
     targets: torch.Tensor,
     task: str,
@@ -153,14 +178,28 @@ def combined_flags(
 ) -> list[list[str]]:
     """Flags of the product's ranking: ``mislabel`` when the prediction disagrees with the
     label and the union of the tests ``union_z = max(primary, secondary)`` ``(n,)``
-    reaches ``mislabel_z``; otherwise ``outlier`` when the masking-resistant influence-norm
-    z ``influence_z`` ``(n,)`` reaches ``outlier_z`` (a cluster of outliers hides from the
+    reaches ``mislabel_z``; otherwise ``outlier`` when the masking-resistant influence z
+    ``influence`` ``(n,)`` reaches ``outlier_z`` (a cluster of outliers hides from the
     loss but not from the refits) and ``union_z`` reaches ``outlier_support_z``."""
-    z = union_z
-    mislabel = flags_for(z, predicted, targets, task, replace(rule, outlier_z=math.inf))
-    supported = torch.where(z >= rule.outlier_support_z, influence_z, -math.inf)
-    outlier = flags_for(supported, predicted, targets, task, replace(rule, mislabel_z=math.inf))
-    return [m or o for m, o in zip(mislabel, outlier, strict=True)]
+    rule = rule.resolved(union_z.shape[0])
+    supported = torch.where(union_z >= rule.outlier_support_z, influence, -math.inf)
+    return _flag_lists(*_flag_masks(union_z, supported, predicted, targets, task, rule))
+
+
+def _flag_masks(mislabel_z, outlier_z, predicted, targets, task, rule):
+    """Boolean ``(n,)`` masks ``(mislabel, outlier)``; a mislabel is never an outlier."""
+    if task == "classification":
+        mislabel = predicted.ne(targets) & (mislabel_z >= rule.mislabel_z)
+    else:
+        mislabel = torch.zeros_like(mislabel_z, dtype=torch.bool)
+    return mislabel, ~mislabel & (outlier_z >= rule.outlier_z)
+
+
+def _flag_lists(mislabel: torch.Tensor, outlier: torch.Tensor) -> list[list[str]]:
+    return [
+        ["mislabel"] if m else ["outlier"] if o else []
+        for m, o in zip(mislabel.tolist(), outlier.tolist(), strict=True)
+    ]
 
 
 def ranks(score: torch.Tensor) -> torch.Tensor:

@@ -571,8 +571,10 @@ def _rank_and_finish(
     """Rank 0: rank and flag the training points (with the refits), store them and mark
     the run complete, its last write."""
     train_out, test_out = outputs
+    rule = config.rule.resolved(len(train))
     with phases("ranking"):
         _check_finite(first.cpu().numpy(), "self-influence")  # before the refits spend time
+        _check_finite(harm, "harmfulness")
         ranked = robust_ranking(
             model,
             fitted.theta,
@@ -583,13 +585,14 @@ def _rank_and_finish(
             task=train.task,
             weight_decay=config.model.weight_decay,
             solver=config.solver,
-            rule=config.rule,
+            rule=rule,
             fit_kwargs=config.model.fit_kwargs(),
-            progress=_counter(progress, "ranking refits", config.rule.rounds + 1),
+            progress=_counter(progress, "ranking refits", rule.rounds + 1),
+            loss=train_out["loss"].cpu(),
+            harmfulness=torch.from_numpy(harm),
         )
         self_influence = ranked.self_influence.cpu()
         _check_finite(self_influence.numpy(), "self-influence")
-        _check_finite(harm, "harmfulness")
         primary, secondary = suspicion_tests(
             train_out["loss"].cpu(), torch.from_numpy(harm), self_influence
         )
@@ -602,7 +605,7 @@ def _rank_and_finish(
             train_out["predicted"].cpu(),
             d.y.cpu(),
             train.task,
-            config.rule,
+            rule,
         )
         rows = _point_rows(train, train_out)
         values = zip(
@@ -627,7 +630,7 @@ def _rank_and_finish(
                 "test_fingerprint": points_fingerprint(test),
             },
             ranking={
-                "rule": config.rule.to_dict(),
+                "rule": rule.to_dict(),
                 "refits": ranked.refits,
                 "kept_in_last_refit": ranked.kept,
                 "flag_counts": flag_counts,

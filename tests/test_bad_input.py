@@ -380,6 +380,7 @@ def test_commands_on_a_missing_database(tmp_path):
         ("--classes", "7"),
         ("--solver", "magic"),
         ("--seed", "one"),
+        ("--outlier-z", "high"),
     ],
 )
 def test_option_values_out_of_range(tmp_path, option, value):

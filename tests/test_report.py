@@ -183,9 +183,12 @@ def test_toy_linear_scatter_marks_exactly_the_two_outliers(tmp_path, toy_db):
     assert len(svg.select("circle.point")) == 18 and len(svg.select(".test-point")) == 1
     assert svg.select_one("polyline.fit") is not None
     lines = soup.select("svg#histogram line.threshold")
-    assert [(line["data-kind"], float(line["data-value"])) for line in lines] == [
-        ("outlier", FlagRule().outlier_z)
-    ]
+    # the calibrated default for 20 points: the largest of 20 standard normals exceeds
+    # it with probability 0.05, Phi^-1(1 - 0.05 / 20) = 2.807
+    [line] = lines
+    assert line["data-kind"] == "outlier" and float(line["data-value"]) == pytest.approx(
+        2.807, abs=1e-3
+    )
     rows = soup.select("tr[data-index]")
     assert sorted(int(r["data-index"]) for r in rows) == [1, 15]
     assert all(r.select_one('input[type="number"][name^="label-"]') for r in rows)
@@ -283,13 +286,16 @@ def test_report_shows_detection_curves_of_an_evaluated_run(tmp_path, toy_db):
     )
 
 
-def test_flag_tests_recomputed_by_the_report_reproduce_the_stored_flags(mnist_db):
-    db, engine, run_id = mnist_db
-    rule = FlagRule()
+@pytest.mark.parametrize("fixture", ["mnist_db", "toy_db"])
+def test_flag_tests_recomputed_by_the_report_reproduce_the_stored_flags(fixture, request):
+    db, engine, run_id = request.getfixturevalue(fixture)
+    run = runs.get_run(engine, run_id)
+    rule = FlagRule.from_dict(run["ranking"]["rule"])
+    assert rule.influence_scale == "log" and rule.outlier_z is not None
     train = train_records(engine, run_id)
     attach_flag_tests(train)
     for r in train:
-        disagrees = r["predicted"] != r["label"]
+        disagrees = run["task"] == "classification" and r["predicted"] != r["label"]
         mislabel = disagrees and r["union_z"] >= rule.mislabel_z
         outlier = not mislabel and (
             r["influence_z"] >= rule.outlier_z and r["union_z"] >= rule.outlier_support_z
@@ -298,19 +304,21 @@ def test_flag_tests_recomputed_by_the_report_reproduce_the_stored_flags(mnist_db
         assert r["flags"] == expected, r
 
 
-def test_histogram_is_of_the_influence_norm_with_the_outlier_threshold(tmp_path, mnist_db):
-    db, engine, run_id = mnist_db
+def test_histogram_is_of_the_log_influence_with_the_outlier_threshold(tmp_path, toy_db):
+    db, engine, run_id = toy_db
     result, soup = report(tmp_path, db)
     assert result.exit_code == 0, result.output
-    lines = soup.select("svg#histogram line.threshold")
-    assert [(line["data-kind"], float(line["data-value"])) for line in lines] == [("outlier", 6.0)]
+    [line] = soup.select("svg#histogram line.threshold")
+    threshold = float(line["data-value"])
+    assert "log |self-influence|" in soup.select_one("svg#histogram").get_text()
     si = np.array([r["self_influence"] for r in train_records(engine, run_id)])
-    z = np.sqrt(np.abs(si))
+    z = np.log(np.abs(si))
     z = (z - np.median(z)) / (1.4826 * np.median(np.abs(z - np.median(z))))
     outliers = [
         int(row["data-index"])
         for row in soup.select("tr[data-index]")
-        if "influence-norm z" in row.get_text()
+        if "influence z" in row.get_text()
     ]
-    assert outliers, "no outlier row to check"
-    assert all(z[i] >= 6.0 for i in outliers)
+    assert sorted(outliers) == [1, 15]
+    assert all(z[i] >= threshold for i in outliers)
+    assert sorted(np.flatnonzero(z >= threshold)) == [1, 15]

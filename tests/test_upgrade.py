@@ -91,7 +91,11 @@ def test_the_upgraded_runs_read_back_through_the_library_and_cli(upgraded, tmp_p
     out = tmp_path / "r.html"
     report = runner.invoke(cli, ["report", "2", "--out", str(out), "--db", str(db)])
     assert report.exit_code == 0, report.output
-    assert out.read_text().count("data:image/png;base64,") >= 1  # thumbnails from stored pixels
+    html = out.read_text()
+    assert html.count("data:image/png;base64,") >= 1  # thumbnails from stored pixels
+    # run 2 was flagged on the influence norm (before the log scale): its report says so
+    assert "robust z of the influence norm √|self-influence|" in html
+    assert "robust z of log |self-influence|" not in html
 
 
 def test_an_interrupted_run_from_revision_0001_resumes_after_the_upgrade(upgraded):

@@ -85,7 +85,7 @@ class Threshold:
 
 @dataclass
 class Histogram:
-    """Histogram of the robust z of the influence norm with the flag thresholds."""
+    """Histogram of the influence z with the flag thresholds."""
 
     width: int
     height: int
@@ -157,8 +157,8 @@ def scatter(
     width: int = 900,
     height: int = 360,
 ) -> Scatter:
-    """Scatter plot of training points coloured by ``colour`` (robust z of the influence
-    norm, ramped over ``[0, colour_max]``), with ``line`` (the fitted model) drawn across.
+    """Scatter plot of training points coloured by ``colour`` (the suspicion, ramped over
+    ``[0, colour_max]``), with ``line`` (the fitted model) drawn across.
 
     Args:
         x, y, colour, flagged, titles: One entry per training point, ``(n,)``.
@@ -192,7 +192,7 @@ def scatter(
         test_marks,
         path,
         line_label,
-        f"colour: robust z of the influence norm, 0 to {fmt(colour_max)}",
+        f"colour: suspicion (combined z), 0 to {fmt(colour_max)}",
     )
 
 
@@ -213,11 +213,12 @@ def histogram(
     kinds: Sequence[str],
     thresholds: dict[str, float],
     *,
+    label: str = "robust z of log |self-influence|",
     bins: int = 40,
     width: int = 900,
     height: int = 240,
 ) -> Histogram:
-    """Histogram of ``z`` (robust z of the influence norm, ``(n,)``), each bar stacked by
+    """Histogram of ``z`` (the influence z, ``(n,)``; the x axis is ``label``), each bar stacked by
     the points' flag ``kinds`` (``"none"``, ``"mislabel"``, ``"outlier"``), with a line at
     each threshold (``{"mislabel": 3.0, "outlier": 6.0}``)."""
     lo, hi = histogram_range(z, list(thresholds.values()))
@@ -261,10 +262,7 @@ def histogram(
         width,
         height,
         box,
-        Axis(
-            "robust z of the influence norm √|self-influence|",
-            [(sx(t), fmt(t)) for t in nice_ticks(lo, hi)],
-        ),
+        Axis(label, [(sx(t), fmt(t)) for t in nice_ticks(lo, hi)]),
         Axis("points (log scale)", y_ticks),
         bars,
         lines,

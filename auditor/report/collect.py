@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from auditor.errors import ConfigError, DataError
 from auditor.evaluate import RANKINGS
 from auditor.exports import label_name, run_summary, train_records
-from auditor.ranking import suspicion, suspicion_tests
+from auditor.ranking import FlagRule, influence_z, suspicion_tests
 from auditor.report import charts
 from auditor.report.thumbnails import png_data_uri
 from auditor.store import evaluations, pairs, points, runs
@@ -122,7 +122,8 @@ def collect(
     train = train_records(engine, run_id)
     test = points.read_points(engine, run_id, "test")
     thresholds = _thresholds(run)
-    attach_flag_tests(train)
+    scale = _rule(run).influence_scale
+    attach_flag_tests(train, scale)
 
     flagged = sorted((r for r in train if r["flags"]), key=lambda r: r["rank"])
     shown = flagged[:top]
@@ -160,7 +161,7 @@ def collect(
         top=top,
         tests=panels,
         tests_chosen=bool(chosen),
-        histogram=_histogram(train, thresholds),
+        histogram=_histogram(train, thresholds, scale),
         scatter=_scatter(run, train, test, features, thresholds) if features else None,
         has_images=bool(run["image_shape"]),
         detection=_detection(engine, run_id),
@@ -190,24 +191,29 @@ def _detection(engine: Engine, run_id: int) -> charts.DetectionChart | None:
     )
 
 
+def _rule(run: dict) -> FlagRule:
+    """The flag rule the run applied (as stored with its ranking)."""
+    return FlagRule.from_dict((run["ranking"] or {}).get("rule") or run["config"]["rule"])
+
+
 def _thresholds(run: dict) -> dict[str, float]:
-    rule = (run["ranking"] or {}).get("rule") or run["config"]["rule"]
-    out = {"outlier": float(rule["outlier_z"])}
+    rule = _rule(run)
+    out = {"outlier": rule.outlier_z}
     if run["task"] == "classification":
-        out["mislabel"] = float(rule["mislabel_z"])
+        out["mislabel"] = rule.mislabel_z
     return out
 
 
-def attach_flag_tests(train: list[dict]) -> None:
+def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
     """Give each training record the two z-scores its flags were decided on, recomputed
     from its stored loss, harmfulness and self-influence (the functions the scan used):
     ``union_z``, the strongest of the three tests (mislabel flags), and ``influence_z``,
-    the robust z of the influence norm after the masking refits (outlier flags)."""
+    the influence z after the masking refits (outlier flags) on the run's ``scale``."""
     si = [r["self_influence"] for r in train]
     if not train or any(v is None for v in si):
         return
     si_t = torch.tensor(si, dtype=torch.float64)
-    influence = suspicion(si_t).tolist()
+    influence = influence_z(si_t, scale).tolist()
     loss, harm = [r["loss"] for r in train], [r["harmfulness"] for r in train]
     union = influence
     if all(v is not None for v in loss + harm):
@@ -228,7 +234,7 @@ def _reason(record: dict, thresholds: dict[str, float]) -> str:
             f"predicted {record['predicted']} ≠ given {record['label']} and "
             f"strongest test z {_z(union)} ≥ {thresholds['mislabel']:g}"
         )
-    return f"influence-norm z {_z(influence)} ≥ {thresholds['outlier']:g}"
+    return f"influence z {_z(influence)} ≥ {thresholds['outlier']:g}"
 
 
 def _z(value: float) -> str:
@@ -320,14 +326,24 @@ def _all_features(engine: Engine, run_id: int, run: dict) -> dict[str, np.ndarra
     return out
 
 
-def _histogram(train: list[dict], thresholds: dict[str, float]) -> charts.Histogram | None:
-    """The influence-norm z of every training point, with the outlier threshold (the one
-    that applies to this quantity; mislabel flags come from the strongest of the tests)."""
+INFLUENCE_LABELS = {
+    "log": "robust z of log |self-influence|",
+    "sqrt": "robust z of the influence norm √|self-influence|",
+}
+
+
+def _histogram(
+    train: list[dict], thresholds: dict[str, float], scale: str
+) -> charts.Histogram | None:
+    """The influence z of every training point, with the outlier threshold (the one that
+    applies to this quantity; mislabel flags come from the strongest of the tests)."""
     z = [r.get("influence_z") for r in train]
     if not z or any(v is None for v in z):
         return None
     kinds = [r["flags"][0] if r["flags"] else "none" for r in train]
-    return charts.histogram(z, kinds, {"outlier": thresholds["outlier"]})
+    return charts.histogram(
+        z, kinds, {"outlier": thresholds["outlier"]}, label=INFLUENCE_LABELS[scale]
+    )
 
 
 def _scatter(
@@ -417,7 +433,14 @@ def _cards(run: dict, n_flagged: int) -> list[Card]:
             solver.append(Fact(name, form.format(s[key])))
     solver.append(Fact("damping", f"{cfg['solver']['damping']:g}"))
     flags = ranking.get("flag_counts", {})
-    rule_facts = [Fact("outlier", f"z ≥ {rule['outlier_z']:g}")]
+    calibrated = run["config"]["rule"].get("outlier_z", 0) is None
+    rule_facts = [
+        Fact(
+            "outlier",
+            f"{INFLUENCE_LABELS[_rule(run).influence_scale]} ≥ {rule['outlier_z']:.3g}"
+            + (f" (calibrated to {run['n_train']:,} points)" if calibrated else ""),
+        )
+    ]
     if run["task"] == "classification":
         rule_facts.append(Fact("mislabel", f"z ≥ {rule['mislabel_z']:g} and prediction ≠ label"))
     rule_facts.append(Fact("trim", f"{rule['trim']:g} ({ranking.get('refits', 0)} refits)"))

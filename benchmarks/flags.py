@@ -1,0 +1,101 @@
+"""How many points the flag rule flags, on clean data and with injected faults (seed 0).
+
+Run from the repository root (MNIST idx files in ../shared/data/mnist by default)::
+
+    python benchmarks/flags.py                          # every setting, about 1 minute
+    python benchmarks/flags.py --only 1v7-clean --rule outlier_z=6
+
+Prints the README's calibration table ("Ranking and flags"): per setting the flags by
+kind and how many of the injected faults they hold. ``--rule key=value`` overrides a
+:class:`~auditor.ranking.FlagRule` field (``influence_scale=sqrt`` with ``outlier_z=6``
+is the rule before the log scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from auditor.config import DataArgs, ModelArgs, ScanConfig
+from auditor.faults import FaultSpec, inject
+from auditor.ranking import FlagRule
+from auditor.scan import load_data, scan
+from auditor.solvers.base import SolverArgs
+from auditor.store import open_db, points
+
+MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
+
+
+def settings(mnist: str) -> dict[str, tuple[ScanConfig, FaultSpec | None]]:
+    """Every setting: name -> (scan configuration, faults or None for clean data)."""
+    pair = DataArgs(train=mnist, classes=["1", "7"], test_split=0.2)
+    ten = DataArgs(train=mnist, test_split=0.2)
+    exact = SolverArgs(solver="exact")
+    wd3 = ModelArgs(weight_decay=1e-3)
+    cnn = ModelArgs(name="cnn", params="last", weight_decay=1e-4)
+    return {
+        "1v7-clean": (ScanConfig(pair, ModelArgs(), exact), None),
+        "1v7-clean-wd3": (ScanConfig(pair, wd3, exact), None),
+        "1v7-flip-10-wd3": (ScanConfig(pair, wd3, exact), FaultSpec("flip", 0.1)),
+        "1v7-class-flip-wd3": (
+            ScanConfig(pair, wd3, exact),
+            FaultSpec("class-flip", 0.2, "7", "1"),
+        ),
+        "1v7-outlier-5-wd3": (ScanConfig(pair, wd3, exact), FaultSpec("outlier", 0.05)),
+        "cnn-clean-trim0": (ScanConfig(ten, cnn, exact, FlagRule(trim=0)), None),
+        "cnn-clean": (ScanConfig(ten, cnn, exact), None),
+        "cnn-flip-10": (ScanConfig(ten, cnn, exact), FaultSpec("flip", 0.1)),
+        "cnn-outlier-5": (ScanConfig(ten, cnn, exact), FaultSpec("outlier", 0.05)),
+    }
+
+
+def flag_counts(config: ScanConfig, faults: FaultSpec | None, db: str, seed: int = 0) -> dict:
+    """Scan one setting; ``{kind: (flagged, faults among them)}`` plus the fault count."""
+    config = replace(config, data=replace(config.data, seed=seed))
+    clean, test = load_data(config.data)
+    train, index = (
+        (clean, np.array([], dtype=int)) if faults is None else inject(clean, faults, seed)
+    )
+    engine = open_db(db)
+    run_id = scan(engine, config, datasets=(train, test)).run_id
+    faulty = set(index.tolist())
+    out: dict = {"faults": len(faulty)}
+    for p in points.read_points(engine, run_id, "train"):
+        for kind in p["flags"]:
+            flagged, hits = out.get(kind, (0, 0))
+            out[kind] = (flagged + 1, hits + (p["idx"] in faulty))
+    engine.dispose()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mnist", default=MNIST)
+    parser.add_argument("--only", action="append", help="run only these settings")
+    parser.add_argument("--rule", action="append", default=[], help="FlagRule field=value")
+    args = parser.parse_args()
+    overrides = {}
+    for item in args.rule:
+        key, value = item.split("=", 1)
+        overrides[key] = value if key == "influence_scale" else float(value)
+    print("| setting | faults | mislabel flags (faults) | outlier flags (faults) |")
+    print("| --- | --- | --- | --- |")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (config, faults) in settings(args.mnist).items():
+            if args.only and name not in args.only:
+                continue
+            config = replace(config, rule=replace(config.rule, **overrides))
+            counts = flag_counts(config, faults, str(Path(tmp) / "flags.db"))
+            cells = [
+                f"{counts.get(k, (0, 0))[0]} ({counts.get(k, (0, 0))[1]})"
+                for k in ("mislabel", "outlier")
+            ]
+            print(f"| {name} | {counts['faults']} | {cells[0]} | {cells[1]} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
