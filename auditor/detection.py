@@ -20,7 +20,7 @@ def auroc(scores: np.ndarray, is_fault: np.ndarray) -> float:
     m0 = is_fault.size - m1
     if m0 == 0 or m1 == 0:
         return math.nan
-    ranks = _average_ranks(scores)
+    ranks = average_ranks(scores)
     u = ranks[is_fault].sum() - m1 * (m1 + 1) / 2
     return float(u / (m0 * m1))
 
@@ -78,7 +78,7 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
+def average_ranks(values: np.ndarray) -> np.ndarray:
     """1-based ranks ascending, tied values sharing their average rank."""
     order = np.argsort(values, kind="stable")
     sorted_values = values[order]

@@ -129,8 +129,7 @@ def robust_ranking(
             previous = keep
             refit(keep)
         if loss is not None and harmfulness is not None:
-            primary, secondary = suspicion_tests(loss, harmfulness, si.cpu())
-            union = torch.maximum(primary, secondary)
+            union = suspicion_tests(loss, harmfulness, si.cpu()).union
             flags = combined_flags(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
         else:
             flags = flags_for(z, predicted, y, task, rule)

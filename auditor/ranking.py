@@ -5,9 +5,9 @@ The rule (documented in the README, thresholds overridable from the CLI):
 1. The self-influence is scored by the robust z-score of its logarithm (the *influence
    z*): ``z = (s - median(s)) / (1.4826 * MAD(s))`` with ``s = log|self-influence|``. The
    log makes it scale-free: on a well-fitted network most gradients are near zero and
-   ``|self-influence|`` spans orders of magnitude. The stored suspicion, rank and flags use
-   :func:`combined_suspicion` (the largest robust z of the log training loss, harmfulness
-   and the influence z).
+   ``|self-influence|`` spans orders of magnitude. The stored suspicion and rank are
+   :attr:`SuspicionTests.combined` (of the log training loss, the influence z and
+   harmfulness); the flags use the strongest of those tests.
 2. Masking: a cluster of bad points drags the fit towards itself and hides its members
    (five y = 100 points among twenty). So the self-influence is recomputed on refits that
    leave out the ``trim`` most suspicious fraction (concentration steps, as in least
@@ -27,6 +27,7 @@ from statistics import NormalDist
 
 import torch
 
+from auditor.detection import average_ranks
 from auditor.errors import ConfigError
 
 
@@ -108,43 +109,79 @@ def influence_z(self_influence: torch.Tensor, scale: str = "log") -> torch.Tenso
     return robust_z(_log(magnitude) if scale == "log" else magnitude.sqrt())
 
 
-#: How many robust standard deviations the secondary tests (harmfulness, self-influence)
-#: must exceed the training-loss test by to decide a point's score.
-SECONDARY_OFFSET = 2.0
+#: Weight of harmfulness's normal score in :attr:`SuspicionTests.combined`.
+HARM_WEIGHT = 0.5
+
+
+@dataclass
+class SuspicionTests:
+    """The three tests of every training point, each ``(n,)`` and about standard normal
+    over the clean bulk.
+
+    Three tests for three kinds of fault. The log loss asks "does the model disagree with
+    this label?" (a mislabel); the influence z (after the masking refits) asks "does the
+    fit lean on this point alone?" (outliers, also in clusters that mask each other's loss,
+    and mislabels the fit has absorbed); harmfulness asks "does keeping this point raise
+    the test loss?" (systematic faults such as class-conditional flips, which bend the
+    boundary until the model fits them).
+
+    Attributes:
+        loss: Robust z of the log training loss.
+        influence: The influence z (:func:`influence_z`, log scale).
+        harm: Robust z of harmfulness (heavy-tailed: enormous on well-fitted networks).
+        harm_score: Normal score of harmfulness, ``Phi^-1((rank - 1/2) / n)``: its rank
+            on the normal scale, bounded by ``Phi^-1(1 - 1/(2n))`` (3.9 for 8,000 points).
+    """
+
+    loss: torch.Tensor
+    influence: torch.Tensor
+    harm: torch.Tensor
+    harm_score: torch.Tensor
+
+    @property
+    def union(self) -> torch.Tensor:
+        """The strongest test ``max(loss, harm, influence)`` ``(n,)`` (the mislabel and
+        outlier flags' evidence)."""
+        return torch.maximum(self.loss, torch.maximum(self.harm, self.influence))
+
+    @property
+    def combined(self) -> torch.Tensor:
+        """The product's ranking score ``(n,)``: ``max(loss, influence) + HARM_WEIGHT *
+        max(harm_score, 0)``.
+
+        Loss and influence z are two views of one question, "does the fit disagree with or
+        lean on this point?", so the stronger counts. Harmfulness is evidence from other
+        data (the test points) and adds to it: through its normal score, because its
+        robust z has a heavy null tail, and only when positive, because a point that
+        happens to help the test loss is not thereby correctly labelled. Chosen among
+        fixed rules on design seeds (README, "Detection quality").
+        """
+        return torch.maximum(self.loss, self.influence) + HARM_WEIGHT * self.harm_score.clamp_min(0)
 
 
 def suspicion_tests(
     loss: torch.Tensor, harmfulness: torch.Tensor, self_influence: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Robust z-scores ``(n,)`` of the primary test, ``z(log loss)``, and of the stronger
-    secondary test, ``max(z(harmfulness), z(log |self-influence|))``.
-
-    Three tests for three kinds of fault. The log loss asks "does the model disagree with
-    this label?" (a mislabel); harmfulness asks "does keeping this point raise the test
-    loss?" (systematic faults such as class-conditional flips, which bend the boundary
-    until the model fits them); the self-influence (from the masking refits) asks "does
-    the fit lean on this point alone?" (outliers, also in clusters that mask each other's
-    loss). Under the clean bulk each robust z is roughly standard normal; logs tame the
-    heavy right tails of loss and self-influence.
+) -> SuspicionTests:
+    """The three tests (:class:`SuspicionTests`) from per-point values ``(n,)``.
 
     Args:
         loss: Per-example training loss ``(n,)`` under the fitted model.
         harmfulness: Sum of the point's influence over all test points ``(n,)``.
         self_influence: ``-g^T A^{-1} g`` per point ``(n,)`` (after the masking refits).
     """
-    secondary = torch.maximum(robust_z(harmfulness.double()), influence_z(self_influence.double()))
-    return robust_z(_log(loss)), secondary
+    harm = harmfulness.double()
+    return SuspicionTests(
+        loss=robust_z(_log(loss)),
+        influence=influence_z(self_influence.double()),
+        harm=robust_z(harm),
+        harm_score=normal_scores(harm),
+    )
 
 
-def combined_suspicion(primary: torch.Tensor, secondary: torch.Tensor) -> torch.Tensor:
-    """The product's ranking score ``(n,)``: ``max(primary, secondary - SECONDARY_OFFSET)``.
-
-    A union of tests pays for every test's null tail (harmfulness has a heavy one), so the
-    secondary tests must be :data:`SECONDARY_OFFSET` robust standard deviations more
-    extreme than the loss to decide a point's score: the loss ranks, the others promote
-    clear cases. The offset was chosen on design seeds (README, "Detection quality").
-    """
-    return torch.maximum(primary, secondary - SECONDARY_OFFSET)
+def normal_scores(values: torch.Tensor) -> torch.Tensor:
+    """``Phi^-1((rank - 1/2) / n)`` of ``values`` ``(n,)``, ties sharing their average rank."""
+    ranks = torch.from_numpy(average_ranks(values.detach().cpu().double().numpy()))
+    return torch.special.ndtri((ranks - 0.5) / values.shape[0]).to(values.device)
 
 
 def _log(values: torch.Tensor) -> torch.Tensor:
@@ -177,7 +214,7 @@ def combined_flags(
     rule: FlagRule,
 ) -> list[list[str]]:
     """Flags of the product's ranking: ``mislabel`` when the prediction disagrees with the
-    label and the union of the tests ``union_z = max(primary, secondary)`` ``(n,)``
+    label and the strongest test ``union_z`` (:attr:`SuspicionTests.union`) ``(n,)``
     reaches ``mislabel_z``; otherwise ``outlier`` when the masking-resistant influence z
     ``influence`` ``(n,)`` reaches ``outlier_z`` (a cluster of outliers hides from the
     loss but not from the refits) and ``union_z`` reaches ``outlier_support_z``."""

@@ -64,7 +64,7 @@ from auditor.hessian import HessianOperator
 from auditor.influence import robust_ranking, self_influences
 from auditor.interrupts import deferred, interruptible, signals_ignored
 from auditor.models import ModelTask, build_model, default_model_name
-from auditor.ranking import combined_flags, combined_suspicion, ranks, suspicion_tests
+from auditor.ranking import combined_flags, ranks, suspicion_tests
 from auditor.scoring import pair_score_chunks
 from auditor.solvers import solve
 from auditor.sources.idx import find_pairs
@@ -593,14 +593,12 @@ def _rank_and_finish(
         )
         self_influence = ranked.self_influence.cpu()
         _check_finite(self_influence.numpy(), "self-influence")
-        primary, secondary = suspicion_tests(
-            train_out["loss"].cpu(), torch.from_numpy(harm), self_influence
-        )
-        z = combined_suspicion(primary, secondary)
+        tests = suspicion_tests(train_out["loss"].cpu(), torch.from_numpy(harm), self_influence)
+        z = tests.combined
         _check_finite(z.cpu().numpy(), "suspicion scores")
         rank = ranks(z)
         flags = combined_flags(
-            torch.maximum(primary, secondary),
+            tests.union,
             ranked.z,
             train_out["predicted"].cpu(),
             d.y.cpu(),

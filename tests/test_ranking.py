@@ -10,7 +10,15 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.config import ScanConfig
-from auditor.ranking import FlagRule, combined_flags, flags_for, influence_z
+from auditor.ranking import (
+    FlagRule,
+    SuspicionTests,
+    combined_flags,
+    flags_for,
+    influence_z,
+    normal_scores,
+    suspicion_tests,
+)
 from auditor.store import open_db, runs
 
 
@@ -78,3 +86,37 @@ def test_scan_stores_the_threshold_it_applied_and_the_cli_takes_auto_or_a_number
     bad = runner.invoke(cli, ["scan", "--train", "toy-linear", "--outlier-z", "high", "--db", db])
     assert bad.exit_code == 2 and "neither auto nor a number" in bad.output
     assert len(runs.list_runs(engine)) == 2  # the bad value wrote no run
+
+
+def test_normal_scores_are_ranks_on_the_normal_scale_with_ties_averaged():
+    # ranks 4, 1, 2.5, 2.5 of 4 -> Phi^-1(0.875), Phi^-1(0.125), Phi^-1(0.5) twice
+    got = normal_scores(torch.tensor([3.0, 1.0, 2.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        got, torch.tensor([1.150349, -1.150349, 0.0, 0.0], dtype=torch.float64), atol=1e-6, rtol=0
+    )
+
+
+def test_combined_suspicion_takes_the_stronger_point_test_plus_half_positive_harm():
+    tests = SuspicionTests(
+        loss=torch.tensor([3.0, 0.0, 1.0, -1.0]),
+        influence=torch.tensor([1.0, 2.0, 1.0, -2.0]),
+        harm=torch.tensor([0.0, 9.0, -9.0, 0.0]),
+        harm_score=torch.tensor([0.0, 2.0, -2.0, 1.0]),
+    )
+    torch.testing.assert_close(tests.combined, torch.tensor([3.0, 3.0, 1.0, -0.5]))
+    torch.testing.assert_close(tests.union, torch.tensor([3.0, 9.0, 1.0, 0.0]))
+
+
+def test_suspicion_tests_are_robust_zs_of_log_loss_and_log_influence():
+    loss = torch.tensor([1e-4, 1e-3, 1e-2, 1e-1, 1.0], dtype=torch.float64)
+    si = -torch.tensor([1.0, 1e-3, 1e-6, 1e-9, 1e-12], dtype=torch.float64)
+    harm = torch.tensor([0.0, 1.0, 2.0, 3.0, 100.0], dtype=torch.float64)
+    tests = suspicion_tests(loss, harm, si)
+    # log10 loss -4..0: median -2, MAD 1 -> z = k / 1.4826; log|si| mirrored, MAD 3
+    step = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0], dtype=torch.float64) / 1.4826
+    torch.testing.assert_close(tests.loss, step)
+    torch.testing.assert_close(tests.influence, -step)
+    # harm: median 2, MAD 1 -> robust z (h - 2) / 1.4826; the outlier's normal score is
+    # bounded by its rank: Phi^-1(4.5 / 5)
+    torch.testing.assert_close(tests.harm, (harm - 2) / 1.4826)
+    assert float(tests.harm_score[-1]) == pytest.approx(1.281552, abs=1e-6)

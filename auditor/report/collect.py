@@ -217,10 +217,9 @@ def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
     loss, harm = [r["loss"] for r in train], [r["harmfulness"] for r in train]
     union = influence
     if all(v is not None for v in loss + harm):
-        primary, secondary = suspicion_tests(
+        union = suspicion_tests(
             torch.tensor(loss, dtype=torch.float64), torch.tensor(harm, dtype=torch.float64), si_t
-        )
-        union = torch.maximum(primary, secondary).tolist()
+        ).union.tolist()
     for r, u, z in zip(train, union, influence, strict=True):
         r["union_z"], r["influence_z"] = u, z
 

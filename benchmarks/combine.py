@@ -1,0 +1,128 @@
+"""How the combined ranking was chosen: fixed rules over the three tests, on design seeds.
+
+Run from the repository root (MNIST idx files in ../shared/data/mnist by default)::
+
+    python benchmarks/combine.py                       # design seeds: about 3 minutes
+    python benchmarks/combine.py --seeds 0,1,2 --cnn-seeds 0,1,2   # the evaluation seeds
+
+Scans every setting of ``benchmarks/detection.py`` once per seed (cached as ``.npz`` in
+``--cache``: loss, self-influence after the refits, harmfulness, the injected faults),
+then scores each candidate rule against the best single ranking of that setting (mean
+AUROC and share found after checking 10% over the seeds). Prints, best first, how many
+settings a rule matches or beats the best single ranking in both, and its summed deficit
+(AUROC gaps weighted 10x). The product uses ``max(l, s) + 0.5 * ns(h)+``
+(:attr:`auditor.ranking.SuspicionTests.combined`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from detection import MNIST, settings
+
+from auditor import detection
+from auditor.faults import inject
+from auditor.ranking import normal_scores, robust_z
+from auditor.scan import load_data, scan
+from auditor.store import open_db, points
+
+
+def cached_scan(name: str, seed: int, cache: Path, engine) -> dict[str, np.ndarray]:
+    """One setting and seed: per training point ``loss``, ``si``, ``harm`` and ``fault``."""
+    path = cache / f"{name}-{seed}.npz"
+    if not path.exists():
+        config, faults = settings(MNIST)[name]
+        config = replace(config, data=replace(config.data, seed=seed))
+        config.solver = replace(config.solver, seed=seed)
+        clean, test = load_data(config.data)
+        train, index = inject(clean, faults, seed)
+        run_id = scan(engine, config, datasets=(train, test)).run_id
+        rows = points.read_points(engine, run_id, "train")
+        fault = np.zeros(len(rows), dtype=bool)
+        fault[index] = True
+        np.savez(
+            path,
+            loss=[r["loss"] for r in rows],
+            si=[r["self_influence"] for r in rows],
+            harm=[r["harmfulness"] for r in rows],
+            fault=fault,
+        )
+    return dict(np.load(path))
+
+
+def candidate_rules() -> dict:
+    """name -> f(lo, s, h, nh) of the tests' robust zs (``lo`` log loss, ``s`` influence z,
+    ``h`` harmfulness) and harmfulness's normal score ``nh``, each ``(n,)``."""
+    rules = {}
+    for a, b in itertools.product([0, 0.5, 1, 2], [1, 2, 3, 4, np.inf]):
+        rules[f"max(l, s-{a}, h-{b})"] = lambda lo, s, h, nh, a=a, b=b: np.maximum(
+            np.maximum(lo, s - a), h - b
+        )
+    for c in (0.5, 1.0):
+        rules[f"l+s+{c}*ns(h)"] = lambda lo, s, h, nh, c=c: lo + s + c * nh
+        rules[f"max(l,s)+{c}*ns(h)+"] = lambda lo, s, h, nh, c=c: (
+            np.maximum(lo, s) + c * np.maximum(nh, 0)
+        )
+    rules["l+s+h"] = lambda lo, s, h, nh: lo + s + h
+    rules["l+s+h+"] = lambda lo, s, h, nh: lo + s + np.maximum(h, 0)
+    return rules
+
+
+def tests(d: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    def z(v):
+        return robust_z(torch.from_numpy(v)).numpy()
+
+    harm = torch.from_numpy(d["harm"])
+    return (
+        z(np.log(np.maximum(d["loss"], 1e-300))),
+        z(np.log(np.maximum(np.abs(d["si"]), 1e-300))),
+        z(d["harm"]),
+        normal_scores(harm).numpy(),
+    )
+
+
+def metrics(score: np.ndarray, fault: np.ndarray) -> np.ndarray:
+    return np.array([detection.auroc(score, fault), detection.found_after(score, fault, 0.1)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="100,101,102,103,104", help="1-vs-7 seeds")
+    parser.add_argument("--cnn-seeds", default="100,101")
+    parser.add_argument("--cache", default="benchmarks/combine-cache")
+    args = parser.parse_args()
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    engine = open_db(str(cache / "scans.db"))
+    rules = candidate_rules()
+    met = dict.fromkeys(rules, 0)
+    deficit = dict.fromkeys(rules, 0.0)
+    for name in settings(MNIST):
+        seeds = args.cnn_seeds if name.startswith("cnn") else args.seeds
+        runs = [cached_scan(name, int(s), cache, engine) for s in seeds.split(",")]
+        single = {
+            "loss": np.mean([metrics(d["loss"], d["fault"]) for d in runs], axis=0),
+            "self-influence": np.mean([metrics(np.abs(d["si"]), d["fault"]) for d in runs], axis=0),
+            "harmfulness": np.mean([metrics(d["harm"], d["fault"]) for d in runs], axis=0),
+        }
+        best = np.max(list(single.values()), axis=0)
+        zs = [tests(d) for d in runs]
+        for rule, fn in rules.items():
+            got = np.mean(
+                [metrics(fn(*t), d["fault"]) for t, d in zip(zs, runs, strict=True)], axis=0
+            )
+            gap = np.minimum(got - best, 0.0)
+            met[rule] += bool((gap >= -1e-12).all())
+            deficit[rule] += 10 * gap[0] + gap[1]
+    n = len(settings(MNIST))
+    for rule in sorted(rules, key=lambda r: (-met[r], -deficit[r])):
+        print(f"{met[rule]}/{n} settings  deficit {deficit[rule]:+.4f}  {rule}")
+
+
+if __name__ == "__main__":
+    main()
