@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from auditor.errors import ConfigError
 from auditor.models import BinaryLogistic, ModelTask, MultinomialLogistic
+from auditor.training import risk
 
 PARAM_CHOICES = ("all", "last")
 
@@ -192,9 +193,7 @@ class CNN(ModelTask):
                 for start in range(0, n, self.batch_size):
                     b = order[start : start + self.batch_size]
                     optimizer.zero_grad()
-                    out = self.outputs(theta, x[b])
-                    risk = self.loss(out, y[b]).mean() + 0.5 * weight_decay * theta.dot(theta)
-                    risk.backward()
+                    risk(self, theta, x[b], y[b], weight_decay).backward()
                     optimizer.step()
                     schedule.step()
         finally:

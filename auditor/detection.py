@@ -49,8 +49,13 @@ def found_after(scores: np.ndarray, is_fault: np.ndarray, fraction: float) -> fl
     m1 = int(is_fault.sum())
     if m1 == 0:
         return math.nan
-    k = math.ceil(fraction * is_fault.size - 1e-9)
-    return float(is_fault[top_order(scores)[:k]].sum() / m1)
+    return float(is_fault[top_order(scores)[: checked_count(fraction, is_fault.size)]].sum() / m1)
+
+
+def checked_count(fraction: float, n: int) -> int:
+    """How many of ``n`` points a reviewer checks for a ``fraction``: ``ceil(fraction * n)``
+    (a hair below, so that 0.1 * 1730 is 173 and not 174 through rounding)."""
+    return math.ceil(fraction * n - 1e-9)
 
 
 def top_order(scores: np.ndarray) -> np.ndarray:

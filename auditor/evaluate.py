@@ -195,7 +195,7 @@ def fix_experiment(
         order = detection.top_order(score)
         rows = []
         for f in fractions:
-            k = math.ceil(f * len(faulty) - 1e-9)
+            k = detection.checked_count(f, len(faulty))
             checked = order[:k]
             fixed = checked[is_fault[checked]]
             metrics = _retrain(config, _restore(faulty, clean, fixed), test)
