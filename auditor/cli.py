@@ -128,6 +128,9 @@ def _report_scan(opts: dict, bars: Bars | None, run) -> None:
 def list_runs(db: str) -> None:
     """List the runs in a database, newest first.
 
+    A run whose scan was killed outright (SIGKILL, power loss) is still marked running;
+    on the host that ran it, it is listed as ``stale``, with the command that finishes it.
+
     \b
     Example:
         auditor runs --db audit.db
@@ -139,13 +142,23 @@ def list_runs(db: str) -> None:
         return
     header = f"{'id':>4}  {'status':<11} {'created':<19}  {'dataset':<16} {'model':<9} {'solver':<6} {'train':>7} {'test':>6} {'pairs':>11}  flagged"
     click.echo(header)
+    stale = []
     for r in rows:
         flags = (r["ranking"] or {}).get("flag_counts", {})
         solver = (r["config"].get("solver") or {}).get("solver", "")
+        status = r["status"]
+        if runs.writer_state(r) == "gone":
+            status = "stale"
+            stale.append(r)
         click.echo(
-            f"{r['id']:>4}  {r['status']:<11} {r['created_at']:%Y-%m-%d %H:%M:%S}  "
+            f"{r['id']:>4}  {status:<11} {r['created_at']:%Y-%m-%d %H:%M:%S}  "
             f"{r['dataset'][:16]:<16} {r['model']:<9} {solver:<6} {r['n_train']:>7} "
             f"{r['n_test']:>6} {int(r['n_pairs']):>11,}  {sum(flags.values())}"
+        )
+    for r in stale:
+        click.echo(
+            f"run {r['id']}: its scan (process {r['owner_pid']}) ended without marking it, "
+            f"in phase {r['phase']}; finish it with `auditor scan --resume {r['id']}`"
         )
 
 

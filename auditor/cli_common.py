@@ -62,6 +62,11 @@ def resolve_run(engine, run: int | None, *, complete: bool = True) -> int:
     run_id = runs.latest_run_id(engine) if run is None else run
     row = runs.get_run(engine, run_id)
     if complete and row["status"] != "complete":
+        if runs.writer_state(row) == "alive":
+            raise DataError(
+                f"run {run_id} is still being written (phase {row['phase']}, process "
+                f"{row['owner_pid']}); wait for it to finish"
+            )
         raise DataError(
             f"run {run_id} is {row['status']} (stopped in phase {row['phase']}), not complete; "
             f"finish it with `auditor scan --resume {run_id}`"

@@ -15,6 +15,7 @@ writes the run row.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -182,7 +183,7 @@ class _Phases:
     def _mark(self, name: str) -> None:
         if self.run_id is not None:
             with deferred():
-                runs.update_run(self.engine, self.run_id, phase=name)
+                runs.mark_phase(self.engine, self.run_id, name)
 
 
 def scan(
@@ -237,12 +238,22 @@ def resume(
         raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
     config = ScanConfig.from_dict(run["config"])
     with joined(comm, config.device) as comm:
+        comm.root_step(_check_writer_gone, run)  # rank 0: the other ranks run no scan yet
         phases, train, test, model = _load_phase(comm, engine, config, run)
         if comm.is_root:
             runs.restart_run(engine, run_id)
         stored = _stored_fit(run, model, config)
         return _run_guarded(
             comm, engine, run_id, config, model, train, test, phases, progress, stored
+        )
+
+
+def _check_writer_gone(run: dict) -> None:
+    """Refuse to resume a run that a live scan on this host is still writing."""
+    if runs.writer_state(run) == "alive" and run["owner_pid"] != os.getpid():
+        raise StoreError(
+            f"run {run['id']} is still being written by process {run['owner_pid']} on this "
+            "host; wait for it to finish or stop it before resuming"
         )
 
 
@@ -682,6 +693,7 @@ def _store_block(engine: Engine, run_id: int, done: set[int], j0: int, scores: n
         with deferred(), engine.begin() as conn:
             for k0, k1 in missing_runs(done, j0, j1):
                 pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
+            runs.heartbeat(conn, run_id)
     except IntegrityError:
         raise StoreError(
             f"run {run_id}: scores of test points {j0}..{j1 - 1} appeared while "

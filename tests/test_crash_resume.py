@@ -81,7 +81,12 @@ def assert_incomplete(db: Path) -> None:
     run = runs.get_run(engine, 1)
     assert run["status"] in ("running", "interrupted"), run["status"]
     listing = CliRunner().invoke(cli, ["runs", "--db", str(db)])
-    assert listing.output.splitlines()[1].split()[1] in ("running", "interrupted")
+    # killed outright, the run still says running; its dead writer makes it stale
+    shown = {"running": "stale", "interrupted": "interrupted"}[run["status"]]
+    assert listing.output.splitlines()[1].split()[1] == shown
+    if shown == "stale":
+        assert f"process {run['owner_pid']}" in listing.output
+        assert "auditor scan --resume 1" in listing.output.splitlines()[-1]
     for args in (["show", "1", "--test-index", "0"], ["export", "1"]):
         result = CliRunner().invoke(cli, [*args, "--db", str(db)])
         assert result.exit_code == 1 and "not complete" in result.output

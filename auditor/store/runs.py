@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import torch
 from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from auditor import __version__
 from auditor.errors import RunNotFound
@@ -23,10 +26,11 @@ def create_run(engine: Engine, **fields) -> int:
     ``n_train``, ``n_test``, ``data_fingerprint``...).
     """
     values = {
-        "created_at": datetime.now(UTC).replace(tzinfo=None),
+        "created_at": _now(),
         "status": "running",
         "phase": "created",
         "auditor_version": __version__,
+        **current_owner(),
         **fields,
     }
     with engine.begin() as conn:
@@ -39,21 +43,82 @@ def update_run(engine: Engine, run_id: int, **fields) -> None:
         conn.execute(runs.update().where(runs.c.id == run_id).values(**fields))
 
 
+def mark_phase(engine: Engine, run_id: int, phase: str) -> None:
+    """Record the phase a running scan has reached (and that it is alive)."""
+    update_run(engine, run_id, phase=phase, heartbeat_at=_now())
+
+
+def heartbeat(conn: Connection, run_id: int) -> None:
+    """Record, inside the caller's transaction, that the run's scan is writing now."""
+    conn.execute(runs.update().where(runs.c.id == run_id).values(heartbeat_at=_now()))
+
+
 def finish_run(engine: Engine, run_id: int, **fields) -> None:
     """Mark a run complete (the last write of a scan)."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    update_run(engine, run_id, status="complete", phase="done", finished_at=now, **fields)
+    now = _now()
+    update_run(
+        engine, run_id, status="complete", phase="done", finished_at=now, heartbeat_at=now, **fields
+    )
 
 
 def fail_run(engine: Engine, run_id: int, error: str, *, status: str = "failed") -> None:
     """Mark a run ``failed`` (or ``interrupted``) with the error that stopped it."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    update_run(engine, run_id, status=status, finished_at=now, error=error)
+    update_run(engine, run_id, status=status, finished_at=_now(), error=error)
 
 
 def restart_run(engine: Engine, run_id: int) -> None:
-    """Put an incomplete run back in status ``running`` (``auditor scan --resume``)."""
-    update_run(engine, run_id, status="running", finished_at=None, error=None)
+    """Put an incomplete run back in status ``running`` under this process
+    (``auditor scan --resume``)."""
+    update_run(engine, run_id, status="running", finished_at=None, error=None, **current_owner())
+
+
+def current_owner() -> dict:
+    """The ``owner_*`` and ``heartbeat_at`` columns for a run this process writes."""
+    return {
+        "owner_host": socket.gethostname(),
+        "owner_pid": os.getpid(),
+        "owner_start": _process_start(os.getpid()),
+        "heartbeat_at": _now(),
+    }
+
+
+def writer_state(run: dict) -> str:
+    """Whether the scan that owns a ``running`` run still runs: ``alive`` or ``gone``
+    (checked on this host by pid and process start time), or ``unknown`` (another host,
+    or a run written before owners were recorded). ``""`` for a run not ``running``."""
+    if run["status"] != "running":
+        return ""
+    if not run.get("owner_pid") or run.get("owner_host") != socket.gethostname():
+        return "unknown"
+    start = _process_start(run["owner_pid"])
+    if start is None:
+        return "gone"
+    recorded = run.get("owner_start")
+    return "alive" if not recorded or not start or recorded == start else "gone"
+
+
+def _process_start(pid: int) -> str | None:
+    """A token of when process ``pid`` started (``/proc/PID/stat`` field 22), ``""``
+    where ``/proc`` is not available but the process exists, ``None`` if there is none."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        # the command name (field 2) may hold spaces: split after its closing parenthesis
+        return stat.read_text().rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return ""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def get_run(engine: Engine, run_id: int, *, with_theta: bool = False) -> dict:

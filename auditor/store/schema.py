@@ -58,6 +58,12 @@ runs = Table(
     Column("warnings", JSON),
     Column("error", Text),
     Column("theta", LargeBinary),
+    # the process writing a running run (revision 0003): host name, pid, and its start
+    # time (so that a reused pid is not taken for the writer), and its last write
+    Column("owner_host", String(255)),
+    Column("owner_pid", Integer),
+    Column("owner_start", String(32)),
+    Column("heartbeat_at", DateTime),
 )
 
 points = Table(
