@@ -17,8 +17,7 @@ from auditor.hessian import HessianOperator
 from auditor.models import ModelTask
 from auditor.ranking import (
     FlagRule,
-    combined_flags,
-    flags_for,
+    flag_masks,
     influence_z,
     suspicion_tests,
     trimmed_mask,
@@ -83,10 +82,10 @@ def robust_ranking(
     weight_decay: float,
     solver: SolverArgs,
     rule: FlagRule,
+    loss: torch.Tensor,
+    harmfulness: torch.Tensor,
     fit_kwargs: dict | None = None,
     progress: Callable[[int], None] | None = None,
-    loss: torch.Tensor | None = None,
-    harmfulness: torch.Tensor | None = None,
 ) -> RobustRanking:
     """Self-influence and its influence z, refitting around suspected clusters of bad
     points (the last refit leaves out the points the flag rule would flag).
@@ -96,9 +95,9 @@ def robust_ranking(
         x, y: Training features ``(n, d)`` and targets ``(n,)``.
         predicted: The full model's predictions ``(n,)`` (for the mislabel rule).
         first_self_influence: Self-influence under the full fit ``(n,)``.
-        loss, harmfulness: Per-point training loss and harmfulness ``(n,)``. With both,
-            the last refit leaves out what :func:`~auditor.ranking.combined_flags` flags
-            (the scan's flags); without, what the influence z alone flags.
+        loss, harmfulness: Per-point training loss and harmfulness ``(n,)``: with them the
+            last refit leaves out what the scan's flags (:func:`~auditor.ranking.flag_masks`)
+            flag.
     """
     rule = rule.resolved(x.shape[0])
     z = influence_z(first_self_influence, rule.influence_scale)
@@ -128,12 +127,9 @@ def robust_ranking(
                 break
             previous = keep
             refit(keep)
-        if loss is not None and harmfulness is not None:
-            union = suspicion_tests(loss, harmfulness, si.cpu()).union
-            flags = combined_flags(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
-        else:
-            flags = flags_for(z, predicted, y, task, rule)
-        flagged = torch.tensor([bool(f) for f in flags], device=x.device)
+        union = suspicion_tests(loss, harmfulness, si.cpu()).union
+        mislabel, outlier = flag_masks(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
+        flagged = (mislabel | outlier).to(x.device)
         if flagged.any() and not flagged.all():
             refit(~flagged)
     return RobustRanking(si, z, refits, kept, diagnostics)

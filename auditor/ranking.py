@@ -21,7 +21,6 @@ The rule (documented in the README, thresholds overridable from the CLI):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 
@@ -196,15 +195,6 @@ def trimmed_mask(score: torch.Tensor, trim: float) -> torch.Tensor:
     return keep
 
 
-def flags_for(
-    z: torch.Tensor, predicted: torch.Tensor, targets: torch.Tensor, task: str, rule: FlagRule
-) -> list[list[str]]:
-    """The flags of each point (a list of strings per point) when one z ``(n,)`` decides
-    both: ``mislabel`` at ``mislabel_z`` with a disagreeing prediction, else ``outlier`` at
-    ``outlier_z`` (the masking refits' rule)."""
-    return _flag_lists(*_flag_masks(z, z, predicted, targets, task, rule.resolved(z.shape[0])))
-
-
 def combined_flags(
     union_z: torch.Tensor,
     influence: torch.Tensor,
@@ -213,30 +203,35 @@ def combined_flags(
     task: str,
     rule: FlagRule,
 ) -> list[list[str]]:
-    """Flags of the product's ranking: ``mislabel`` when the prediction disagrees with the
-    label and the strongest test ``union_z`` (:attr:`SuspicionTests.union`) ``(n,)``
-    reaches ``mislabel_z``; otherwise ``outlier`` when the masking-resistant influence z
-    ``influence`` ``(n,)`` reaches ``outlier_z`` (a cluster of outliers hides from the
-    loss but not from the refits) and ``union_z`` reaches ``outlier_support_z``."""
-    rule = rule.resolved(union_z.shape[0])
-    supported = torch.where(union_z >= rule.outlier_support_z, influence, -math.inf)
-    return _flag_lists(*_flag_masks(union_z, supported, predicted, targets, task, rule))
-
-
-def _flag_masks(mislabel_z, outlier_z, predicted, targets, task, rule):
-    """Boolean ``(n,)`` masks ``(mislabel, outlier)``; a mislabel is never an outlier."""
-    if task == "classification":
-        mislabel = predicted.ne(targets) & (mislabel_z >= rule.mislabel_z)
-    else:
-        mislabel = torch.zeros_like(mislabel_z, dtype=torch.bool)
-    return mislabel, ~mislabel & (outlier_z >= rule.outlier_z)
-
-
-def _flag_lists(mislabel: torch.Tensor, outlier: torch.Tensor) -> list[list[str]]:
+    """The flags of each point (a list of strings per point): see :func:`flag_masks`."""
+    mislabel, outlier = flag_masks(union_z, influence, predicted, targets, task, rule)
     return [
         ["mislabel"] if m else ["outlier"] if o else []
         for m, o in zip(mislabel.tolist(), outlier.tolist(), strict=True)
     ]
+
+
+def flag_masks(
+    union_z: torch.Tensor,
+    influence: torch.Tensor,
+    predicted: torch.Tensor,
+    targets: torch.Tensor,
+    task: str,
+    rule: FlagRule,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boolean masks ``(mislabel, outlier)``, each ``(n,)``: ``mislabel`` when the
+    prediction disagrees with the label and the strongest test ``union_z``
+    (:attr:`SuspicionTests.union`) reaches ``mislabel_z``; otherwise ``outlier`` when the
+    masking-resistant influence z ``influence`` reaches ``outlier_z`` (a cluster of
+    outliers hides from the loss but not from the refits) and ``union_z`` reaches
+    ``outlier_support_z``. Regression data has no mislabels."""
+    rule = rule.resolved(union_z.shape[0])
+    if task == "classification":
+        mislabel = predicted.ne(targets) & (union_z >= rule.mislabel_z)
+    else:
+        mislabel = torch.zeros_like(union_z, dtype=torch.bool)
+    outlier = (influence >= rule.outlier_z) & (union_z >= rule.outlier_support_z)
+    return mislabel, ~mislabel & outlier
 
 
 def ranks(score: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,6 @@ from auditor.ranking import (
     FlagRule,
     SuspicionTests,
     combined_flags,
-    flags_for,
     influence_z,
     normal_scores,
     suspicion_tests,
@@ -59,14 +58,6 @@ def test_flags_mislabel_before_outlier_and_only_with_support():
     # regression has no labels to flip
     got = combined_flags(union, influence, predicted, labels, "regression", rule)
     assert got == [[], ["outlier"], [], ["outlier"], []]
-    z = torch.tensor([5.0, 3.0, 2.9])
-    assert flags_for(
-        z, torch.tensor([1, 1, 1]), torch.tensor([0, 1, 0]), "classification", rule
-    ) == [
-        ["mislabel"],
-        ["outlier"],
-        [],
-    ]
 
 
 def test_scan_stores_the_threshold_it_applied_and_the_cli_takes_auto_or_a_number(tmp_path):
