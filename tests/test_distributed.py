@@ -6,6 +6,7 @@ thread count (the fit then differs in the last bits).
 """
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,38 @@ def test_two_gloo_ranks_equal_one_process_pair_for_pair(tmp_path, mnist_dir, exa
     assert_same_run(got, exact_reference)
     shares = [(r["test_columns"], r["train_columns"]) for r in got["solver"]["ranks"]]
     assert shares == [(256, 865), (177, 865)]
+
+
+@pytest.mark.slow
+def test_two_nodes_equal_one_process_pair_for_pair(tmp_path, mnist_dir, exact_reference):
+    """Two torchrun agents, one per "node" (``--nnodes 2 --node-rank 0|1``, static
+    rendezvous on loopback): every rank has LOCAL_RANK 0, as on two machines."""
+    db = str(tmp_path / "nodes.db")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("WORLD_SIZE", None)
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+            + ["--node-rank", str(rank), "--nproc-per-node", "1", "--master-addr", "127.0.0.1"]
+            + ["--master-port", str(port), "-m", "auditor"]
+            + [*mnist_args(mnist_dir, "--solver", "exact"), "--db", db],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    (out0, err0), (out1, err1) = (node.communicate(timeout=600) for node in nodes)
+    assert [n.returncode for n in nodes] == [0, 0], (err0[-2000:], err1[-2000:])
+    assert (out0.strip(), out1.strip()) == ("1", "")  # only the global rank 0 prints
+    got = run_state(db, 1)
+    assert_same_run(got, exact_reference)
+    assert [r["test_columns"] for r in got["solver"]["ranks"]] == [256, 177]
 
 
 @pytest.mark.slow
