@@ -76,11 +76,13 @@ class Bar:
 
 @dataclass
 class Threshold:
-    """A vertical line at a flag threshold."""
+    """A vertical line at a flag threshold; its label goes left of the line when the line
+    stands near the right edge (``label_left``), so that it is not cut off."""
 
     kind: str
     value: float
     px: float
+    label_left: bool = False
 
 
 @dataclass
@@ -257,7 +259,11 @@ def histogram(
     sx = _linear(lo, hi, box["left"], box["left"] + bins * slot)
     ticks = [1, 10, 100, 1000, 10000, 100000]
     y_ticks = [(box["bottom"], "0")] + [(sy(math.log1p(t)), str(t)) for t in ticks if t <= peak]
-    lines = [Threshold(k, v, sx(v)) for k, v in sorted(thresholds.items(), key=lambda kv: kv[1])]
+    right_quarter = box["left"] + 0.75 * (box["right"] - box["left"])
+    lines = [
+        Threshold(k, v, sx(v), label_left=sx(v) > right_quarter)
+        for k, v in sorted(thresholds.items(), key=lambda kv: kv[1])
+    ]
     return Histogram(
         width,
         height,

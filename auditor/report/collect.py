@@ -231,9 +231,9 @@ def _reason(record: dict, thresholds: dict[str, float]) -> str:
     if "mislabel" in record["flags"]:
         return (
             f"predicted {record['predicted']} ≠ given {record['label']} and "
-            f"strongest test z {_z(union)} ≥ {thresholds['mislabel']:g}"
+            f"strongest test z {_z(union)} ≥ {thresholds['mislabel']:.3g}"
         )
-    return f"influence z {_z(influence)} ≥ {thresholds['outlier']:g}"
+    return f"influence z {_z(influence)} ≥ {thresholds['outlier']:.3g}"
 
 
 def _z(value: float) -> str:
