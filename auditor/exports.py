@@ -24,6 +24,8 @@ EXPORT_FIELDS = [
     "suspicion",
     "rank",
     "flags",
+    "union_z",
+    "influence_z",
 ]
 
 
@@ -52,6 +54,8 @@ def train_records(engine: Engine, run_id: int) -> list[dict]:
             "suspicion": p["suspicion"],
             "rank": p["rank"],
             "flags": p["flags"] or [],
+            "union_z": p["union_z"],
+            "influence_z": p["influence_z"],
         }
         for p in points.read_points(engine, run_id, "train")
     ]

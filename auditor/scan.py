@@ -622,10 +622,20 @@ def _rank_and_finish(
             harm.tolist(),
             z.double().cpu().tolist(),
             rank.cpu().tolist(),
+            tests.union.tolist(),
+            ranked.z.double().cpu().tolist(),
             strict=True,
         )
-        for i, (row, (si, hm, sus, r)) in enumerate(zip(rows, values, strict=True)):
-            row.update(self_influence=si, harmfulness=hm, suspicion=sus, rank=r, flags=flags[i])
+        for i, (row, (si, hm, sus, r, uz, iz)) in enumerate(zip(rows, values, strict=True)):
+            row.update(
+                self_influence=si,
+                harmfulness=hm,
+                suspicion=sus,
+                rank=r,
+                flags=flags[i],
+                union_z=uz,
+                influence_z=iz,
+            )
         with deferred():
             points.write_points(engine, run_id, "train", rows)
 

@@ -90,8 +90,11 @@ def test_export_json_and_csv_agree_with_the_database(toy_db, runner, tmp_path):
         "harmfulness",
         "rank",
         "flags",
+        "union_z",
+        "influence_z",
     }
     assert required <= set(train[0])
+    assert all(r["influence_z"] is not None and r["union_z"] is not None for r in train)
     top2 = sorted(train, key=lambda r: r["rank"])[:2]
     assert {r["id"] for r in top2} == {"x=-4.5", "x=2.5"}
     assert all(r["flags"] == ["outlier"] for r in top2)
@@ -107,6 +110,7 @@ def test_export_json_and_csv_agree_with_the_database(toy_db, runner, tmp_path):
     assert len(rows) == 20
     assert rows[1]["flags"] == "outlier" and rows[1]["id"] == "x=-4.5"
     assert int(rows[1]["rank"]) == train[1]["rank"]
+    assert float(rows[1]["influence_z"]) == pytest.approx(train[1]["influence_z"])
 
 
 def test_mnist_scan_from_the_command_line(runner, tmp_path, mnist_dir):

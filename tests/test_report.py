@@ -287,13 +287,12 @@ def test_report_shows_detection_curves_of_an_evaluated_run(tmp_path, toy_db):
 
 
 @pytest.mark.parametrize("fixture", ["mnist_db", "toy_db"])
-def test_flag_tests_recomputed_by_the_report_reproduce_the_stored_flags(fixture, request):
+def test_stored_flag_tests_reproduce_the_flags_and_the_fallback_recomputes_them(fixture, request):
     db, engine, run_id = request.getfixturevalue(fixture)
     run = runs.get_run(engine, run_id)
     rule = FlagRule.from_dict(run["ranking"]["rule"])
     assert rule.influence_scale == "log" and rule.outlier_z is not None
     train = train_records(engine, run_id)
-    attach_flag_tests(train)
     for r in train:
         disagrees = run["task"] == "classification" and r["predicted"] != r["label"]
         mislabel = disagrees and r["union_z"] >= rule.mislabel_z
@@ -302,6 +301,12 @@ def test_flag_tests_recomputed_by_the_report_reproduce_the_stored_flags(fixture,
         )
         expected = ["mislabel"] if mislabel else ["outlier"] if outlier else []
         assert r["flags"] == expected, r
+    # runs stored before revision 0003 have no stored z-scores: the report recomputes them
+    old = [dict(r, union_z=None, influence_z=None) for r in train]
+    attach_flag_tests(old)
+    for a, b in zip(old, train, strict=True):
+        assert a["union_z"] == pytest.approx(b["union_z"], rel=1e-9, abs=1e-9)
+        assert a["influence_z"] == pytest.approx(b["influence_z"], rel=1e-9, abs=1e-9)
 
 
 def test_histogram_is_of_the_log_influence_with_the_outlier_threshold(tmp_path, toy_db):

@@ -205,12 +205,14 @@ def _thresholds(run: dict) -> dict[str, float]:
 
 
 def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
-    """Give each training record the two z-scores its flags were decided on, recomputed
-    from its stored loss, harmfulness and self-influence (the functions the scan used):
+    """Make sure each training record has the two z-scores its flags were decided on:
     ``union_z``, the strongest of the three tests (mislabel flags), and ``influence_z``,
-    the influence z after the masking refits (outlier flags) on the run's ``scale``."""
+    the influence z after the masking refits (outlier flags). Scans store both (revision
+    0003); for runs stored before, they are recomputed from the stored loss, harmfulness
+    and self-influence with the run's influence ``scale``."""
+    stored = all(r.get("union_z") is not None and r.get("influence_z") is not None for r in train)
     si = [r["self_influence"] for r in train]
-    if not train or any(v is None for v in si):
+    if not train or stored or any(v is None for v in si):
         return
     si_t = torch.tensor(si, dtype=torch.float64)
     influence = influence_z(si_t, scale).tolist()
@@ -226,14 +228,18 @@ def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
 
 def _reason(record: dict, thresholds: dict[str, float]) -> str:
     """Why a point was flagged, in words: the rule and the z-scores it compared."""
-    union = record.get("union_z", record["suspicion"])
-    influence = record.get("influence_z", record["suspicion"])
+    union = _first_known(record.get("union_z"), record["suspicion"])
+    influence = _first_known(record.get("influence_z"), record["suspicion"])
     if "mislabel" in record["flags"]:
         return (
             f"predicted {record['predicted']} ≠ given {record['label']} and "
             f"strongest test z {_z(union)} ≥ {thresholds['mislabel']:.3g}"
         )
     return f"influence z {_z(influence)} ≥ {thresholds['outlier']:.3g}"
+
+
+def _first_known(value: float | None, fallback: float) -> float:
+    return fallback if value is None else value
 
 
 def _z(value: float) -> str:

@@ -82,6 +82,9 @@ points = Table(
     Column("suspicion", Float),
     Column("rank", Integer),
     Column("flags", JSON),
+    # the flag rule's evidence (revision 0003): the strongest test's z and the influence z
+    Column("union_z", Float),
+    Column("influence_z", Float),
     Column("image", LargeBinary),  # raw uint8 pixels, shape in runs.image_shape
     Column("features", LargeBinary),  # float32, only for low-dimensional data
     sqlite_with_rowid=False,
