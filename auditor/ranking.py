@@ -13,7 +13,7 @@ The rule (documented in the README, thresholds overridable from the CLI):
    leave out the ``trim`` most suspicious fraction (concentration steps, as in least
    trimmed squares), and finally on a refit without the points flagged by step 3. Each
    point's score is then "how much its own loss depends on it, next to the clean data".
-3. Flags (:func:`combined_flags`): ``mislabel`` when the model predicts another class than
+3. Flags (:func:`flag_masks`): ``mislabel`` when the model predicts another class than
    the given label and the strongest test reaches ``mislabel_z``; ``outlier`` when the
    influence z after the refits reaches ``outlier_z`` and the point is not a mislabel.
    Regression data has no labels to flip: only outliers.
@@ -195,16 +195,9 @@ def trimmed_mask(score: torch.Tensor, trim: float) -> torch.Tensor:
     return keep
 
 
-def combined_flags(
-    union_z: torch.Tensor,
-    influence: torch.Tensor,
-    predicted: torch.Tensor,
-    targets: torch.Tensor,
-    task: str,
-    rule: FlagRule,
-) -> list[list[str]]:
-    """The flags of each point (a list of strings per point): see :func:`flag_masks`."""
-    mislabel, outlier = flag_masks(union_z, influence, predicted, targets, task, rule)
+def flag_lists(mislabel: torch.Tensor, outlier: torch.Tensor) -> list[list[str]]:
+    """The flags of each point as stored (a list of strings per point) from the boolean
+    masks ``(n,)`` of :func:`flag_masks`."""
     return [
         ["mislabel"] if m else ["outlier"] if o else []
         for m, o in zip(mislabel.tolist(), outlier.tolist(), strict=True)

@@ -65,7 +65,7 @@ from auditor.hessian import HessianOperator
 from auditor.influence import robust_ranking, self_influences
 from auditor.interrupts import deferred, interruptible, signals_ignored
 from auditor.models import ModelTask, build_model, default_model_name
-from auditor.ranking import combined_flags, ranks, suspicion_tests
+from auditor.ranking import flag_lists, flag_masks, ranks, suspicion_tests
 from auditor.scoring import pair_score_chunks
 from auditor.solvers import solve
 from auditor.sources.idx import find_pairs
@@ -608,13 +608,15 @@ def _rank_and_finish(
         z = tests.combined
         _check_finite(z.cpu().numpy(), "suspicion scores")
         rank = ranks(z)
-        flags = combined_flags(
-            tests.union,
-            ranked.z,
-            train_out["predicted"].cpu(),
-            d.y.cpu(),
-            train.task,
-            rule,
+        flags = flag_lists(
+            *flag_masks(
+                tests.union,
+                ranked.z.cpu(),
+                train_out["predicted"].cpu(),
+                d.y.cpu(),
+                train.task,
+                rule,
+            )
         )
         rows = _point_rows(train, train_out)
         values = zip(

@@ -13,7 +13,8 @@ from auditor.config import ScanConfig
 from auditor.ranking import (
     FlagRule,
     SuspicionTests,
-    combined_flags,
+    flag_lists,
+    flag_masks,
     influence_z,
     normal_scores,
     suspicion_tests,
@@ -53,10 +54,10 @@ def test_flags_mislabel_before_outlier_and_only_with_support():
     influence = torch.tensor([0.0, 9.0, 9.0, 3.0, 9.0])
     predicted = torch.tensor([1, 1, 0, 0, 0])
     labels = torch.tensor([0, 0, 0, 0, 0])
-    got = combined_flags(union, influence, predicted, labels, "classification", rule)
+    got = flag_lists(*flag_masks(union, influence, predicted, labels, "classification", rule))
     assert got == [["mislabel"], ["mislabel"], [], ["outlier"], []]
     # regression has no labels to flip
-    got = combined_flags(union, influence, predicted, labels, "regression", rule)
+    got = flag_lists(*flag_masks(union, influence, predicted, labels, "regression", rule))
     assert got == [[], ["outlier"], [], ["outlier"], []]
 
 
