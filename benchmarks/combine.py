@@ -2,7 +2,7 @@
 
 Run from the repository root (MNIST idx files in ../shared/data/mnist by default)::
 
-    python benchmarks/combine.py                       # design seeds: about 3 minutes
+    python benchmarks/combine.py                       # design seeds: 4-7 minutes
     python benchmarks/combine.py --seeds 0,1,2 --cnn-seeds 0,1,2   # the evaluation seeds
 
 Scans every setting of ``benchmarks/detection.py`` once per seed (cached as ``.npz`` in
