@@ -150,7 +150,7 @@ class CNN(ModelTask):
         return self.head.loss_hessian(theta, z, y)
 
     # --- training ----------------------------------------------------------------------
-    def init_body_and_head(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    def _init_body_and_head(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
         """Random starting parameters of the whole network ``(n_body + n_head,)``."""
         parts = []
         for key, shape in self.shapes.items():
@@ -165,12 +165,25 @@ class CNN(ModelTask):
         head = torch.randn(self.n_head, generator=generator, dtype=dtype) / math.sqrt(self.hidden)
         return torch.cat([*parts, head])
 
-    def init_params(self, generator, dtype):
-        full = self.init_body_and_head(generator, dtype)
-        if self.params == "last":
-            self.body_theta = full[: self.n_body]
-            return full[self.n_body :]
-        return full
+    @property
+    def has_closed_form_hessian(self) -> bool:
+        """Only the head's Hessian has a closed form (``params="last"``)."""
+        return self.params == "last"
+
+    def fitted_state(self, theta: torch.Tensor) -> torch.Tensor:
+        """``[input_scale, body (params="last" only), theta]``: a resumed run or another
+        rank rebuilds the same network from it."""
+        body = self.body_theta if self.params == "last" else theta[:0]
+        return torch.cat([theta.new_tensor([self.input_scale]), body.to(theta), theta])
+
+    def load_fitted_state(self, state: torch.Tensor) -> torch.Tensor | None:
+        body = self.n_body if self.params == "last" else 0
+        if state.numel() != 1 + body + self.n_params:
+            return None
+        self.input_scale = float(state[0])
+        if body:
+            self.body_theta = state[1 : 1 + body].clone()
+        return state[1 + body :].clone()
 
     def pretrain(
         self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int
@@ -180,8 +193,10 @@ class CNN(ModelTask):
         whose body is frozen here)."""
         gen = torch.Generator().manual_seed(seed)
         std = float(x.std())
-        self.input_scale = 1.0 / std if std > 0 else 1.0
-        theta = self.init_body_and_head(gen, x.dtype).to(x.device).requires_grad_(True)
+        # rounded to the data's dtype, in which it scales them anyway: the stored state
+        # (in that dtype) then rebuilds the network bit for bit
+        self.input_scale = float(torch.tensor(1.0 / std if std > 0 else 1.0, dtype=x.dtype))
+        theta = self._init_body_and_head(gen, x.dtype).to(x.device).requires_grad_(True)
         saved, self.params = self.params, "all"
         optimizer = torch.optim.Adam([theta], lr=self.lr)
         n = x.shape[0]

@@ -71,6 +71,17 @@ class ModelTask(ABC):
         (the default) to start from :meth:`init_params`. Deep models override it."""
         return None
 
+    def fitted_state(self, theta: torch.Tensor) -> torch.Tensor:
+        """Everything a fit determined, as one vector: the run stores it and torchrun
+        ranks receive it. ``theta`` itself, unless the model keeps fitted state outside
+        it (the CNN's frozen body and input scale)."""
+        return theta
+
+    def load_fitted_state(self, state: torch.Tensor) -> torch.Tensor | None:
+        """Adopt a :meth:`fitted_state` vector and return ``theta`` ``(p,)``, or ``None``
+        when ``state`` does not belong to this model (then fit again)."""
+        return state if state.numel() == self.n_params else None
+
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)

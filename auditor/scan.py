@@ -339,11 +339,12 @@ def _stored_fit(run: dict, model: ModelTask, config: ScanConfig) -> FitResult | 
     metrics = run["metrics"] or {}
     if not run["theta"] or "grad_norm" not in metrics:
         return None
-    theta = runs.theta_from_bytes(run["theta"], config.model.dtype)
-    if theta.numel() != model.n_params:
+    state = runs.theta_from_bytes(run["theta"], config.model.dtype)
+    theta = model.load_fitted_state(state.to(torch_device(config.device)))
+    if theta is None:  # stored by an older auditor without the model's fitted state
         return None
     return FitResult(
-        theta=theta.to(torch_device(config.device)),
+        theta=theta,
         risk=metrics["risk"],
         grad_norm=metrics["grad_norm"],
         iterations=metrics["fit_iterations"],
@@ -373,7 +374,7 @@ def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress
         fitted, outputs = comm.root_step(
             _fit_phase, engine, run_id, config, model, train, test, d, stored, warnings
         ) or (None, None)
-        theta = _shared_theta(comm, fitted, config, d.x.device)
+        theta = _shared_theta(comm, fitted, model, config, d.x.device)
     plan = _plan_blocks(comm, engine, run_id, len(test), config.score_chunk, stored)
     with phases("gradients"):
         train_grads = per_example_grads(model, theta, d.x, d.y)
@@ -484,19 +485,25 @@ def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, war
     if stored is None:
         with deferred():
             runs.update_run(
-                engine, run_id, theta=runs.theta_bytes(fitted.theta), metrics=_fit_metrics(fitted)
+                engine,
+                run_id,
+                theta=runs.theta_bytes(model.fitted_state(fitted.theta)),
+                metrics=_fit_metrics(fitted),
             )
     return fitted, (train_out, test_out)
 
 
-def _shared_theta(comm: Comm, fitted: FitResult | None, config, device) -> torch.Tensor:
-    """Rank 0's fitted parameters ``(p,)`` on every rank, bit for bit."""
+def _shared_theta(comm: Comm, fitted: FitResult | None, model, config, device) -> torch.Tensor:
+    """Rank 0's fitted parameters ``(p,)`` on every rank, bit for bit (with the model's
+    fitted state outside them, such as the CNN's frozen body)."""
     if comm.world == 1:
         return fitted.theta
-    blob = comm.broadcast(runs.theta_bytes(fitted.theta) if comm.is_root else None)
-    return (
-        fitted.theta if comm.is_root else runs.theta_from_bytes(blob, config.model.dtype).to(device)
+    blob = comm.broadcast(
+        runs.theta_bytes(model.fitted_state(fitted.theta)) if comm.is_root else None
     )
+    if comm.is_root:
+        return fitted.theta
+    return model.load_fitted_state(runs.theta_from_bytes(blob, config.model.dtype).to(device))
 
 
 def _solve(op: HessianOperator, columns: torch.Tensor, args) -> tuple[torch.Tensor, dict | None]:

@@ -66,6 +66,21 @@ def test_last_layer_fit_is_an_optimum_of_the_head(small_digits):
     assert torch.equal(model.body_theta, body)
 
 
+@pytest.mark.parametrize("params", ["all", "last"])
+def test_the_fitted_state_rebuilds_the_same_network(small_digits, params):
+    """What a run stores (and a rank receives) holds the input scale and, for ``last``,
+    the frozen body: a fresh model loaded from it computes the same outputs."""
+    x, y = small_digits
+    model = tiny(params)
+    theta = fit(model, x, y, 1e-2, seed=0).theta
+    fresh = tiny(params)
+    loaded = fresh.load_fitted_state(model.fitted_state(theta))
+    assert torch.equal(loaded, theta) and fresh.input_scale == model.input_scale != 1.0
+    assert torch.equal(fresh.outputs(loaded, x), model.outputs(theta, x))
+    assert fresh.load_fitted_state(theta) is None  # theta alone (an older run): fit again
+    assert model.has_closed_form_hessian == (params == "last")
+
+
 def test_cnn_needs_images():
     with pytest.raises(ConfigError, match="at least 16x16"):
         CNN((1, 8, 8), 2)

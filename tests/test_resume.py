@@ -188,3 +188,24 @@ def test_a_second_scan_resuming_the_same_run_is_detected(finished):
         resume(engine, 1, progress=other_scan_writes_ahead)
     run = runs.get_run(engine, 1)
     assert run["status"] == "failed" and "another scan" in run["error"]
+
+
+@pytest.mark.slow
+def test_a_cnn_run_resumes_from_its_stored_network(tmp_path, mnist_dir):
+    """The CNN keeps fitted state outside theta (the frozen body, the input scale); the run
+    stores it with theta, so a resume scores the missing blocks with the same network."""
+    db = str(tmp_path / "cnn.db")
+    args = ["scan", "--train", str(mnist_dir), "--classes", "1,7", "--test-split", "0.05"]
+    args += ["--model", "cnn", "--epochs", "1", "--hidden", "8", "--trim", "0"]
+    args += ["--chunk", "32", "--solver", "exact", "--db", db]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    scores = pairs.read_pair_scores(engine, 1)
+    crash(engine, keep_blocks_below=64)
+    resumed = invoke("scan", "--resume", "1", "--db", db)
+    assert resumed.exit_code == 0, resumed.output
+    got = pairs.read_pair_scores(engine, 1)
+    np.testing.assert_array_equal(got[:64], scores[:64])
+    np.testing.assert_allclose(got[64:], scores[64:], rtol=1e-5, atol=1e-7)
+    assert runs.get_run(engine, 1)["status"] == "complete"
