@@ -76,7 +76,9 @@ def parse_number(cell: str, path: Path, line: int, row: int, column: str) -> flo
         value = float(cell)
     except ValueError:
         raise DataError(f"{where}: {cell!r} is not a number") from None
-    if not np.isfinite(value) or not np.isfinite(np.float32(value)):
+    with np.errstate(over="ignore"):  # just above float32's range: inf, refused below
+        as_float32 = np.float32(value)
+    if not np.isfinite(value) or not np.isfinite(as_float32):
         raise DataError(f"{where}: non-finite value {cell!r} (NaN or inf, or too large)")
     return value
 
