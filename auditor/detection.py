@@ -72,7 +72,7 @@ def detection_curve(
     n, m1 = is_fault.size, max(int(is_fault.sum()), 1)
     found = np.r_[0, np.cumsum(is_fault[top_order(scores)])] / m1
     shares = np.linspace(0.0, 1.0, points)
-    return shares.tolist(), found[np.ceil(shares * n - 1e-9).astype(int)].tolist()
+    return shares.tolist(), [float(found[checked_count(s, n)]) for s in shares]
 
 
 def mean_spread(values: Sequence[float]) -> tuple[float, float]:

@@ -270,8 +270,8 @@ def shared_operator(
         h = comm.broadcast_tensor(h, (op.p, op.p), theta.dtype)
         op.use_loss_hessian(h)
     if args.solver == "lissa":
-        value = comm.root_step(op.max_eigenvalue, 30, args.seed)
-        op.use_max_eigenvalue(comm.broadcast(value), 30, args.seed)
+        value = comm.root_step(lambda: op.max_eigenvalue(seed=args.seed))
+        op.use_max_eigenvalue(comm.broadcast(value), seed=args.seed)
     return op
 
 

@@ -8,7 +8,6 @@ import click
 
 from auditor.cli_common import db_option, dispose_on_close, handle_errors
 from auditor.cli_options import Bars, scan_config, scan_options
-from auditor.errors import ConfigError
 from auditor.evaluate import EvalArgs, evaluation_dict, format_table
 from auditor.evaluate import evaluate as run_evaluate
 from auditor.faults import FaultSpec
@@ -84,15 +83,12 @@ def evaluate(**opts) -> None:
     config = scan_config(opts)
     if opts["faults"] == "none" and opts["fix"]:
         opts["fix"] = False  # nothing to fix
-    try:
-        args = EvalArgs(
-            faults=FaultSpec.parse(opts["faults"], opts["rate"]),
-            seeds=opts["seeds"],
-            fractions=opts["checked"],
-            fix=opts["fix"],
-        )
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    args = EvalArgs(  # a ConfigError here is a usage error (handle_errors)
+        faults=FaultSpec.parse(opts["faults"], opts["rate"]),
+        seeds=opts["seeds"],
+        fractions=opts["checked"],
+        fix=opts["fix"],
+    )
     engine = dispose_on_close(open_db(opts["db"]))
     bars = Bars()
     try:

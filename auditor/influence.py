@@ -99,7 +99,6 @@ def robust_ranking(
             last refit leaves out what the scan's flags (:func:`~auditor.ranking.flag_masks`)
             flag.
     """
-    rule = rule.resolved(x.shape[0])
     z = influence_z(first_self_influence, rule.influence_scale)
     si = first_self_influence
     diagnostics: list[dict] = []

@@ -432,9 +432,10 @@ def _plan_blocks(comm: Comm, engine, run_id: int, n_test: int, chunk: int, store
     blocks = test_blocks(n_test, chunk)
     pending = [b for b in blocks if not all(j in done for j in range(*b))]
     mine = shard(pending, comm.rank, comm.world)
+    is_pending = set(pending)
     if comm.is_root:
-        mine = sorted(mine + [b for b in blocks if b not in pending])
-    return _BlockPlan(done, pending, mine, [b for b in mine if b in pending])
+        mine = sorted(mine + [b for b in blocks if b not in is_pending])
+    return _BlockPlan(done, pending, mine, [b for b in mine if b in is_pending])
 
 
 def _test_gradients(model: ModelTask, theta, d: _Data, blocks: list[Block]) -> torch.Tensor:
@@ -561,7 +562,7 @@ def _score_and_store(
     harm = np.zeros(train_grads.shape[0], dtype=np.float64)
     total = sum(j1 - j0 for j0, j1 in plan.mine)
     scored = 0
-    blocks = _score_blocks(engine, run_id, train_grads, test_ihvps, plan.mine, plan.pending)
+    blocks = _score_blocks(engine, run_id, train_grads, test_ihvps, plan.mine, set(plan.to_solve))
     for j0, scores, fresh in phases.timed_iter("pair_scores", blocks):
         if fresh:
             with phases("storage", mark=False):
@@ -590,6 +591,7 @@ def _rank_and_finish(
     the run complete, its last write."""
     train_out, test_out = outputs
     rule = config.rule.resolved(len(train))
+    loss, harmfulness = train_out["loss"].cpu(), torch.from_numpy(harm)
     with phases("ranking"):
         _check_finite(first.cpu().numpy(), "self-influence")  # before the refits spend time
         _check_finite(harm, "harmfulness")
@@ -606,19 +608,20 @@ def _rank_and_finish(
             rule=rule,
             fit_kwargs=config.model.fit_kwargs(),
             progress=_counter(progress, "ranking refits", rule.rounds + 1),
-            loss=train_out["loss"].cpu(),
-            harmfulness=torch.from_numpy(harm),
+            loss=loss,
+            harmfulness=harmfulness,
         )
-        self_influence = ranked.self_influence.cpu()
-        _check_finite(self_influence.numpy(), "self-influence")
-        tests = suspicion_tests(train_out["loss"].cpu(), torch.from_numpy(harm), self_influence)
+        self_influence, influence = ranked.self_influence.cpu(), ranked.z.cpu()
+        if ranked.refits:  # else it is ``first``, checked above
+            _check_finite(self_influence.numpy(), "self-influence")
+        tests = suspicion_tests(loss, harmfulness, self_influence)
         z = tests.combined
-        _check_finite(z.cpu().numpy(), "suspicion scores")
+        _check_finite(z.numpy(), "suspicion scores")
         rank = ranks(z)
         flags = flag_lists(
             *flag_masks(
                 tests.union,
-                ranked.z.cpu(),
+                influence,
                 train_out["predicted"].cpu(),
                 d.y.cpu(),
                 train.task,
@@ -629,10 +632,10 @@ def _rank_and_finish(
         values = zip(
             self_influence.double().tolist(),
             harm.tolist(),
-            z.double().cpu().tolist(),
-            rank.cpu().tolist(),
+            z.double().tolist(),
+            rank.tolist(),
             tests.union.tolist(),
-            ranked.z.double().cpu().tolist(),
+            influence.double().tolist(),
             strict=True,
         )
         for i, (row, (si, hm, sus, r, uz, iz)) in enumerate(zip(rows, values, strict=True)):
@@ -685,14 +688,14 @@ def _score_blocks(
     train_grads: torch.Tensor,
     test_ihvps: torch.Tensor,
     blocks: list[Block],
-    pending: list[Block],
+    to_solve: set[Block],
 ) -> Iterator[tuple[int, np.ndarray, bool]]:
     """``(j0, scores, fresh)`` per block ``[j0, j1)`` of ``blocks``: ``scores`` is the
     ``(c, n_train)`` float32 block, computed from the next ``c`` columns of ``test_ihvps``
-    and checked finite for a ``pending`` block (``fresh``), read back otherwise."""
+    and checked finite for a block of ``to_solve`` (``fresh``), read back otherwise."""
     column = 0
     for j0, j1 in blocks:
-        if (j0, j1) not in pending:
+        if (j0, j1) not in to_solve:
             with deferred():
                 stored = pairs.read_test_range(engine, run_id, j0, j1)
             yield j0, stored, False

@@ -27,7 +27,7 @@ from detection import MNIST, settings
 
 from auditor import detection
 from auditor.faults import inject
-from auditor.ranking import normal_scores, robust_z
+from auditor.ranking import suspicion_tests
 from auditor.scan import load_data, scan
 from auditor.store import open_db, points
 
@@ -74,16 +74,10 @@ def candidate_rules() -> dict:
 
 
 def tests(d: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    def z(v):
-        return robust_z(torch.from_numpy(v)).numpy()
-
-    harm = torch.from_numpy(d["harm"])
-    return (
-        z(np.log(np.maximum(d["loss"], 1e-300))),
-        z(np.log(np.maximum(np.abs(d["si"]), 1e-300))),
-        z(d["harm"]),
-        normal_scores(harm).numpy(),
-    )
+    """The scan's tests (:func:`auditor.ranking.suspicion_tests`) as arrays ``(n,)``:
+    log-loss z, influence z, harmfulness z and harmfulness's normal score."""
+    t = suspicion_tests(*(torch.from_numpy(d[k]) for k in ("loss", "harm", "si")))
+    return tuple(v.numpy() for v in (t.loss, t.influence, t.harm, t.harm_score))
 
 
 def metrics(score: np.ndarray, fault: np.ndarray) -> np.ndarray:

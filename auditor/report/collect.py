@@ -82,10 +82,8 @@ class ReportView:
     run: dict  # exports.run_summary
     cards: list[Card]
     warnings: list[str]
-    thresholds: dict[str, float]  # flag kind -> robust z threshold
     rows: list[FlaggedRow]
     n_flagged: int
-    top: int
     tests: list[TestPanel]
     tests_chosen: bool  # True when --test-index picked them
     histogram: charts.Histogram | None
@@ -121,8 +119,9 @@ def collect(
             )
     train = train_records(engine, run_id)
     test = points.read_points(engine, run_id, "test")
-    thresholds = _thresholds(run)
-    scale = _rule(run).influence_scale
+    rule = _rule(run)
+    thresholds = _thresholds(rule, run["task"])
+    scale = rule.influence_scale
     attach_flag_tests(train, scale)
 
     flagged = sorted((r for r in train if r["flags"]), key=lambda r: r["rank"])
@@ -153,12 +152,10 @@ def collect(
     features = _all_features(engine, run_id, run) if tabular_regression else None
     view = ReportView(
         run=run_summary(run),
-        cards=_cards(run, len(flagged)),
+        cards=_cards(run, rule, len(flagged)),
         warnings=list(run["warnings"] or []),
-        thresholds=thresholds,
         rows=rows,
         n_flagged=len(flagged),
-        top=top,
         tests=panels,
         tests_chosen=bool(chosen),
         histogram=_histogram(train, thresholds, scale),
@@ -196,10 +193,9 @@ def _rule(run: dict) -> FlagRule:
     return FlagRule.from_dict((run["ranking"] or {}).get("rule") or run["config"]["rule"])
 
 
-def _thresholds(run: dict) -> dict[str, float]:
-    rule = _rule(run)
+def _thresholds(rule: FlagRule, task: str) -> dict[str, float]:
     out = {"outlier": rule.outlier_z}
-    if run["task"] == "classification":
+    if task == "classification":
         out["mislabel"] = rule.mislabel_z
     return out
 
@@ -394,11 +390,10 @@ def _scatter(
     )
 
 
-def _cards(run: dict, n_flagged: int) -> list[Card]:
-    """The header: data, model, solver, flag rule, time per phase."""
+def _cards(run: dict, rule: FlagRule, n_flagged: int) -> list[Card]:
+    """The header: data, model, solver, flag rule (as applied), time per phase."""
     m, s = run["metrics"] or {}, run["solver"] or {}
     ranking = run["ranking"] or {}
-    rule = ranking.get("rule") or run["config"]["rule"]
     cfg = run["config"]
     data = [Fact("dataset", run["dataset"]), Fact("task", run["task"])]
     data += [
@@ -442,13 +437,13 @@ def _cards(run: dict, n_flagged: int) -> list[Card]:
     rule_facts = [
         Fact(
             "outlier",
-            f"{INFLUENCE_LABELS[_rule(run).influence_scale]} ≥ {rule['outlier_z']:.3g}"
+            f"{INFLUENCE_LABELS[rule.influence_scale]} ≥ {rule.outlier_z:.3g}"
             + (f" (calibrated to {run['n_train']:,} points)" if calibrated else ""),
         )
     ]
     if run["task"] == "classification":
-        rule_facts.append(Fact("mislabel", f"z ≥ {rule['mislabel_z']:g} and prediction ≠ label"))
-    rule_facts.append(Fact("trim", f"{rule['trim']:g} ({ranking.get('refits', 0)} refits)"))
+        rule_facts.append(Fact("mislabel", f"z ≥ {rule.mislabel_z:g} and prediction ≠ label"))
+    rule_facts.append(Fact("trim", f"{rule.trim:g} ({ranking.get('refits', 0)} refits)"))
     rule_facts.append(
         Fact("flagged", f"{n_flagged:,}" + "".join(f" · {n} {k}" for k, n in sorted(flags.items())))
     )

@@ -81,7 +81,7 @@ def read_test_scores(engine: Engine, run_id: int, test_idx: int) -> np.ndarray:
 
 def read_train_scores(engine: Engine, run_id: int, train_idx: int) -> np.ndarray:
     """Scores of one training point on every test point: ``(n_test,)`` (streamed)."""
-    return read_train_columns(engine, run_id, [train_idx])[:, 0]
+    return read_slices(engine, run_id, (), [train_idx])[1][:, 0]
 
 
 def read_slices(
@@ -99,16 +99,6 @@ def read_slices(
             rows[j] = block[j - j0].copy()
     columns = np.concatenate(parts) if parts else np.zeros((0, len(index)), dtype=DTYPE)
     return rows, columns
-
-
-def read_train_columns(engine: Engine, run_id: int, train_idxs: Sequence[int]) -> np.ndarray:
-    """Scores of some training points on every test point: ``(n_test, len(train_idxs))``,
-    read one block of test points at a time (never the whole matrix)."""
-    index = np.asarray(train_idxs, dtype=np.int64)
-    parts = [block[:, index] for _, block in iter_pair_blocks(engine, run_id)]
-    if not parts:
-        return np.zeros((0, len(index)), dtype=DTYPE)
-    return np.concatenate(parts)
 
 
 def stored_test_indexes(engine: Engine, run_id: int) -> set[int]:
