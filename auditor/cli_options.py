@@ -42,209 +42,110 @@ def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def _option(*decls: str, **attrs) -> tuple[str, object]:
+    """A ``(--name, click.option)`` entry of the table: the name selects it in
+    :func:`scan_options`'s ``without``."""
+    return decls[0], click.option(*decls, **attrs)
+
+
 _SCAN_OPTIONS: list[tuple[str, object]] = [
-    (
+    _option(
         "--train",
-        click.option(
-            "--train",
-            "train",
-            metavar="DATA",
-            help="toy-linear, an idx or image folder, a .csv or .npz.",
-        ),
+        "train",
+        metavar="DATA",
+        help="toy-linear, an idx or image folder, a .csv or .npz.",
     ),
-    (
-        "--test",
-        click.option("--test", "test", metavar="DATA", help="Test data (same kinds as --train)."),
-    ),
-    (
-        "--test-split",
-        click.option(
-            "--test-split", type=float, help="Hold out this fraction of --train as test points."
-        ),
-    ),
-    (
-        "--seed",
-        click.option(
-            "--seed", type=int, default=0, show_default=True, help="Seeds the split and sampling."
-        ),
-    ),
-    (
-        "--classes",
-        click.option(
-            "--classes", callback=_classes, help="Keep these classes, e.g. 1,7 (binary task)."
-        ),
-    ),
-    (
+    _option("--test", "test", metavar="DATA", help="Test data (same kinds as --train)."),
+    _option("--test-split", type=float, help="Hold out this fraction of --train as test points."),
+    _option("--seed", type=int, default=0, show_default=True, help="Seeds the split and sampling."),
+    _option("--classes", callback=_classes, help="Keep these classes, e.g. 1,7 (binary task)."),
+    _option(
         "--normalize",
-        click.option(
-            "--normalize",
-            type=click.Choice(["unit", "none"]),
-            default="unit",
-            show_default=True,
-            help="Scale each image to unit L2 norm, or keep pixels in [0, 1].",
-        ),
+        type=click.Choice(["unit", "none"]),
+        default="unit",
+        show_default=True,
+        help="Scale each image to unit L2 norm, or keep pixels in [0, 1].",
     ),
-    (
-        "--resize",
-        click.option(
-            "--resize", callback=_resize, metavar="HxW", help="Resize images of different sizes."
-        ),
-    ),
-    (
-        "--download",
-        click.option(
-            "--download", type=click.Choice(["mnist"]), help="Fetch MNIST through torchvision."
-        ),
-    ),
-    (
+    _option("--resize", callback=_resize, metavar="HxW", help="Resize images of different sizes."),
+    _option("--download", type=click.Choice(["mnist"]), help="Fetch MNIST through torchvision."),
+    _option(
         "--download-root",
-        click.option(
-            "--download-root",
-            default="data",
-            show_default=True,
-            help="Where --download stores files.",
-        ),
+        default="data",
+        show_default=True,
+        help="Where --download stores files.",
     ),
-    (
+    _option(
         "--model",
-        click.option(
-            "--model",
-            type=click.Choice(list(MODEL_NAMES)),
-            help="Default: linear for a numeric target, logistic for labels; cnn for images.",
-        ),
+        type=click.Choice(list(MODEL_NAMES)),
+        help="Default: linear for a numeric target, logistic for labels; cnn for images.",
     ),
-    (
-        "--weight-decay",
-        click.option(
-            "--weight-decay", type=float, default=0.01, show_default=True, help="L2 coefficient."
-        ),
+    _option("--weight-decay", type=float, default=0.01, show_default=True, help="L2 coefficient."),
+    _option(
+        "--hidden", type=int, default=32, show_default=True, help="Hidden units of --model mlp."
     ),
-    (
-        "--hidden",
-        click.option(
-            "--hidden", type=int, default=32, show_default=True, help="Hidden units of --model mlp."
-        ),
-    ),
-    (
+    _option(
         "--params",
-        click.option(
-            "--params",
-            type=click.Choice(["last", "all"]),
-            default="last",
-            show_default=True,
-            help="--model cnn: influence over the last layer only, or over all weights.",
-        ),
+        type=click.Choice(["last", "all"]),
+        default="last",
+        show_default=True,
+        help="--model cnn: influence over the last layer only, or over all weights.",
     ),
-    (
-        "--epochs",
-        click.option(
-            "--epochs", type=int, default=8, show_default=True, help="Adam epochs of --model cnn."
-        ),
-    ),
-    (
+    _option("--epochs", type=int, default=8, show_default=True, help="Adam epochs of --model cnn."),
+    _option(
         "--dtype",
-        click.option(
-            "--dtype",
-            type=click.Choice(["float32", "float64"]),
-            default="float32",
-            show_default=True,
-        ),
+        type=click.Choice(["float32", "float64"]),
+        default="float32",
+        show_default=True,
     ),
-    (
+    _option(
         "--solver",
-        click.option(
-            "--solver",
-            type=click.Choice(["lissa", "exact", "cg"]),
-            default="lissa",
-            show_default=True,
-        ),
+        type=click.Choice(["lissa", "exact", "cg"]),
+        default="lissa",
+        show_default=True,
     ),
-    (
-        "--damping",
-        click.option(
-            "--damping", type=float, default=0.0, show_default=True, help="Added to the Hessian."
-        ),
-    ),
-    (
-        "--scale",
-        click.option(
-            "--scale", type=float, help="LiSSA scale (default: from the largest eigenvalue)."
-        ),
-    ),
-    (
-        "--depth",
-        click.option(
-            "--depth", type=int, default=5000, show_default=True, help="Most LiSSA steps."
-        ),
-    ),
-    (
-        "--repeats",
-        click.option(
-            "--repeats", type=int, default=1, show_default=True, help="LiSSA repeats averaged."
-        ),
-    ),
-    (
-        "--batch-size",
-        click.option("--batch-size", type=int, help="LiSSA minibatch size (default: all points)."),
-    ),
-    (
-        "--tol",
-        click.option(
-            "--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual."
-        ),
-    ),
-    (
+    _option("--damping", type=float, default=0.0, show_default=True, help="Added to the Hessian."),
+    _option("--scale", type=float, help="LiSSA scale (default: from the largest eigenvalue)."),
+    _option("--depth", type=int, default=5000, show_default=True, help="Most LiSSA steps."),
+    _option("--repeats", type=int, default=1, show_default=True, help="LiSSA repeats averaged."),
+    _option("--batch-size", type=int, help="LiSSA minibatch size (default: all points)."),
+    _option("--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual."),
+    _option(
         "--self-influence",
-        click.option(
-            "--self-influence",
-            type=click.Choice(["auto", "same"]),
-            default="auto",
-            show_default=True,
-            help="Ranking self-influences: auto = exact Cholesky when the dense Hessian is "
-            "affordable, else --solver; same = always --solver.",
-        ),
+        type=click.Choice(["auto", "same"]),
+        default="auto",
+        show_default=True,
+        help="Ranking self-influences: auto = exact Cholesky when the dense Hessian is "
+        "affordable, else --solver; same = always --solver.",
     ),
-    (
+    _option(
         "--outlier-z",
-        click.option(
-            "--outlier-z",
-            default="auto",
-            show_default=True,
-            callback=_auto_or_float,
-            help="Flag outlier at this robust z of log |self-influence| (auto: calibrated "
-            "to the number of training points).",
-        ),
+        default="auto",
+        show_default=True,
+        callback=_auto_or_float,
+        help="Flag outlier at this robust z of log |self-influence| (auto: calibrated "
+        "to the number of training points).",
     ),
-    (
+    _option(
         "--mislabel-z",
-        click.option(
-            "--mislabel-z",
-            type=float,
-            default=FlagRule.mislabel_z,
-            show_default=True,
-            help="Flag mislabel at this z when the prediction disagrees.",
-        ),
+        type=float,
+        default=FlagRule.mislabel_z,
+        show_default=True,
+        help="Flag mislabel at this z when the prediction disagrees.",
     ),
-    (
+    _option(
         "--trim",
-        click.option(
-            "--trim",
-            type=float,
-            default=FlagRule.trim,
-            show_default=True,
-            help="Fraction left out of the masking refits (0: no refits).",
-        ),
+        type=float,
+        default=FlagRule.trim,
+        show_default=True,
+        help="Fraction left out of the masking refits (0: no refits).",
     ),
-    ("--device", click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")),
-    (
+    _option("--device", default="cpu", show_default=True, help="cpu or cuda."),
+    _option(
         "--chunk",
-        click.option(
-            "--chunk",
-            type=click.IntRange(min=1),
-            default=256,
-            show_default=True,
-            help="Test points per committed block of pair scores (work lost at most on a crash).",
-        ),
+        type=click.IntRange(min=1),
+        default=256,
+        show_default=True,
+        help="Test points per committed block of pair scores (work lost at most on a crash).",
     ),
 ]
 
