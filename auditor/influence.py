@@ -58,7 +58,7 @@ def self_influences(
     iterations); otherwise ``args.solver`` solves all ``n`` columns. Returns the values and
     the solve's diagnostics as a dict.
     """
-    if self_influence_from_factor(op, args):
+    if grads.shape[0] and self_influence_from_factor(op, args):
         start = time.perf_counter()
         # The sample's solve checks the factor first (and refines it if float32 is not enough).
         sample = grads[:: max(1, grads.shape[0] // RESIDUAL_SAMPLE)].T

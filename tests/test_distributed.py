@@ -120,6 +120,23 @@ def test_two_gloo_ranks_equal_one_process_pair_for_pair(tmp_path, mnist_dir, exa
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("solver", ["exact", "lissa"])
+def test_more_ranks_than_training_points_equal_one_process(tmp_path, solver):
+    """Three ranks, two training points: rank 2's share of the self-influences is empty
+    (it once raised a RuntimeError there and the other ranks died in a collective)."""
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("x1,x2,label\n0.1,1.0,a\n1.2,-0.3,b\n")
+    test.write_text("x1,x2,label\n0.0,0.9,a\n1.0,-0.1,b\n0.5,0.5,a\n")
+    args = ["scan", "--train", str(train), "--test", str(test), "--solver", solver]
+    done = torchrun(*args, "--db", str(tmp_path / "three.db"), nproc=3)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one_thread_scan([*args, "--db", str(tmp_path / "one.db")])
+    got = run_state(str(tmp_path / "three.db"), 1)
+    assert [r["train_columns"] for r in got["solver"]["ranks"]] == [1, 1, 0]
+    assert_same_run(got, run_state(str(tmp_path / "one.db"), 1))
+
+
+@pytest.mark.slow
 def test_two_nodes_equal_one_process_pair_for_pair(tmp_path, mnist_dir, exact_reference):
     """Two torchrun agents, one per "node" (``--nnodes 2 --node-rank 0|1``, static
     rendezvous on loopback): every rank has LOCAL_RANK 0, as on two machines."""

@@ -173,6 +173,19 @@ def test_exact_self_influence_matches_a_dense_solve(name, task, k):
     torch.testing.assert_close(same, expected, rtol=1e-6, atol=1e-10)
 
 
+@pytest.mark.parametrize("self_influence", ["auto", "same"])
+@pytest.mark.parametrize("solver", ["exact", "cg", "lissa"])
+def test_no_columns_give_an_empty_solve(solver, self_influence):
+    """A rank whose share of the training points is empty solves nothing, cleanly."""
+    model, theta, x, y = problem("logistic", "classification", 3)
+    op = HessianOperator(model, theta, x, y, weight_decay=0.05, damping=0.01)
+    args = SolverArgs(solver=solver, damping=0.01, self_influence=self_influence)
+    got, diag = solve(op, torch.zeros(model.n_params, 0), args)
+    assert got.shape == (model.n_params, 0) and diag.converged and diag.iterations == 0
+    values, _ = self_influences(op, torch.zeros(0, model.n_params), args)
+    assert values.shape == (0,)
+
+
 @pytest.mark.parametrize("m", [2, 40])  # fewer columns than parameters, and more
 def test_squaring_keeps_the_partial_sum_as_columns_or_matrix_alike(m):
     model, theta, x, y = problem("logistic", "classification", 3)  # p = 15

@@ -27,7 +27,15 @@ SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolveDiagnostics]]] = {
 def solve(
     op: HessianOperator, v: torch.Tensor, args: SolverArgs
 ) -> tuple[torch.Tensor, SolveDiagnostics]:
-    """``A^{-1} V`` with the solver named in ``args.solver``."""
+    """``A^{-1} V`` with the solver named in ``args.solver``.
+
+    ``V`` without columns (``(p, 0)``: a rank whose share of the points is empty) gives an
+    empty ``(p, 0)`` result, converged in 0 iterations; the solvers need at least one.
+    """
+    if v.shape[1] == 0:
+        return v.new_zeros((op.p, 0)), SolveDiagnostics(
+            args.solver, True, 0.0, 0.0, 0, 0.0, args.tol
+        )
     return SOLVERS[args.solver](op, v, args)
 
 
