@@ -7,9 +7,11 @@ import io
 import json
 
 import numpy as np
+import torch
 from sqlalchemy.engine import Engine
 
 from auditor.errors import ConfigError
+from auditor.ranking import FlagRule, influence_z, suspicion_tests
 from auditor.store import pairs, points, runs
 
 EXPORT_FIELDS = [
@@ -39,9 +41,10 @@ def label_name(run: dict, value: float | None):
 
 
 def train_records(engine: Engine, run_id: int) -> list[dict]:
-    """One record per training point, in training-index order."""
+    """One record per training point, in training-index order, with the z-scores its
+    flags were decided on (:func:`attach_flag_tests`)."""
     run = runs.get_run(engine, run_id)
-    return [
+    records = [
         {
             "index": p["idx"],
             "id": p["point_id"],
@@ -59,6 +62,35 @@ def train_records(engine: Engine, run_id: int) -> list[dict]:
         }
         for p in points.read_points(engine, run_id, "train")
     ]
+    attach_flag_tests(records, flag_rule(run).influence_scale)
+    return records
+
+
+def flag_rule(run: dict) -> FlagRule:
+    """The flag rule a run applied (as stored with its ranking)."""
+    return FlagRule.from_dict((run["ranking"] or {}).get("rule") or run["config"]["rule"])
+
+
+def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
+    """Make sure each training record has the two z-scores its flags were decided on:
+    ``union_z``, the strongest of the three tests (mislabel flags), and ``influence_z``,
+    the influence z after the masking refits (outlier flags). Scans store both (revision
+    0003); for runs stored before, they are recomputed from the stored loss, harmfulness
+    and self-influence with the run's influence ``scale``."""
+    stored = all(r.get("union_z") is not None and r.get("influence_z") is not None for r in train)
+    si = [r["self_influence"] for r in train]
+    if not train or stored or any(v is None for v in si):
+        return
+    si_t = torch.tensor(si, dtype=torch.float64)
+    influence = influence_z(si_t, scale).tolist()
+    loss, harm = [r["loss"] for r in train], [r["harmfulness"] for r in train]
+    union = influence
+    if all(v is not None for v in loss + harm):
+        union = suspicion_tests(
+            torch.tensor(loss, dtype=torch.float64), torch.tensor(harm, dtype=torch.float64), si_t
+        ).union.tolist()
+    for r, u, z in zip(train, union, influence, strict=True):
+        r["union_z"], r["influence_z"] = u, z
 
 
 def run_summary(run: dict) -> dict:

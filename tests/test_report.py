@@ -16,10 +16,9 @@ from torchvision.io import decode_png
 from auditor.cli import cli
 from auditor.config import DataArgs
 from auditor.evaluate import RANKINGS
-from auditor.exports import train_records
+from auditor.exports import attach_flag_tests, train_records
 from auditor.ranking import FlagRule
 from auditor.report import charts
-from auditor.report.collect import attach_flag_tests
 from auditor.report.render import num as render_num
 from auditor.report.thumbnails import thumbnail
 from auditor.store import open_db, pairs, points, runs

@@ -8,6 +8,7 @@ the code under test.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from contextlib import closing
@@ -19,6 +20,7 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.config import ScanConfig
+from auditor.ranking import FlagRule
 from auditor.scan import scan
 from auditor.store import migrate, open_db, pairs, points, runs
 
@@ -96,6 +98,38 @@ def test_the_upgraded_runs_read_back_through_the_library_and_cli(upgraded, tmp_p
     # run 2 was flagged on the influence norm (before the log scale): its report says so
     assert "robust z of the influence norm √|self-influence|" in html
     assert "robust z of log |self-influence|" not in html
+
+
+def lower_median_z(v: np.ndarray) -> np.ndarray:
+    """Robust z with the lower of the two middle values as the median (as torch takes it)."""
+    median = np.sort(v)[(len(v) - 1) // 2]
+    deviation = np.abs(v - median)
+    return (v - median) / (1.4826 * np.sort(deviation)[(len(v) - 1) // 2])
+
+
+def test_the_export_of_an_old_run_carries_the_z_scores_its_flags_were_decided_on(upgraded):
+    """Runs stored before revision 0003 have no stored z-scores; ``export`` recomputes them
+    with the run's own rule, as the report does; every stored outlier flag reaches its threshold."""
+    db, _ = upgraded
+    engine = open_db(str(db), create=False)
+    for run_id in (1, 2):
+        assert all(p["union_z"] is None for p in points.read_points(engine, run_id, "train"))
+        result = CliRunner().invoke(cli, ["export", str(run_id), "--db", str(db)])
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.output)
+        rule = FlagRule.from_dict(payload["run"]["ranking"]["rule"]).resolved(len(payload["train"]))
+        assert rule.influence_scale == "sqrt"
+        train = payload["train"]
+        si = np.array([r["self_influence"] for r in train])
+        want = lower_median_z(np.sqrt(np.abs(si))).tolist()  # the influence norm's z
+        assert [r["influence_z"] for r in train] == pytest.approx(want, rel=1e-9, abs=1e-9)
+        # the strongest test of that version: z of log loss, of harmfulness, of log |s|
+        tests = [[r[k] for r in train] for k in ("loss", "harmfulness", "self_influence")]
+        logs = [np.log(np.abs(tests[0])), np.array(tests[1]), np.log(np.abs(tests[2]))]
+        union = np.max([lower_median_z(v) for v in logs], axis=0)
+        assert [r["union_z"] for r in train] == pytest.approx(union.tolist(), rel=1e-9, abs=1e-9)
+        flagged = [r for r in train if "outlier" in r["flags"]]
+        assert flagged and all(r["influence_z"] >= rule.outlier_z for r in flagged)
 
 
 def test_an_interrupted_run_from_revision_0001_resumes_after_the_upgrade(upgraded):

@@ -10,13 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from sqlalchemy.engine import Engine
 
 from auditor.errors import ConfigError, DataError
 from auditor.evaluate import RANKINGS
-from auditor.exports import label_name, run_summary, train_records
-from auditor.ranking import FlagRule, influence_z, suspicion_tests
+from auditor.exports import flag_rule, label_name, run_summary, train_records
+from auditor.ranking import FlagRule
 from auditor.report import charts
 from auditor.report.thumbnails import png_data_uri
 from auditor.store import evaluations, pairs, points, runs
@@ -119,10 +118,9 @@ def collect(
             )
     train = train_records(engine, run_id)
     test = points.read_points(engine, run_id, "test")
-    rule = _rule(run)
+    rule = flag_rule(run)
     thresholds = _thresholds(rule, run["task"])
     scale = rule.influence_scale
-    attach_flag_tests(train, scale)
 
     flagged = sorted((r for r in train if r["flags"]), key=lambda r: r["rank"])
     shown = flagged[:top]
@@ -188,38 +186,11 @@ def _detection(engine: Engine, run_id: int) -> charts.DetectionChart | None:
     )
 
 
-def _rule(run: dict) -> FlagRule:
-    """The flag rule the run applied (as stored with its ranking)."""
-    return FlagRule.from_dict((run["ranking"] or {}).get("rule") or run["config"]["rule"])
-
-
 def _thresholds(rule: FlagRule, task: str) -> dict[str, float]:
     out = {"outlier": rule.outlier_z}
     if task == "classification":
         out["mislabel"] = rule.mislabel_z
     return out
-
-
-def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
-    """Make sure each training record has the two z-scores its flags were decided on:
-    ``union_z``, the strongest of the three tests (mislabel flags), and ``influence_z``,
-    the influence z after the masking refits (outlier flags). Scans store both (revision
-    0003); for runs stored before, they are recomputed from the stored loss, harmfulness
-    and self-influence with the run's influence ``scale``."""
-    stored = all(r.get("union_z") is not None and r.get("influence_z") is not None for r in train)
-    si = [r["self_influence"] for r in train]
-    if not train or stored or any(v is None for v in si):
-        return
-    si_t = torch.tensor(si, dtype=torch.float64)
-    influence = influence_z(si_t, scale).tolist()
-    loss, harm = [r["loss"] for r in train], [r["harmfulness"] for r in train]
-    union = influence
-    if all(v is not None for v in loss + harm):
-        union = suspicion_tests(
-            torch.tensor(loss, dtype=torch.float64), torch.tensor(harm, dtype=torch.float64), si_t
-        ).union.tolist()
-    for r, u, z in zip(train, union, influence, strict=True):
-        r["union_z"], r["influence_z"] = u, z
 
 
 def _reason(record: dict, thresholds: dict[str, float]) -> str:
