@@ -81,6 +81,45 @@ class Evaluation:
     timings: dict[str, float]
 
 
+@dataclass
+class FaultyScan:
+    """One seed's scan of faulty data (:func:`scan_with_faults`).
+
+    Attributes:
+        config: The configuration as scanned, seeded (split, fit, solver).
+        clean, faulty, test: The training split before and after the injection, and the
+            test split.
+        run_id: The scan's run.
+        is_fault: Which training points were injected ``(n,)``.
+    """
+
+    config: ScanConfig
+    clean: Dataset
+    faulty: Dataset
+    test: Dataset
+    run_id: int
+    is_fault: np.ndarray
+
+
+def scan_with_faults(
+    engine: Engine,
+    config: ScanConfig,
+    faults: FaultSpec,
+    seed: int,
+    progress: Progress | None = None,
+) -> FaultyScan:
+    """Seed ``config`` (its split and solver), inject ``faults`` into the training split
+    with the same seed, and scan it: one seed of an evaluation."""
+    config = replace(config, data=replace(config.data, seed=seed))
+    config.solver = replace(config.solver, seed=seed)
+    clean, test = load_data(config.data)
+    faulty, fault_index = inject(clean, faults, seed)
+    run_id = scan(engine, config, progress, datasets=(faulty, test)).run_id
+    is_fault = np.zeros(len(faulty), dtype=bool)
+    is_fault[fault_index] = True
+    return FaultyScan(config, clean, faulty, test, run_id, is_fault)
+
+
 def ranking_scores(train_points: list[dict], seed: int) -> dict[str, np.ndarray]:
     """Each ranking's suspicion score ``(n,)`` (higher = checked earlier) from a run's stored
     training points."""
@@ -118,26 +157,20 @@ def evaluate(
     results: list[dict] = []
     timings = {"scan": 0.0, "fix": 0.0}
     for seed in args.seeds:
-        seed_config = replace(config, data=replace(config.data, seed=seed))
-        seed_config.solver = replace(config.solver, seed=seed)
-        clean, test = load_data(seed_config.data)
-        faulty, fault_index = inject(clean, args.faults, seed)
         start = time.perf_counter()
-        run_id = scan(engine, seed_config, progress, datasets=(faulty, test)).run_id
+        done = scan_with_faults(engine, config, args.faults, seed, progress)
         timings["scan"] += time.perf_counter() - start
-        train_points = points.read_points(engine, run_id, "train")
-        is_fault = np.zeros(len(faulty), dtype=bool)
-        is_fault[fault_index] = True
-        scores = ranking_scores(train_points, seed)
+        is_fault = done.is_fault
+        scores = ranking_scores(points.read_points(engine, done.run_id, "train"), seed)
         fixes: dict[str, list[dict]] = {}
-        if args.fix and len(fault_index):
+        if args.fix and is_fault.any():
             start = time.perf_counter()
             fixes = fix_experiment(
-                seed_config,
-                runs.get_run(engine, run_id),
-                clean,
-                faulty,
-                test,
+                done.config,
+                runs.get_run(engine, done.run_id),
+                done.clean,
+                done.faulty,
+                done.test,
                 {r: scores[r] for r in FIX_RANKINGS},
                 is_fault,
                 args.fractions,
@@ -148,8 +181,8 @@ def evaluate(
                 {
                     "seed": seed,
                     "ranking": name,
-                    "run_id": run_id,
-                    "n_train": len(faulty),
+                    "run_id": done.run_id,
+                    "n_train": len(done.faulty),
                     "n_faults": int(is_fault.sum()),
                     **detection_metrics(scores[name], is_fault, args.fractions),
                     "fix": fixes.get(name),

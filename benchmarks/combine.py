@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,8 @@ import torch
 from detection import MNIST, settings
 
 from auditor import detection
-from auditor.faults import inject
+from auditor.evaluate import scan_with_faults
 from auditor.ranking import suspicion_tests
-from auditor.scan import load_data, scan
 from auditor.store import open_db, points
 
 
@@ -37,20 +35,14 @@ def cached_scan(name: str, seed: int, cache: Path, engine) -> dict[str, np.ndarr
     path = cache / f"{name}-{seed}.npz"
     if not path.exists():
         config, faults = settings(MNIST)[name]
-        config = replace(config, data=replace(config.data, seed=seed))
-        config.solver = replace(config.solver, seed=seed)
-        clean, test = load_data(config.data)
-        train, index = inject(clean, faults, seed)
-        run_id = scan(engine, config, datasets=(train, test)).run_id
-        rows = points.read_points(engine, run_id, "train")
-        fault = np.zeros(len(rows), dtype=bool)
-        fault[index] = True
+        done = scan_with_faults(engine, config, faults, seed)
+        rows = points.read_points(engine, done.run_id, "train")
         np.savez(
             path,
             loss=[r["loss"] for r in rows],
             si=[r["self_influence"] for r in rows],
             harm=[r["harmfulness"] for r in rows],
-            fault=fault,
+            fault=done.is_fault,
         )
     return dict(np.load(path))
 

@@ -18,56 +18,49 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
+from detection import settings as detection_settings
 
 from auditor.config import DataArgs, ModelArgs, ScanConfig
-from auditor.faults import FaultSpec, inject
+from auditor.evaluate import scan_with_faults
+from auditor.faults import FaultSpec
 from auditor.ranking import FlagRule
-from auditor.scan import load_data, scan
 from auditor.solvers.base import SolverArgs
 from auditor.store import open_db, points
 
 MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
+CLEAN = FaultSpec("none", 0.0)
 
 
-def settings(mnist: str) -> dict[str, tuple[ScanConfig, FaultSpec | None]]:
-    """Every setting: name -> (scan configuration, faults or None for clean data)."""
+def settings(mnist: str) -> dict[str, tuple[ScanConfig, FaultSpec]]:
+    """Every setting: name -> (scan configuration, faults); the faulty ones are
+    ``benchmarks/detection.py``'s."""
     pair = DataArgs(train=mnist, classes=["1", "7"], test_split=0.2)
     ten = DataArgs(train=mnist, test_split=0.2)
     exact = SolverArgs(solver="exact")
-    wd3 = ModelArgs(weight_decay=1e-3)
     cnn = ModelArgs(name="cnn", params="last", weight_decay=1e-4)
+    faulty = detection_settings(mnist)
     return {
-        "1v7-clean": (ScanConfig(pair, ModelArgs(), exact), None),
-        "1v7-clean-wd3": (ScanConfig(pair, wd3, exact), None),
-        "1v7-flip-10-wd3": (ScanConfig(pair, wd3, exact), FaultSpec("flip", 0.1)),
-        "1v7-class-flip-wd3": (
-            ScanConfig(pair, wd3, exact),
-            FaultSpec("class-flip", 0.2, "7", "1"),
-        ),
-        "1v7-outlier-5-wd3": (ScanConfig(pair, wd3, exact), FaultSpec("outlier", 0.05)),
-        "cnn-clean-trim0": (ScanConfig(ten, cnn, exact, FlagRule(trim=0)), None),
-        "cnn-clean": (ScanConfig(ten, cnn, exact), None),
-        "cnn-flip-10": (ScanConfig(ten, cnn, exact), FaultSpec("flip", 0.1)),
+        "1v7-clean": (ScanConfig(pair, ModelArgs(), exact), CLEAN),
+        "1v7-clean-wd3": (ScanConfig(pair, ModelArgs(weight_decay=1e-3), exact), CLEAN),
+        "1v7-flip-10-wd3": faulty["1v7-flip-10"],
+        "1v7-class-flip-wd3": faulty["1v7-class-flip-7>1-20"],
+        "1v7-outlier-5-wd3": faulty["1v7-outlier-5"],
+        "cnn-clean-trim0": (ScanConfig(ten, cnn, exact, FlagRule(trim=0)), CLEAN),
+        "cnn-clean": (ScanConfig(ten, cnn, exact), CLEAN),
+        "cnn-flip-10": faulty["cnn-flip-10"],
         "cnn-outlier-5": (ScanConfig(ten, cnn, exact), FaultSpec("outlier", 0.05)),
     }
 
 
-def flag_counts(config: ScanConfig, faults: FaultSpec | None, db: str, seed: int = 0) -> dict:
+def flag_counts(config: ScanConfig, faults: FaultSpec, db: str, seed: int = 0) -> dict:
     """Scan one setting; ``{kind: (flagged, faults among them)}`` plus the fault count."""
-    config = replace(config, data=replace(config.data, seed=seed))
-    clean, test = load_data(config.data)
-    train, index = (
-        (clean, np.array([], dtype=int)) if faults is None else inject(clean, faults, seed)
-    )
     engine = open_db(db)
-    run_id = scan(engine, config, datasets=(train, test)).run_id
-    faulty = set(index.tolist())
-    out: dict = {"faults": len(faulty)}
-    for p in points.read_points(engine, run_id, "train"):
+    done = scan_with_faults(engine, config, faults, seed)
+    out: dict = {"faults": int(done.is_fault.sum())}
+    for p in points.read_points(engine, done.run_id, "train"):
         for kind in p["flags"]:
             flagged, hits = out.get(kind, (0, 0))
-            out[kind] = (flagged + 1, hits + (p["idx"] in faulty))
+            out[kind] = (flagged + 1, hits + bool(done.is_fault[p["idx"]]))
     engine.dispose()
     return out
 
