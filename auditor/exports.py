@@ -28,6 +28,7 @@ EXPORT_FIELDS = [
     "flags",
     "union_z",
     "influence_z",
+    "strongest_test",
 ]
 
 
@@ -59,6 +60,7 @@ def train_records(engine: Engine, run_id: int) -> list[dict]:
             "flags": p["flags"] or [],
             "union_z": p["union_z"],
             "influence_z": p["influence_z"],
+            "strongest_test": None,
         }
         for p in points.read_points(engine, run_id, "train")
     ]
@@ -72,25 +74,26 @@ def flag_rule(run: dict) -> FlagRule:
 
 
 def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
-    """Make sure each training record has the two z-scores its flags were decided on:
-    ``union_z``, the strongest of the three tests (mislabel flags), and ``influence_z``,
-    the influence z after the masking refits (outlier flags). Scans store both (revision
-    0003); for runs stored before, they are recomputed from the stored loss, harmfulness
-    and self-influence with the run's influence ``scale``."""
-    stored = all(r.get("union_z") is not None and r.get("influence_z") is not None for r in train)
-    si = [r["self_influence"] for r in train]
-    if not train or stored or any(v is None for v in si):
+    """Give each training record the z-scores its flags were decided on, ``union_z`` (the
+    strongest of the three tests: mislabel flags) and ``influence_z`` (the influence z
+    after the masking refits: outlier flags), and ``strongest_test``, the name of the test
+    that ``union_z`` is (:data:`~auditor.ranking.TEST_NAMES`).
+
+    Scans store both z-scores (revision 0003); for runs stored before, they are recomputed
+    from the stored loss, harmfulness and self-influence with the run's influence
+    ``scale``. Records of an unfinished run, without those values, are left as they are.
+    """
+    columns = [[r[k] for r in train] for k in ("loss", "harmfulness", "self_influence")]
+    if not train or any(v is None for column in columns for v in column):
         return
-    si_t = torch.tensor(si, dtype=torch.float64)
-    influence = influence_z(si_t, scale).tolist()
-    loss, harm = [r["loss"] for r in train], [r["harmfulness"] for r in train]
-    union = influence
-    if all(v is not None for v in loss + harm):
-        union = suspicion_tests(
-            torch.tensor(loss, dtype=torch.float64), torch.tensor(harm, dtype=torch.float64), si_t
-        ).union.tolist()
-    for r, u, z in zip(train, union, influence, strict=True):
-        r["union_z"], r["influence_z"] = u, z
+    loss, harm, si = (torch.tensor(c, dtype=torch.float64) for c in columns)
+    tests = suspicion_tests(loss, harm, si)
+    stored = all(r["union_z"] is not None and r["influence_z"] is not None for r in train)
+    union, influence = tests.union.tolist(), influence_z(si, scale).tolist()
+    for r, u, z, name in zip(train, union, influence, tests.strongest(), strict=True):
+        if not stored:
+            r["union_z"], r["influence_z"] = u, z
+        r["strongest_test"] = name
 
 
 def run_summary(run: dict) -> dict:

@@ -108,6 +108,9 @@ def influence_z(self_influence: torch.Tensor, scale: str = "log") -> torch.Tenso
     return robust_z(_log(magnitude) if scale == "log" else magnitude.sqrt())
 
 
+#: The tests as the report names them, in :meth:`SuspicionTests.strongest`'s order.
+TEST_NAMES = ("training loss", "harmfulness", "self-influence")
+
 #: Weight of harmfulness's normal score in :attr:`SuspicionTests.combined`.
 HARM_WEIGHT = 0.5
 
@@ -142,6 +145,12 @@ class SuspicionTests:
         """The strongest test ``max(loss, harm, influence)`` ``(n,)`` (the mislabel and
         outlier flags' evidence)."""
         return torch.maximum(self.loss, torch.maximum(self.harm, self.influence))
+
+    def strongest(self) -> list[str]:
+        """The name of each point's strongest test (:data:`TEST_NAMES`), the one ``union``
+        takes (the first on ties)."""
+        stacked = torch.stack([self.loss, self.harm, self.influence])
+        return [TEST_NAMES[i] for i in stacked.argmax(dim=0).tolist()]
 
     @property
     def combined(self) -> torch.Tensor:

@@ -83,3 +83,10 @@ def write_remove_decisions(engine, run_id: int, path: Path) -> list[dict]:
     }
     path.write_text(json.dumps(decisions))
     return flagged
+
+
+def lower_median_z(v: np.ndarray) -> np.ndarray:
+    """Robust z with the lower of the two middle values as the median (as torch takes it)."""
+    median = np.sort(v)[(len(v) - 1) // 2]
+    deviation = np.abs(v - median)
+    return (v - median) / (1.4826 * np.sort(deviation)[(len(v) - 1) // 2])

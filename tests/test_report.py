@@ -23,7 +23,7 @@ from auditor.report.render import num as render_num
 from auditor.report.thumbnails import thumbnail
 from auditor.store import open_db, pairs, points, runs
 from auditor.store.evaluations import read_evaluation
-from tests.helpers import run_scan
+from tests.helpers import lower_median_z, run_scan
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
@@ -102,6 +102,14 @@ def test_mnist_report_shows_every_flagged_point_with_its_thumbnail(tmp_path, mni
         stored = np.frombuffer(blobs[int(row["data-index"])][0], dtype=np.uint8).reshape(shape)
         assert np.array_equal(png[:, ::k, ::k].numpy(), stored)
         assert 0 < len(row.select(".hurts img.thumb")) <= 3
+    # a mislabel's reason names its strongest test and that test's z
+    records = {r["index"]: r for r in train_records(engine, run_id)}
+    mislabels = [r for r in rows if "mislabel" in records[int(r["data-index"])]["flags"]]
+    assert mislabels
+    for row in mislabels:
+        r = records[int(row["data-index"])]
+        reason = row.select_one("td.reason div").get_text()
+        assert f"≠ given {r['label']} and {r['strongest_test']} z " in reason, reason
 
 
 def test_mnist_report_rows_carry_the_decision_controls(tmp_path, mnist_db):
@@ -300,6 +308,15 @@ def test_stored_flag_tests_reproduce_the_flags_and_the_fallback_recomputes_them(
         )
         expected = ["mislabel"] if mislabel else ["outlier"] if outlier else []
         assert r["flags"] == expected, r
+    # union_z is the strongest of the three tests, and the records name it
+    zs = {
+        "training loss": lower_median_z(np.log([r["loss"] for r in train])),
+        "harmfulness": lower_median_z(np.array([r["harmfulness"] for r in train])),
+        "self-influence": lower_median_z(np.log(np.abs([r["self_influence"] for r in train]))),
+    }
+    for i, r in enumerate(train):
+        assert r["union_z"] == pytest.approx(max(z[i] for z in zs.values()), rel=1e-6, abs=1e-9)
+        assert zs[r["strongest_test"]][i] == pytest.approx(r["union_z"], rel=1e-6, abs=1e-9)
     # runs stored before revision 0003 have no stored z-scores: the report recomputes them
     old = [dict(r, union_z=None, influence_z=None) for r in train]
     attach_flag_tests(old)

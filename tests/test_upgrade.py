@@ -23,6 +23,7 @@ from auditor.config import ScanConfig
 from auditor.ranking import FlagRule
 from auditor.scan import scan
 from auditor.store import migrate, open_db, pairs, points, runs
+from tests.helpers import lower_median_z
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rev0001.sqlite"
 TABLES = {"runs": "id", "points": "run_id, split, idx", "pair_scores": "run_id, test_idx"}
@@ -98,13 +99,6 @@ def test_the_upgraded_runs_read_back_through_the_library_and_cli(upgraded, tmp_p
     # run 2 was flagged on the influence norm (before the log scale): its report says so
     assert "robust z of the influence norm √|self-influence|" in html
     assert "robust z of log |self-influence|" not in html
-
-
-def lower_median_z(v: np.ndarray) -> np.ndarray:
-    """Robust z with the lower of the two middle values as the median (as torch takes it)."""
-    median = np.sort(v)[(len(v) - 1) // 2]
-    deviation = np.abs(v - median)
-    return (v - median) / (1.4826 * np.sort(deviation)[(len(v) - 1) // 2])
 
 
 def test_the_export_of_an_old_run_carries_the_z_scores_its_flags_were_decided_on(upgraded):

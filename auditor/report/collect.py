@@ -198,9 +198,10 @@ def _reason(record: dict, thresholds: dict[str, float]) -> str:
     union = _first_known(record.get("union_z"), record["suspicion"])
     influence = _first_known(record.get("influence_z"), record["suspicion"])
     if "mislabel" in record["flags"]:
+        test = record.get("strongest_test") or "strongest test"
         return (
             f"predicted {record['predicted']} ≠ given {record['label']} and "
-            f"strongest test z {_z(union)} ≥ {thresholds['mislabel']:.3g}"
+            f"{test} z {_z(union)} ≥ {thresholds['mislabel']:.3g}"
         )
     return f"influence z {_z(influence)} ≥ {thresholds['outlier']:.3g}"
 
