@@ -287,6 +287,9 @@ def combine_diagnostics(parts: list[tuple[dict | None, int]]) -> dict | None:
     combined = dict(parts[0][0])
     combined.update(
         converged=all(d["converged"] for d, _ in parts),
+        reached_tol=None
+        if any(d.get("reached_tol") is None for d, _ in parts)
+        else all(d["reached_tol"] for d, _ in parts),
         residual_max=max(d["residual_max"] for d, _ in parts),
         residual_mean=sum(d["residual_mean"] * c for d, c in parts) / columns,
         iterations=max(d["iterations"] for d, _ in parts),

@@ -543,10 +543,15 @@ def _solver_record(comm: Comm, diag, n_test, self_diag, own_train: slice) -> dic
 def _solve_warnings(record: dict) -> list[str]:
     if "converged" not in record or record["converged"]:
         return []
+    if record.get("reached_tol"):
+        advice = "rounding leaves that much: use --dtype float64 or a looser --tol"
+    elif record["solver"] == "cg":
+        advice = "raise --damping (CG stopped at its iteration limit)"
+    else:
+        advice = "raise --depth or --damping"
     return [
         f"the {record['solver']} solve did not reach the tolerance {record['tol']:g}: relative "
-        f"residual {record['residual_max']:.2e} after {record['iterations']} steps; raise "
-        "--depth or --damping"
+        f"residual {record['residual_max']:.2e} after {record['iterations']} steps; {advice}"
     ]
 
 

@@ -207,9 +207,9 @@ def test_resume_in_one_process_finishes_a_run_left_by_torchrun(
 
 @pytest.mark.slow
 def test_two_ranks_with_cg_into_postgresql_equal_one_process_sqlite(tmp_path, mnist_dir, pg_url):
-    """CG stops when the worst column solved together meets --tol: with a tight tolerance
-    the ranks' pair scores agree with one process to within cond(A) * tol."""
-    args = mnist_args(mnist_dir, "--solver", "cg", "--tol", "1e-6")
+    """Each CG column stops at --tol by itself, so the ranks' pair scores agree with one
+    process to within cond(A) * tol however the columns are shared out."""
+    args = mnist_args(mnist_dir, "--solver", "cg", "--tol", "1e-5")
     db = str(tmp_path / "one.db")
     want = run_state(db, one_thread_scan([*args, "--db", db]))
     done = torchrun(*args, "--db", pg_url)

@@ -10,6 +10,7 @@ from auditor.gradients import batch_hvp, per_example_grads
 from auditor.hessian import HessianOperator
 from auditor.influence import self_influences
 from auditor.models import build_model
+from auditor.scan import _solve_warnings
 from auditor.solvers import SolverArgs, solve
 from auditor.solvers.lissa import _squaring
 from auditor.training import fit, risk
@@ -91,6 +92,47 @@ def test_solvers_match_dense_solve(solver, name, task, k):
     assert diag.converged
     assert diag.residual_max <= 1e-7
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_cg_solves_zero_columns_and_columns_at_different_speeds():
+    """A zero gradient (a confidently right point in float32) is A^-1 0 = 0, not a reason
+    to stop the whole solve; each column stops at the tolerance by itself."""
+    model, theta, x, y = problem("logistic", "classification", 3)
+    op = HessianOperator(model, theta, x, y, weight_decay=0.05, damping=0.01)
+    v = torch.randn(model.n_params, 4, dtype=torch.float64)
+    v[:, 1] = 0
+    got, diag = solve(op, v, SolverArgs(solver="cg", tol=1e-10, damping=0.01))
+    assert diag.converged and diag.reached_tol and diag.residual_max <= 1e-10
+    assert torch.equal(got[:, 1], torch.zeros_like(got[:, 1]))
+    torch.testing.assert_close(got, torch.linalg.solve(op.dense(), v), rtol=1e-8, atol=1e-12)
+    alone, _ = solve(op, v[:, :1], SolverArgs(solver="cg", tol=1e-10, damping=0.01))
+    torch.testing.assert_close(alone[:, 0], got[:, 0], rtol=1e-12, atol=1e-15)
+
+
+def test_cg_out_of_iterations_is_not_converged():
+    model, theta, x, y = problem("logistic", "classification", 3)  # p = 15
+    op = HessianOperator(model, theta, x, y, weight_decay=1e-4)
+    v = torch.randn(model.n_params, 3, dtype=torch.float64)
+    _, diag = solve(op, v, SolverArgs(solver="cg", tol=1e-12, max_iter=3))
+    assert diag.iterations == 3 and diag.residual_max > 1e-12
+    assert not diag.converged and not diag.reached_tol
+
+
+@pytest.mark.parametrize(
+    ("solver", "reached_tol", "advice"),
+    [
+        ("cg", True, "use --dtype float64 or a looser --tol"),
+        ("cg", False, "raise --damping (CG stopped at its iteration limit)"),
+        ("lissa", None, "raise --depth or --damping"),
+    ],
+)
+def test_an_unconverged_solve_warns_with_advice_that_fits_its_cause(solver, reached_tol, advice):
+    record = {"solver": solver, "converged": False, "tol": 1e-6, "residual_max": 1.4e-6}
+    record.update(iterations=11, reached_tol=reached_tol)
+    (warning,) = _solve_warnings(record)
+    assert warning.startswith(f"the {solver} solve did not reach the tolerance 1e-06")
+    assert warning.endswith(advice)
+    assert _solve_warnings({**record, "converged": True}) == []
 
 
 def test_minibatch_lissa_is_close_and_reports_its_residual():

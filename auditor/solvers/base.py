@@ -71,6 +71,8 @@ class SolveDiagnostics:
         residual_max / residual_mean: relative residual ``||A s - v|| / ||v||`` over columns,
             measured with the full-data Hessian after the solve.
         history: ``[step, max relative residual]`` pairs recorded while iterating.
+        reached_tol: CG only: its iteration met the tolerance (by the residual it updates),
+            so a true residual above ``tol`` is rounding, not too few steps.
     """
 
     solver: str
@@ -83,6 +85,7 @@ class SolveDiagnostics:
     scale: float | None = None
     lambda_max: float | None = None
     history: list[list[float]] = field(default_factory=list)
+    reached_tol: bool | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
