@@ -91,14 +91,24 @@ OUTLIER_ALPHA = 0.05
 def robust_z(values: torch.Tensor) -> torch.Tensor:
     """``(v - median) / (1.4826 * MAD)`` for ``values`` ``(n,)``; MAD 0 falls back to the
     mean absolute deviation, then to 1."""
-    median = values.median()
+    median = _median(values)
     deviation = (values - median).abs()
-    scale = 1.4826 * deviation.median()
+    scale = 1.4826 * _median(deviation)
     if scale <= 0:
         scale = deviation.mean()
     if scale <= 0:
         scale = torch.ones((), dtype=values.dtype, device=values.device)
     return (values - median) / scale
+
+
+def _median(values: torch.Tensor) -> torch.Tensor:
+    """The median of ``values`` ``(n,)``: the mean of the two middle values when ``n`` is
+    even (``Tensor.median`` takes the lower one, which would bias the robust z upwards on
+    small data: by 13% for the largest of 20 normal draws)."""
+    n = values.shape[0]
+    lower = values.kthvalue((n + 1) // 2).values
+    upper = values.kthvalue(n // 2 + 1).values
+    return (lower + upper) / 2
 
 
 def influence_z(self_influence: torch.Tensor, scale: str = "log") -> torch.Tensor:

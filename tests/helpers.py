@@ -85,8 +85,7 @@ def write_remove_decisions(engine, run_id: int, path: Path) -> list[dict]:
     return flagged
 
 
-def lower_median_z(v: np.ndarray) -> np.ndarray:
-    """Robust z with the lower of the two middle values as the median (as torch takes it)."""
-    median = np.sort(v)[(len(v) - 1) // 2]
-    deviation = np.abs(v - median)
-    return (v - median) / (1.4826 * np.sort(deviation)[(len(v) - 1) // 2])
+def robust_z_reference(v: np.ndarray) -> np.ndarray:
+    """``(v - median) / (1.4826 * MAD)`` with numpy's median (the README's formula)."""
+    median = np.median(v)
+    return (v - median) / (1.4826 * np.median(np.abs(v - median)))

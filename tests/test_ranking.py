@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -17,9 +18,11 @@ from auditor.ranking import (
     flag_masks,
     influence_z,
     normal_scores,
+    robust_z,
     suspicion_tests,
 )
 from auditor.store import open_db, runs
+from tests.helpers import robust_z_reference
 
 
 def test_influence_z_is_the_robust_z_of_the_log_and_ignores_the_scale():
@@ -112,3 +115,12 @@ def test_suspicion_tests_are_robust_zs_of_log_loss_and_log_influence():
     # bounded by its rank: Phi^-1(4.5 / 5)
     torch.testing.assert_close(tests.harm, (harm - 2) / 1.4826)
     assert float(tests.harm_score[-1]) == pytest.approx(1.281552, abs=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 19, 20, 1730])
+def test_robust_z_uses_the_median_of_its_formula(n):
+    """The median of an even count is the mean of the two middle values (torch's own
+    ``median`` takes the lower one: for 20 normal draws that inflated the top z by 13%)."""
+    v = np.random.default_rng(n).standard_normal(n)
+    got = robust_z(torch.from_numpy(v))
+    np.testing.assert_allclose(got.numpy(), robust_z_reference(v), rtol=1e-12, atol=1e-12)

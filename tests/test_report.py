@@ -23,7 +23,7 @@ from auditor.report.render import num as render_num
 from auditor.report.thumbnails import thumbnail
 from auditor.store import open_db, pairs, points, runs
 from auditor.store.evaluations import read_evaluation
-from tests.helpers import lower_median_z, run_scan
+from tests.helpers import robust_z_reference, run_scan
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
@@ -310,9 +310,9 @@ def test_stored_flag_tests_reproduce_the_flags_and_the_fallback_recomputes_them(
         assert r["flags"] == expected, r
     # union_z is the strongest of the three tests, and the records name it
     zs = {
-        "training loss": lower_median_z(np.log([r["loss"] for r in train])),
-        "harmfulness": lower_median_z(np.array([r["harmfulness"] for r in train])),
-        "self-influence": lower_median_z(np.log(np.abs([r["self_influence"] for r in train]))),
+        "training loss": robust_z_reference(np.log([r["loss"] for r in train])),
+        "harmfulness": robust_z_reference(np.array([r["harmfulness"] for r in train])),
+        "self-influence": robust_z_reference(np.log(np.abs([r["self_influence"] for r in train]))),
     }
     for i, r in enumerate(train):
         assert r["union_z"] == pytest.approx(max(z[i] for z in zs.values()), rel=1e-6, abs=1e-9)
