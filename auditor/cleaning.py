@@ -11,16 +11,17 @@ A decisions file is what the report's "Download decisions" button writes::
 from __future__ import annotations
 
 import json
-import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
 from auditor import sources
+from auditor.config import DataArgs, ScanConfig
 from auditor.data import SourceInfo
 from auditor.errors import DataError
-from auditor.sources.writers import Decisions, write_cleaned
+from auditor.scan import check_fingerprint, load_data
+from auditor.sources.writers import Decisions, target_value, write_cleaned
 from auditor.store import points, runs
 
 ACTIONS = ("keep", "relabel", "remove")
@@ -28,11 +29,20 @@ ACTIONS = ("keep", "relabel", "remove")
 
 @dataclass
 class ApplyResult:
-    """What ``apply_decisions`` wrote and how to scan it again."""
+    """What ``apply_decisions`` wrote and what to scan next.
+
+    Attributes:
+        written: The files written.
+        counts: How many decisions of each action were applied.
+        config: The run's configuration, for the rescan.
+        train, test: The rescan's data specs (``test`` ``None``: ``train`` holds both).
+    """
 
     written: list[Path]
     counts: dict[str, int]
-    rescan: list[str]  # the argv of the next `auditor scan`
+    config: ScanConfig
+    train: str
+    test: str | None
 
 
 def read_decisions(path: Path, run: dict, train_ids: list[str]) -> Decisions:
@@ -48,21 +58,27 @@ def read_decisions(path: Path, run: dict, train_ids: list[str]) -> Decisions:
         raise DataError(f"cannot read decisions file {path}: {exc}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("decisions"), list):
         raise DataError(f"{path}: expected an object with a 'decisions' list")
-    if payload.get("run") not in (None, run["id"]):
-        raise DataError(f"{path} holds decisions for run {payload['run']}, not run {run['id']}")
+    if payload.get("run") not in (None, run["id"]) or isinstance(payload.get("run"), bool):
+        raise DataError(f"{path} holds decisions for run {payload['run']!r}, not run {run['id']}")
     fp = payload.get("data_fingerprint")
     if fp is not None and fp != run["data_fingerprint"]:
         raise DataError(
             f"{path} was made for other data (fingerprint differs from run {run['id']})"
         )
     decisions: Decisions = {}
+    first: dict[int, int] = {}  # index -> the decision that named it
     for n, item in enumerate(payload["decisions"]):
         where = f"{path}: decision {n + 1}"
         if not isinstance(item, dict):
             raise DataError(f"{where} is not an object")
         index, point_id, action = item.get("index"), item.get("id"), item.get("action")
-        if not isinstance(index, int) or not 0 <= index < len(train_ids):
+        if not _is_index(index, len(train_ids)):
             raise DataError(f"{where}: index {index!r} is not a training point of run {run['id']}")
+        if index in first:
+            raise DataError(
+                f"{where}: index {index} was already decided by decision {first[index]}"
+            )
+        first[index] = n + 1
         if point_id is not None and point_id != train_ids[index]:
             raise DataError(
                 f"{where}: id {point_id!r} is not training point {index} ({train_ids[index]!r})"
@@ -76,51 +92,69 @@ def read_decisions(path: Path, run: dict, train_ids: list[str]) -> Decisions:
     return decisions
 
 
+def _is_index(value: object, n: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n
+
+
 def apply_decisions(
     engine: Engine, run_id: int, decisions_path: Path, out_dir: Path
 ) -> ApplyResult:
     """Write the cleaned training data of a run into ``out_dir`` in its own format.
 
-    With a ``--test-split`` run the held-out test points are written beside it, unchanged,
-    so the next scan is evaluated on exactly the same test points.
+    The data is re-read first and must be what the run read (its fingerprint), since the
+    decisions name points by position. ``out_dir`` must be new or empty. With a
+    ``--test-split`` run the held-out test points are written beside it, unchanged, so
+    the next scan is evaluated on exactly the same test points; otherwise the rescan reads
+    the run's own test data.
     """
     run = runs.get_run(engine, run_id)
     if run["status"] != "complete":
         raise DataError(f"run {run_id} is {run['status']}, not complete")
+    out_dir = Path(out_dir)
+    _check_empty(out_dir)
     train_ids = [p["point_id"] for p in points.read_points(engine, run_id, "train")]
     decisions = read_decisions(decisions_path, run, train_ids)
+    config = ScanConfig.from_dict(run["config"])
+    data = _as_read(run, config.data)
+    train, test = load_data(data)
+    check_fingerprint(run, train, test)
     source = SourceInfo(**run["sources"]["train"])
-    data = run["config"]["data"]
-    out_dir = Path(out_dir)
-    if data["test_split"] is None:
+    if data.test_split is None:
         written = write_cleaned(source, decisions, out_dir)
         train_spec, test_spec = _spec(source, out_dir), _original_test(run)
     else:
-        test_ids = {p["point_id"] for p in points.read_points(engine, run_id, "test")}
-        every_id = sources.load(source.path, role=source.options.get("role", "train"),
-                                normalize=data["normalize"]).ids  # fmt: skip
+        test_ids = set(test.ids)
+        every_id = sources.load(
+            source.path or sources.TOY_LINEAR,
+            role=source.options.get("role", "train"),
+            normalize=data.normalize,
+            resize=data.resize,
+            seed=data.seed,
+        ).ids
         train_decisions = {**{i: ("remove", None) for i in test_ids}, **decisions}
         test_decisions = {i: ("remove", None) for i in every_id if i not in test_ids}
         written = write_cleaned(source, train_decisions, out_dir / "train")
         written += write_cleaned(source, test_decisions, out_dir / "test")
         train_spec, test_spec = _spec(source, out_dir / "train"), _spec(source, out_dir / "test")
     counts = {a: sum(1 for act, _ in decisions.values() if act == a) for a in ACTIONS}
-    return ApplyResult(written, counts, rescan_argv(run, train_spec, test_spec))
+    return ApplyResult(written, counts, config, train_spec, test_spec)
 
 
-def rescan_argv(run: dict, train: str, test: str | None) -> list[str]:
-    """The ``auditor scan`` arguments that repeat ``run``'s configuration on new data."""
-    config = run["config"]
-    data, model, solver = config["data"], config["model"], config["solver"]
-    argv = ["auditor", "scan", "--train", train]
-    if test is not None:
-        argv += ["--test", test]
-    if data["classes"]:
-        argv += ["--classes", ",".join(data["classes"])]
-    argv += ["--normalize", data["normalize"], "--seed", str(data["seed"])]
-    argv += ["--model", model["name"] or run["model"], "--weight-decay", str(model["weight_decay"])]
-    argv += ["--solver", solver["solver"]]
-    return argv
+def _as_read(run: dict, data: DataArgs) -> DataArgs:
+    """``data`` naming the files the run read by their resolved paths (``apply`` may run
+    in another folder than the scan; a ``--download`` run read two idx files)."""
+    train, test = (run["sources"][part]["path"] for part in ("train", "test"))
+    if train is None:  # toy-linear
+        return data
+    separate = data.test is not None or (data.download and data.test_split is None)
+    return replace(data, train=train, test=test if separate else None, download=None)
+
+
+def _check_empty(out_dir: Path) -> None:
+    """Refuse an existing ``out_dir`` that holds anything (stale files would be read back
+    with the cleaned data) or that is not a folder."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DataError(f"{out_dir}: not an empty folder; give a new one for the cleaned data")
 
 
 def compare_runs(engine: Engine, run_a: int, run_b: int) -> str:
@@ -129,6 +163,11 @@ def compare_runs(engine: Engine, run_a: int, run_b: int) -> str:
     for run in (a, b):
         if run["status"] != "complete":
             raise DataError(f"run {run['id']} is {run['status']}, not complete")
+    if a["task"] != b["task"]:
+        raise DataError(
+            f"run {run_a} is {a['task']} and run {run_b} is {b['task']}: their losses and "
+            "accuracies do not compare"
+        )
     rows = [("training points", "n_train", "{:.0f}"), ("test points", "n_test", "{:.0f}")]
     metric_rows = [("train loss", "train_loss", "{:.4f}"), ("test loss", "test_loss", "{:.4f}")]
     if a["task"] == "classification" and b["task"] == "classification":
@@ -157,10 +196,7 @@ def _check_label(label: str, run: dict, where: str) -> str:
                 f"{where}: unknown class {label!r}; classes are {', '.join(run['class_names'])}"
             )
         return label
-    try:
-        float(label)
-    except ValueError:
-        raise DataError(f"{where}: a regression target must be a number, got {label!r}") from None
+    target_value(label, where)
     return label
 
 
@@ -172,14 +208,8 @@ def _spec(source: SourceInfo, out_dir: Path) -> str:
     return str(out_dir if path.is_dir() else out_dir / path.name)
 
 
-def _original_test(run: dict) -> str | None:
-    data = run["config"]["data"]
-    if data["test"] is not None:
-        return data["test"]
-    if data["train"] == sources.TOY_LINEAR:
-        return sources.TOY_LINEAR
-    return None  # a folder holding both idx parts: the writer copied the test part
-
-
-def format_command(argv: list[str]) -> str:
-    return shlex.join(argv)
+def _original_test(run: dict) -> str:
+    """The rescan's ``--test``: the test data the run read, by its resolved path (so the
+    command works from any folder, and for ``--download`` runs)."""
+    test = run["sources"]["test"]
+    return sources.TOY_LINEAR if test["format"] == "toy-linear" else test["path"]

@@ -6,6 +6,7 @@ Usage errors exit 2 (``click.UsageError``), expected runtime failures exit 1
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from auditor.cli_common import (
     db_option,
     dispose_on_close,
     handle_errors,
+    is_database_file,
     open_existing,
     resolve_run,
+    resume_command,
 )
-from auditor.cli_options import Bars, scan_config, scan_options
+from auditor.cli_options import Bars, scan_argv, scan_config, scan_options
 from auditor.errors import Interrupted
 from auditor.evaluate_command import evaluate
 from auditor.report.command import report
@@ -100,7 +103,7 @@ def _report_scan(opts: dict, bars: Bars | None, run) -> None:
             raise
         raise Interrupted(
             f"interrupted; run {exc.run_id} is incomplete: finish it with "
-            f"`auditor scan --resume {exc.run_id} --db {opts['db']}`",
+            f"`{resume_command(exc.run_id, opts['db'])}`",
             exc.run_id,
         ) from None
     finally:
@@ -158,7 +161,7 @@ def list_runs(db: str) -> None:
     for r in stale:
         click.echo(
             f"run {r['id']}: its scan (process {r['owner_pid']}) ended without marking it, "
-            f"in phase {r['phase']}; finish it with `auditor scan --resume {r['id']}`"
+            f"in phase {r['phase']}; finish it with `{resume_command(r['id'], db)}`"
         )
 
 
@@ -188,7 +191,7 @@ def show(
     if top < 1:
         raise click.UsageError("--top must be >= 1")
     engine = open_existing(db)
-    run_id = resolve_run(engine, run)
+    run_id = resolve_run(engine, run, db)
     if test_index is not None:
         click.echo(exports.format_test_point(engine, run_id, test_index, top))
     else:
@@ -215,8 +218,10 @@ def export(run: int | None, fmt: str, out: str | None, db: str) -> None:
         auditor export --format csv --out ranking.csv
         auditor export 3 --format json | jq '.train[:5]'
     """
+    if out and is_database_file(out, db):
+        raise click.UsageError(f"--out {out} is the database itself; choose another file")
     engine = open_existing(db)
-    run_id = resolve_run(engine, run)
+    run_id = resolve_run(engine, run, db)
     text = (
         exports.export_json(engine, run_id) if fmt == "json" else exports.export_csv(engine, run_id)
     )
@@ -250,7 +255,8 @@ def apply(run: int, decisions: str, out: str, db: str) -> None:
     counts = ", ".join(f"{n} {a}" for a, n in result.counts.items())
     click.echo(f"applied {counts}; wrote {len(result.written)} file(s) under {out}", err=True)
     click.echo("rescan with:", err=True)
-    click.echo(cleaning.format_command([*result.rescan, "--db", db]))
+    argv = scan_argv(result.config, result.train, result.test)
+    click.echo(shlex.join([*argv, "--db", db]))
 
 
 @cli.command()

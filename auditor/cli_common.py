@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import shlex
+from pathlib import Path
 
 import click
 from sqlalchemy.exc import OperationalError
 
 from auditor.errors import AuditorError, ConfigError, DataError, Interrupted
-from auditor.store import open_db, runs
+from auditor.store import display_url, open_db, runs
 
 
 def handle_errors(func):
@@ -26,6 +28,9 @@ def handle_errors(func):
             raise error from None
         except OperationalError as exc:  # disk full, read-only file system, lock timeout
             raise click.ClickException(f"database error: {exc.orig or exc}") from None
+        except OSError as exc:  # an output path that cannot be written
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
             error = click.ClickException("interrupted")
             error.exit_code = Interrupted.exit_code
@@ -57,8 +62,14 @@ def dispose_on_close(engine):
     return engine
 
 
-def resolve_run(engine, run: int | None, *, complete: bool = True) -> int:
-    """The id of ``run`` (default the latest); with ``complete`` it must have finished."""
+def resume_command(run_id: int, db: str) -> str:
+    """The command that finishes ``run_id`` of database ``db`` (password hidden)."""
+    return shlex.join(["auditor", "scan", "--resume", str(run_id), "--db", display_url(db)])
+
+
+def resolve_run(engine, run: int | None, db: str, *, complete: bool = True) -> int:
+    """The id of ``run`` (default the latest) in database ``db``; with ``complete`` it must
+    have finished."""
     run_id = runs.latest_run_id(engine) if run is None else run
     row = runs.get_run(engine, run_id)
     if complete and row["status"] != "complete":
@@ -69,6 +80,15 @@ def resolve_run(engine, run: int | None, *, complete: bool = True) -> int:
             )
         raise DataError(
             f"run {run_id} is {row['status']} (stopped in phase {row['phase']}), not complete; "
-            f"finish it with `auditor scan --resume {run_id}`"
+            f"finish it with `{resume_command(run_id, db)}`"
         )
     return run_id
+
+
+def is_database_file(path: str, db: str) -> bool:
+    """Whether ``path`` names the SQLite file of ``db`` (a path or ``sqlite:///`` URL)."""
+    if "://" in db:
+        if not db.startswith("sqlite:///"):
+            return False
+        db = db.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path).resolve() == Path(db).resolve()

@@ -204,6 +204,53 @@ def scan_config(opts: dict) -> ScanConfig:
     )
 
 
+def _text(value) -> str:
+    return str(value)
+
+
+#: ``(option, ScanConfig section, field, to text)`` of every setting a rescan repeats: all
+#: of :func:`scan_config` but where the data comes from (train, test, split, download).
+_REPEATED = [
+    ("--seed", "data", "seed", _text),
+    ("--classes", "data", "classes", ",".join),
+    ("--normalize", "data", "normalize", _text),
+    ("--resize", "data", "resize", lambda hw: f"{hw[0]}x{hw[1]}"),
+    ("--model", "model", "name", _text),
+    ("--weight-decay", "model", "weight_decay", _text),
+    ("--hidden", "model", "hidden", _text),
+    ("--params", "model", "params", _text),
+    ("--epochs", "model", "epochs", _text),
+    ("--dtype", "model", "dtype", _text),
+    ("--solver", "solver", "solver", _text),
+    ("--damping", "solver", "damping", _text),
+    ("--scale", "solver", "scale", _text),
+    ("--depth", "solver", "depth", _text),
+    ("--repeats", "solver", "repeats", _text),
+    ("--batch-size", "solver", "batch_size", _text),
+    ("--tol", "solver", "tol", _text),
+    ("--self-influence", "solver", "self_influence", _text),
+    ("--outlier-z", "rule", "outlier_z", _text),
+    ("--mislabel-z", "rule", "mislabel_z", _text),
+    ("--trim", "rule", "trim", _text),
+    ("--device", None, "device", _text),
+    ("--chunk", None, "score_chunk", _text),
+]
+
+
+def scan_argv(config: ScanConfig, train: str, test: str | None) -> list[str]:
+    """The ``auditor scan`` argv that repeats ``config`` on the data ``train`` (and
+    ``test``): the inverse of :func:`scan_config`, naming each option whose value is not
+    the default, and ``--solver`` always."""
+    default = ScanConfig(DataArgs(train=train))
+    argv = ["auditor", "scan", "--train", train, *(["--test", test] if test else [])]
+    for option, section, name, text in _REPEATED:
+        value = getattr(config if section is None else getattr(config, section), name)
+        stock = getattr(default if section is None else getattr(default, section), name)
+        if value is not None and (value != stock or option == "--solver"):
+            argv += [option, text(value)]
+    return argv
+
+
 class Bars:
     """One click progress bar per phase, drawn on stderr."""
 

@@ -270,7 +270,7 @@ def _load_phase(
     with interruptible(None), phases("load"):
         train, test, model = comm.step(_load, config, datasets)
         if run is not None:
-            comm.step(_check_fingerprint, run, train, test)
+            comm.step(check_fingerprint, run, train, test)
     return phases, train, test, model
 
 
@@ -298,7 +298,8 @@ def _create_run(engine: Engine, config: ScanConfig, train, test, model: ModelTas
     )
 
 
-def _check_fingerprint(run: dict, train: Dataset, test: Dataset) -> None:
+def check_fingerprint(run: dict, train: Dataset, test: Dataset) -> None:
+    """Raise :class:`DataError` unless ``train`` and ``test`` are the data ``run`` read."""
     found = fingerprint(train, test)
     if found != run["data_fingerprint"]:
         raise DataError(

@@ -2,10 +2,15 @@
 
 import json
 import shlex
+from dataclasses import replace
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from auditor.cli import cli
+from auditor.config import ScanConfig
+from auditor.sources.idx import read_pair, write_idx
 from auditor.store import open_db, points, runs
 from tests.helpers import write_remove_decisions
 
@@ -51,3 +56,138 @@ def test_decisions_for_another_run_are_refused(tmp_path):
         cli, ["apply", "1", str(tmp_path / "d.json"), "--out", str(tmp_path / "o"), "--db", db]
     )
     assert result.exit_code == 1 and "index 99" in result.output
+
+
+def invoke(*args: str, ok: bool = True):
+    result = CliRunner().invoke(cli, list(args))
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def apply_and_rescan(tmp_path, db: str, decisions: dict, run: str = "1") -> list[str]:
+    """``auditor apply`` then the rescan command it printed; returns that command."""
+    path = tmp_path / "decisions.json"
+    path.write_text(json.dumps(decisions))
+    result = invoke("apply", run, str(path), "--out", str(tmp_path / "clean"), "--db", db)
+    rescan = shlex.split(result.stdout.strip().splitlines()[-1])
+    invoke(*rescan[1:])
+    return rescan
+
+
+def test_a_split_toy_run_is_written_back_with_the_same_test_points(tmp_path):
+    db = str(tmp_path / "a.db")
+    invoke("scan", "--train", "toy-linear", "--test-split", "0.2", "--db", db)
+    train = points.read_points(open_db(db), 1, "train")
+    apply_and_rescan(tmp_path, db, {"decisions": [{"index": 0, "action": "remove"}]})
+    engine = open_db(db)
+    before, after = runs.get_run(engine, 1), runs.get_run(engine, 2)
+    assert after["n_train"] == before["n_train"] - 1
+    assert after["metrics"]["test_fingerprint"] == before["metrics"]["test_fingerprint"]
+    kept = [p["point_id"] for p in points.read_points(engine, 2, "train")]
+    assert len(kept) == len(train) - 1
+
+
+def test_a_split_idx_folder_with_two_pairs_keeps_its_held_out_points(tmp_path, mnist_dir):
+    """The folder's t10k pair is not the run's test data (the split is): the rescan must
+    test on the held-out points, not on a copy of the t10k pair."""
+    pixels, labels = read_pair(
+        mnist_dir / "t10k-images-idx3-ubyte.gz", mnist_dir / "t10k-labels-idx1-ubyte.gz"
+    )
+    src = tmp_path / "src"
+    src.mkdir()
+    for prefix, part in (("train", slice(0, 300)), ("t10k", slice(300, 400))):
+        write_idx(src / f"{prefix}-images-idx3-ubyte", pixels[part])
+        write_idx(src / f"{prefix}-labels-idx1-ubyte", labels[part])
+    db = str(tmp_path / "a.db")
+    args = ["--classes", "1,7", "--test-split", "0.25", "--solver", "exact", "--db", db]
+    invoke("scan", "--train", str(src), *args)
+    apply_and_rescan(tmp_path, db, {"decisions": []})
+    engine = open_db(db)
+    before, after = runs.get_run(engine, 1), runs.get_run(engine, 2)
+    assert (after["n_train"], after["n_test"]) == (before["n_train"], before["n_test"])
+    assert after["metrics"]["test_fingerprint"] == before["metrics"]["test_fingerprint"]
+    assert "different test points" not in invoke("compare", "1", "2", "--db", db).output
+
+
+def test_the_rescan_repeats_every_stored_option_and_finds_the_test_data_from_anywhere(
+    tmp_path, monkeypatch
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [f"{x},{x * x - 1:.3f},{'a' if x < 0.5 else 'b'}" for x in np.linspace(-1, 2, 30)]
+    (data / "train.csv").write_text("x1,x2,label\n" + "\n".join(rows) + "\n")
+    (data / "test.csv").write_text("x1,x2,label\n" + "\n".join(rows[::3]) + "\n")
+    db = str(tmp_path / "a.db")
+    monkeypatch.chdir(data)  # relative paths, as typed
+    options = ["--model", "mlp", "--hidden", "4", "--solver", "cg", "--damping", "0.05"]
+    options += ["--trim", "0", "--outlier-z", "3", "--weight-decay", "0.02", "--seed", "3"]
+    invoke("scan", "--train", "train.csv", "--test", "test.csv", *options, "--db", db)
+    monkeypatch.chdir(tmp_path)
+    rescan = apply_and_rescan(tmp_path, db, {"decisions": [{"index": 2, "action": "remove"}]})
+    assert rescan[rescan.index("--test") + 1] == str((data / "test.csv").resolve())
+    engine = open_db(db)
+    want, got = (ScanConfig.from_dict(runs.get_run(engine, i)["config"]) for i in (1, 2))
+    assert replace(got, data=want.data) == want  # model, solver, rule, device, chunk
+    assert (got.data.seed, got.data.classes) == (want.data.seed, want.data.classes)
+
+
+def test_apply_refuses_changed_data_and_a_used_output_folder(tmp_path):
+    data = tmp_path / "train.csv"
+    data.write_text("x,label\n" + "\n".join(f"{i / 10},{'ab'[i % 2]}" for i in range(20)) + "\n")
+    db = str(tmp_path / "a.db")
+    invoke("scan", "--train", str(data), "--test-split", "0.25", "--db", db)
+    decisions = tmp_path / "d.json"
+    decisions.write_text(json.dumps({"decisions": [{"index": 3, "action": "remove"}]}))
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "old.png").write_bytes(b"stale")
+    result = invoke("apply", "1", str(decisions), "--out", str(used), "--db", db, ok=False)
+    assert result.exit_code == 1 and "not an empty folder" in result.output
+    assert sorted(p.name for p in used.iterdir()) == ["old.png"]
+    data.write_text(data.read_text().replace("0.1,b\n", ""))  # a row disappears
+    result = invoke(
+        "apply", "1", str(decisions), "--out", str(tmp_path / "o"), "--db", db, ok=False
+    )
+    assert result.exit_code == 1 and "the data changed since the run" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("decisions", "message"),
+    [
+        ([{"index": 1, "action": "remove"}, {"index": 1, "action": "keep"}], "already decided"),
+        ([{"index": True, "action": "remove"}], "index True is not a training point"),
+        ([{"index": 0, "action": "relabel", "label": "1e39"}], "too large for float32"),
+    ],
+)
+def test_ambiguous_or_unreadable_decisions_are_refused(tmp_path, decisions, message):
+    db = str(tmp_path / "a.db")
+    invoke("scan", "--train", "toy-linear", "--db", db)
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"run": 1, "decisions": decisions}))
+    result = invoke("apply", "1", str(path), "--out", str(tmp_path / "o"), "--db", db, ok=False)
+    assert result.exit_code == 1 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_its_database_and_reports_an_unwritable_file_in_one_line(tmp_path):
+    db = str(tmp_path / "a.db")
+    invoke("scan", "--train", "toy-linear", "--db", db)
+    result = invoke("export", "--out", db, "--db", db, ok=False)
+    assert result.exit_code == 2 and "is the database itself" in result.output
+    assert runs.get_run(open_db(db), 1)["status"] == "complete"
+    result = invoke("export", "--out", str(tmp_path / "no" / "x.json"), "--db", db, ok=False)
+    assert result.exit_code == 1 and "No such file or directory" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_compare_refuses_runs_of_different_tasks(tmp_path):
+    db = str(tmp_path / "a.db")
+    invoke("scan", "--train", "toy-linear", "--db", db)
+    csv = tmp_path / "c.csv"
+    csv.write_text("x,label\n" + "\n".join(f"{i / 10},{'ab'[i % 2]}" for i in range(20)) + "\n")
+    invoke("scan", "--train", str(csv), "--test-split", "0.25", "--db", db)
+    result = invoke("compare", "1", "2", "--db", db, ok=False)
+    assert result.exit_code == 1 and "do not compare" in result.output

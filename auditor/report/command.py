@@ -50,7 +50,7 @@ def report(run: int | None, out: str, top: int, test_indexes: tuple[int, ...], d
         auditor report 2 --top 500 --test-index 0 --test-index 17 --db audit.db
     """
     engine = open_existing(db)
-    run_id = resolve_run(engine, run)
+    run_id = resolve_run(engine, run, db)
     html = render_report(collect(engine, run_id, top=top, test_indexes=test_indexes))
     Path(out).write_text(html, encoding="utf-8")
     click.echo(f"wrote {out} (run {run_id}, {len(html) / 1e6:.1f} MB)", err=True)

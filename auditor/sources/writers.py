@@ -18,7 +18,7 @@ import numpy as np
 
 from auditor.data import SourceInfo
 from auditor.errors import DataError
-from auditor.sources.idx import find_pairs, labels_file_for, read_pair, select_pair, write_idx
+from auditor.sources.idx import read_pair, select_pair, write_idx
 from auditor.sources.imagefolder import find_images
 from auditor.sources.tabular import LABEL, read_csv_table, read_npz, target_column
 from auditor.sources.toy import toy_linear
@@ -89,7 +89,8 @@ def plan(ids: list[str], decisions: Decisions, where: str) -> tuple[list[int], d
 
 
 def write_idx_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -> list[Path]:
-    """idx: the pair under its own names (same compression); other pairs copied as is."""
+    """idx: the audited pair under its own names (same compression); a folder's other
+    pairs are not copied (the rescan reads the run's own test data)."""
     path = Path(source.path)
     images_path, labels_path = select_pair(path, source.options.get("role", "train"))
     pixels, labels = read_pair(images_path, labels_path)
@@ -103,11 +104,6 @@ def write_idx_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -
     written = [out_dir / images_path.name, out_dir / labels_path.name]
     write_idx(written[0], pixels[keep])
     write_idx(written[1], labels[keep])
-    if path.is_dir():
-        for other in find_pairs(path).values():
-            if other != images_path:
-                for file in (other, labels_file_for(other)):
-                    written.append(Path(shutil.copyfile(file, out_dir / file.name)))
     return written
 
 
@@ -122,7 +118,7 @@ def write_csv_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -
         row = list(data[i][1])
         if i in relabel:
             new = relabel[i]
-            row[col] = new if kind == LABEL else repr(_to_float(new, f"{path.name}#{i}"))
+            row[col] = new if kind == LABEL else repr(target_value(new, f"{path.name}#{i}"))
         rows.append(row)
     out = out_dir / path.name
     _write_csv(out, header, rows)
@@ -184,7 +180,7 @@ def write_toy_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -
     keep, relabel = plan(train.ids, decisions, "toy-linear")
     rows = []
     for i in keep:
-        target = _to_float(relabel[i], train.ids[i]) if i in relabel else train.targets[i].item()
+        target = target_value(relabel[i], train.ids[i]) if i in relabel else train.targets[i].item()
         rows.append([repr(train.features[i, 0].item()), repr(float(target))])
     out = out_dir / "toy-linear.csv"
     _write_csv(out, ["x", "target"], rows)
@@ -218,19 +214,25 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         writer.writerows(rows)
 
 
-def _to_float(text: str, point_id: str) -> float:
+def target_value(text: str, point_id: str) -> float:
+    """A new regression target from ``text``: a number that float32 holds (what the
+    loaders read back), else :class:`DataError`."""
     try:
         value = float(text)
     except ValueError:
         raise DataError(f"cannot set the target of {point_id} to {text!r}: not a number") from None
-    if not np.isfinite(value):
-        raise DataError(f"cannot set the target of {point_id} to {text!r}: not finite")
+    with np.errstate(over="ignore"):
+        if not np.isfinite(np.float32(value)):
+            raise DataError(
+                f"cannot set the target of {point_id} to {text!r}: not finite, or too large "
+                "for float32"
+            )
     return value
 
 
 def _npz_value(text: str, dtype: np.dtype, point_id: str) -> int | float:
     if np.issubdtype(dtype, np.floating):
-        return _to_float(text, point_id)
+        return target_value(text, point_id)
     try:
         value = int(text)
     except ValueError:
