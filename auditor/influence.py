@@ -88,7 +88,9 @@ def robust_ranking(
     progress: Callable[[int], None] | None = None,
 ) -> RobustRanking:
     """Self-influence and its influence z, refitting around suspected clusters of bad
-    points (the last refit leaves out the points the flag rule would flag).
+    points (the last refit leaves out the points the flag rule would flag and any whose
+    influence z reached ``outlier_z`` on the last concentration refit: readmitted, a
+    cluster masks itself again).
 
     Args:
         theta: Parameters fitted on all points ``(p,)``.
@@ -128,7 +130,7 @@ def robust_ranking(
             refit(keep)
         union = suspicion_tests(loss, harmfulness, si.cpu()).union
         mislabel, outlier = flag_masks(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
-        flagged = (mislabel | outlier).to(x.device)
-        if flagged.any() and not flagged.all():
-            refit(~flagged)
+        singled_out = (mislabel | outlier | (z.cpu() >= rule.outlier_z)).to(x.device)
+        if singled_out.any() and not singled_out.all():
+            refit(~singled_out)
     return RobustRanking(si, z, refits, kept, diagnostics)

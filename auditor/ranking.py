@@ -11,7 +11,8 @@ The rule (documented in the README, thresholds overridable from the CLI):
 2. Masking: a cluster of bad points drags the fit towards itself and hides its members
    (five y = 100 points among twenty). So the self-influence is recomputed on refits that
    leave out the ``trim`` most suspicious fraction (concentration steps, as in least
-   trimmed squares), and finally on a refit without the points flagged by step 3. Each
+   trimmed squares), and finally on a refit without the points flagged by step 3 and
+   those whose influence z reached ``outlier_z`` on the last concentration refit. Each
    point's score is then "how much its own loss depends on it, next to the clean data".
 3. Flags (:func:`flag_masks`): ``mislabel`` when the model predicts another class than
    the given label and the strongest test reaches ``mislabel_z``; ``outlier`` when the
@@ -41,7 +42,9 @@ class FlagRule:
             (2.81 for 20 points, 4.02 for 1,730, 4.37 for 8,000). See :meth:`resolved`.
         mislabel_z: Flag ``mislabel`` at or above this z of the strongest test when the
             prediction disagrees.
-        outlier_support_z: The strongest test's z an ``outlier`` must also reach.
+        outlier_support_z: The strongest test's z an ``outlier`` must also reach; ``None``
+            (the default) is ``outlier_z`` itself, so the calibrated threshold alone
+            decides (runs stored before it existed keep their 4).
         trim: Fraction left out in the concentration refits (0 turns refits off).
         rounds: Most concentration refits.
         influence_scale: ``log``: the influence z is of ``log|self-influence|``. ``sqrt``
@@ -51,7 +54,7 @@ class FlagRule:
 
     outlier_z: float | None = None
     mislabel_z: float = 5.0
-    outlier_support_z: float = 4.0
+    outlier_support_z: float | None = None
     trim: float = 0.25
     rounds: int = 3
     influence_scale: str = "log"
@@ -69,9 +72,11 @@ class FlagRule:
 
     def resolved(self, n: int) -> FlagRule:
         """This rule with ``outlier_z`` as a number for ``n`` training points."""
-        if self.outlier_z is not None:
-            return self
-        return replace(self, outlier_z=NormalDist().inv_cdf(1.0 - OUTLIER_ALPHA / max(n, 1)))
+        outlier_z = self.outlier_z
+        if outlier_z is None:
+            outlier_z = NormalDist().inv_cdf(1.0 - OUTLIER_ALPHA / max(n, 1))
+        support = outlier_z if self.outlier_support_z is None else self.outlier_support_z
+        return replace(self, outlier_z=outlier_z, outlier_support_z=support)
 
     @classmethod
     def from_dict(cls, d: dict) -> FlagRule:
@@ -236,7 +241,8 @@ def flag_masks(
     (:attr:`SuspicionTests.union`) reaches ``mislabel_z``; otherwise ``outlier`` when the
     masking-resistant influence z ``influence`` reaches ``outlier_z`` (a cluster of
     outliers hides from the loss but not from the refits) and ``union_z`` reaches
-    ``outlier_support_z``. Regression data has no mislabels."""
+    ``outlier_support_z`` (by default ``outlier_z`` itself, which that already implies).
+    Regression data has no mislabels."""
     rule = rule.resolved(union_z.shape[0])
     if task == "classification":
         mislabel = predicted.ne(targets) & (union_z >= rule.mislabel_z)
