@@ -236,6 +236,14 @@ def test_labels_not_numeric_or_out_of_range(tmp_path):
     scan_fails(tmp_path, ["--train", train, "--test", test], 1, "test.csv", "'zebra'")
 
 
+def test_unbalanced_quote_in_csv_is_refused_not_swallowed(tmp_path):
+    # csv's default (non-strict) reader read "y to the end of the file as one label: a
+    # complete run on two of the six points
+    path = csv_file(tmp_path / "q.csv", 'a,label\n1,x\n2,"y\n3,x\n4,y\n5,x\n6,y\n')
+    scan_fails(tmp_path, ["--train", path, "--test", path], 1, "q.csv", "line 3",
+               "unbalanced quote")  # fmt: skip
+
+
 def test_classes_absent_from_the_data(tmp_path):
     train = two_class_csv(tmp_path / "t.csv")
     scan_fails(tmp_path, ["--train", train, "--test-split", "0.5", "--classes", "a,q"], 1,

@@ -335,6 +335,9 @@ def test_csv_regression(tmp_path):
         ("x,label\n", "no data rows"),
         ("x,target\n1,abc\n", r"column 'target': 'abc' is not a number"),
         ("x,label,target\n1,a,2\n", "several label/target"),
+        ('x,label\n1,a\n2,"b\n3,a\n4,b\n', r"line 3: malformed CSV.*unbalanced quote"),
+        ('x,label\n1,a\n2,"b"c\n3,a\n', r"line 3: malformed CSV"),
+        ('x,label\n1,a\n2,"b\nc"\n3,a\n', r"line 3 \(data row 1\), column 'label'.*line break"),
     ],
 )
 def test_csv_errors_name_row_and_column(tmp_path, text, message):

@@ -28,16 +28,17 @@ def read_csv_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Read a CSV file's header and data rows (blank lines skipped).
 
     Returns:
-        The stripped header names and ``(line number, cells)`` for every data row.
+        The stripped header names and ``(line number, cells)`` for every data row; the
+        line number is the row's first line.
 
     Raises:
-        DataError: Unreadable, not UTF-8, empty, no data rows, or a ragged row.
+        DataError: Unreadable, not UTF-8, empty, no data rows, a ragged row, or malformed
+            quoting (an unbalanced quote would otherwise swallow the rest of the file).
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            rows = [(reader.line_num, row) for row in reader if row]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            rows = _strict_rows(csv.reader(f, strict=True), path)
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read CSV ({exc})") from exc
     if not rows:
         raise DataError(f"{path}: empty file; expected a header row and data rows")
@@ -52,6 +53,27 @@ def read_csv_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
                 f"but the header has {len(header)}"
             )
     return header, data
+
+
+def _strict_rows(reader, path: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a strict ``csv.reader`` with the line each one starts on.
+
+    Raises:
+        DataError: Malformed quoting, naming the line where the bad row starts.
+    """
+    rows: list[tuple[int, list[str]]] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as exc:
+            raise DataError(
+                f"{path}: line {start}: malformed CSV ({exc}); check for an unbalanced quote"
+            ) from None
+        if row:
+            rows.append((start, row))
 
 
 def target_column(header: list[str], path: Path) -> tuple[int, str]:
@@ -110,8 +132,11 @@ def load_csv(path: Path, normalize: str = "unit") -> Dataset:
         targets = torch.tensor(values, dtype=torch.float32)
         return Dataset(targets=targets, task="regression", **common)
     for i, (line, value) in enumerate(zip(lines, raw, strict=True)):
+        where = f"{path}: line {line} (data row {i}), column 'label'"
         if not value.strip():
-            raise DataError(f"{path}: line {line} (data row {i}), column 'label': empty label")
+            raise DataError(f"{where}: empty label")
+        if "\n" in value or "\r" in value:
+            raise DataError(f"{where}: the label {value!r} contains a line break")
     targets, class_names = encode_labels(canonical_labels(raw))
     return Dataset(targets=targets, task="classification", class_names=class_names, **common)
 
