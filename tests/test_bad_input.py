@@ -268,6 +268,19 @@ def test_non_finite_features_and_targets_in_npz(tmp_path):
                "y.npz", "non-finite y", "row 2")  # fmt: skip
 
 
+def test_finite_npz_values_too_large_for_float32(tmp_path):
+    # 1e300 is finite in float64 but overflows the float32 cast: one clean error, no
+    # numpy RuntimeWarning (an error under this suite's filterwarnings)
+    x = np.ones((6, 2), np.float64)
+    x[3, 0] = 1e300
+    np.savez(tmp_path / "x.npz", X=x, y=np.arange(6) % 2)
+    scan_fails(tmp_path, ["--train", str(tmp_path / "x.npz"), "--test-split", "0.5"], 1,
+               "x.npz", "too large for float32", "row 3")  # fmt: skip
+    np.savez(tmp_path / "y.npz", X=np.ones((6, 2)), y=np.array([1, 2, 3, -1e300, 5, 6]))
+    scan_fails(tmp_path, ["--train", str(tmp_path / "y.npz"), "--test-split", "0.5"], 1,
+               "y.npz", "non-finite y", "too large for float32", "row 3")  # fmt: skip
+
+
 def test_images_of_different_sizes_need_resize(tmp_path):
     for i in range(4):
         png(tmp_path / "imgs" / "a" / f"{i}.png", 6, 6, seed=i)

@@ -22,6 +22,7 @@ from auditor.sources.images import check_normalize, images_to_features
 from auditor.sources.labels import canonical_labels, encode_labels
 
 LABEL, TARGET = "label", "target"
+TOO_LARGE = "NaN or inf, or too large for float32"
 
 
 def read_csv_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -101,7 +102,7 @@ def parse_number(cell: str, path: Path, line: int, row: int, column: str) -> flo
     with np.errstate(over="ignore"):  # just above float32's range: inf, refused below
         as_float32 = np.float32(value)
     if not np.isfinite(value) or not np.isfinite(as_float32):
-        raise DataError(f"{where}: non-finite value {cell!r} (NaN or inf, or too large)")
+        raise DataError(f"{where}: non-finite value {cell!r} ({TOO_LARGE})")
     return value
 
 
@@ -196,10 +197,11 @@ def load_npz(path: Path, normalize: str = "unit") -> Dataset:
         names = [str(v) for v in values.tolist()]
         return Dataset(targets=targets, task="classification", class_names=names, **common)
     if np.issubdtype(y.dtype, np.floating):
-        targets = torch.from_numpy(y.astype(np.float32))
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+            targets = torch.from_numpy(y.astype(np.float32))
         bad = (~torch.isfinite(targets)).nonzero().flatten()
         if len(bad):
-            raise DataError(f"{path}: non-finite y (NaN or inf) at row {bad[0].item()}")
+            raise DataError(f"{path}: non-finite y ({TOO_LARGE}) at row {bad[0].item()}")
         return Dataset(targets=targets, task="regression", **common)
     raise DataError(f"{path}: y must be integer (classes) or float (regression), got {y.dtype}")
 
@@ -213,10 +215,10 @@ def _npz_features(
         return images, images_to_features(images, normalize)
     if not any(np.issubdtype(x.dtype, t) for t in (np.integer, np.floating, np.bool_)):
         raise DataError(f"{path}: X must be integer, float or bool, got {x.dtype}")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
         flat = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
     features = torch.from_numpy(flat)
     bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten()
     if len(bad):
-        raise DataError(f"{path}: non-finite value in X (NaN or inf) at row {bad[0].item()}")
+        raise DataError(f"{path}: non-finite value in X ({TOO_LARGE}) at row {bad[0].item()}")
     return None, features
