@@ -26,6 +26,8 @@ from click.testing import CliRunner
 from torchvision.io import encode_png
 
 from auditor.cli import cli
+from auditor.data import Dataset, validate
+from auditor.errors import DataError
 from auditor.store import open_db
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -320,6 +322,23 @@ def test_truncated_and_corrupt_idx_files(tmp_path):
     scan_fails(tmp_path, args, 1, "t10k-images-idx3-ubyte.gz", "cannot read")
     images.write_bytes(gzip.compress(b"PK\x03\x04" + idx_bytes(pixels)[4:]))
     scan_fails(tmp_path, args, 1, "t10k-images-idx3-ubyte.gz", "not an idx file")
+
+
+def test_idx_images_without_pixels(tmp_path):
+    # (n, 0, 0) images used to give a "complete" run over empty feature vectors
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((12, 0, 0), np.uint8)))
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(12) % 2))
+    scan_fails(tmp_path, ["--train", str(folder), "--test-split", "0.5"], 1,
+               "train-images-idx3-ubyte", "0x0", "at least one pixel")  # fmt: skip
+
+
+def test_validation_refuses_points_without_features():
+    empty = Dataset(torch.zeros(4, 0), torch.tensor([0, 1, 0, 1]), list("abcd"),
+                    "classification", class_names=["x", "y"], name="hollow")  # fmt: skip
+    with pytest.raises(DataError, match=r"train data \(hollow\) has no features"):
+        validate(empty, "train")
 
 
 def test_corrupt_npz(tmp_path):

@@ -152,6 +152,11 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
     labels = read_idx(labels_path)
     if pixels.ndim != 3:
         raise DataError(f"{images_path}: expected 3 dimensions (n, H, W), got shape {pixels.shape}")
+    if pixels.shape[1] * pixels.shape[2] == 0:
+        raise DataError(
+            f"{images_path}: images of {pixels.shape[1]}x{pixels.shape[2]} (HxW) pixels; "
+            "expected at least one pixel"
+        )
     if labels.ndim != 1:
         raise DataError(f"{labels_path}: expected 1 dimension (n,), got shape {labels.shape}")
     if len(pixels) != len(labels):
