@@ -28,7 +28,7 @@ from torchvision.io import encode_png
 from auditor.cli import cli
 from auditor.data import Dataset, validate
 from auditor.errors import DataError
-from auditor.store import open_db
+from auditor.store import open_db, points
 
 ROOT = Path(__file__).resolve().parents[1]
 SETPRIV = shutil.which("setpriv")
@@ -250,6 +250,39 @@ def test_classes_absent_from_the_data(tmp_path):
     train = two_class_csv(tmp_path / "t.csv")
     scan_fails(tmp_path, ["--train", train, "--test-split", "0.5", "--classes", "a,q"], 1,
                "no class 'q'")  # fmt: skip
+
+
+@pytest.mark.parametrize("classes", [None, "a,b", "b,a"])
+def test_classes_accept_a_test_set_lacking_one_of_them(tmp_path, classes):
+    # the test set has no 'b' and an extra 'c'. Without --classes, 'c' is refused (the
+    # training data lacks it); with --classes, 'c' is dropped and the absent 'b' is fine
+    # (it was refused, though a test set without 'b' is accepted without --classes)
+    train = two_class_csv(tmp_path / "train.csv")
+    test = csv_file(tmp_path / "test.csv", "f0,f1,label\n1,2,a\n5,5,c\n3,4,a\n")
+    db = tmp_path / "audit.db"
+    args = ["scan", "--train", train, "--test", test, "--solver", "exact", "--db", str(db)]
+    result = CliRunner().invoke(cli, args + (["--classes", classes] if classes else []))
+    if classes is None:
+        assert result.exit_code == 1 and "'c' that the training data lacks" in result.output
+        return
+    assert result.exit_code == 0, result.output
+    engine = open_db(str(db), create=False)
+    try:
+        stored = points.read_points(engine, 1, "test")
+    finally:
+        engine.dispose()
+    assert [p["point_id"] for p in stored] == ["test.csv#0", "test.csv#2"]
+    assert [p["label"] for p in stored] == [classes.split(",").index("a")] * 2
+
+
+def test_classes_still_required_in_the_training_set_and_somewhere_in_the_test_set(tmp_path):
+    train = two_class_csv(tmp_path / "train.csv")
+    only_a = csv_file(tmp_path / "only_a.csv", "f0,f1,label\n1,2,a\n3,4,a\n")
+    scan_fails(tmp_path, ["--train", only_a, "--test", train, "--classes", "a,b"], 1,
+               "only_a.csv", "no class 'b'")  # fmt: skip
+    only_c = csv_file(tmp_path / "only_c.csv", "f0,f1,label\n1,2,c\n3,4,c\n")
+    scan_fails(tmp_path, ["--train", train, "--test", only_c, "--classes", "a,b"], 1,
+               "only_c.csv", "no class 'a', 'b'")  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e999"])

@@ -74,6 +74,7 @@ def load(
         role: ``"train"`` or ``"test"``: picks the toy-linear part and, in a folder holding
             ``train-*`` and ``t10k-*`` idx pairs, the pair.
         classes: Keep only these classes, indexed in this order (classification only).
+            The train role needs every one of them; the test role at least one.
         normalize: Pixel feature scaling for image data, ``"unit"`` or ``"none"``.
         resize: ``(H, W)`` for image folders whose images differ in size.
         seed: Noise seed of ``toy-linear``.
@@ -93,7 +94,8 @@ def load(
             raise ConfigError("resize only applies to image folders, not toy-linear")
         toy = toy_linear(seed)[0 if role == "train" else 1]
         options = {**toy.source.options, "normalize": normalize}
-        return restrict_classes(replace(toy, source=replace(toy.source, options=options)), classes)
+        toy = replace(toy, source=replace(toy.source, options=options))
+        return restrict_classes(toy, classes, require_all=role == "train")
     path = Path(spec).expanduser()
     try:
         exists = path.exists()
@@ -112,4 +114,4 @@ def load(
         dataset = load_csv(path, normalize)
     else:
         dataset = load_npz(path, normalize)
-    return restrict_classes(dataset, classes)
+    return restrict_classes(dataset, classes, require_all=role == "train")

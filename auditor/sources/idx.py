@@ -224,4 +224,4 @@ def download_mnist(
             MNIST(str(root), train=role == "train", download=True)
         except (RuntimeError, OSError, ValueError, EOFError) as exc:
             raise DataError(f"could not download MNIST: {exc}") from exc
-    return restrict_classes(load_idx(images, role, normalize), classes)
+    return restrict_classes(load_idx(images, role, normalize), classes, require_all=role == "train")
