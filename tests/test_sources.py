@@ -6,14 +6,19 @@ import gzip
 import os
 import shutil
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torchvision.io import write_png
 
+from auditor.cli import cli
+from auditor.config import DataArgs
 from auditor.errors import ConfigError, DataError
+from auditor.scan import load_data
 from auditor.sources import align_classes, download_mnist, images_to_features, load
 from auditor.sources.idx import read_idx
 
@@ -265,6 +270,35 @@ def test_imagefolder_mixed_gray_and_rgb_become_rgb(tmp_path):
     assert data.images.shape == (2, 3, 4, 5)
     assert torch.equal(data.images[0], rgb)
     assert torch.equal(data.images[1], gray.expand(3, -1, -1))
+
+
+@pytest.mark.parametrize("normalize", ["unit", "none"])
+def test_gray_train_folder_and_rgb_test_folder_agree_as_rgb(tmp_path, normalize):
+    # one folder mixing gray and RGB is promoted as it is read; a gray train folder with
+    # an RGB test folder (the parts `apply` writes after --test-split) gave "train has 20
+    # features per point but test has 60"
+    grays = [png(tmp_path / "train" / c / "1.png", random_image(i, 1)) for i, c in enumerate("ab")]
+    png(tmp_path / "test" / "a" / "1.png", random_image(5, 1))
+    rgb = png(tmp_path / "test" / "b" / "rgb.png", random_image(6))
+    args = DataArgs(train=str(tmp_path / "train"), test=str(tmp_path / "test"), normalize=normalize)
+    for train, test in (
+        load_data(args),
+        reversed(load_data(replace(args, train=args.test, test=args.train))),
+    ):
+        assert train.images.shape == (2, 3, 4, 5) and test.images.shape == (2, 3, 4, 5)
+        assert train.n_features == test.n_features == 60
+    train, test = load_data(args)
+    assert torch.equal(train.images, torch.stack([g.expand(3, -1, -1) for g in grays]))
+    assert torch.equal(test.images[1], rgb)
+    pixels = torch.stack([g.expand(3, -1, -1) for g in grays]).reshape(2, -1).double() / 255
+    if normalize == "unit":
+        pixels /= pixels.norm(dim=1, keepdim=True)
+    assert torch.allclose(train.features.double(), pixels, atol=1e-6)
+    result = CliRunner().invoke(
+        cli, ["scan", "--train", args.train, "--test", args.test, "--solver", "exact",
+              "--normalize", normalize, "--db", str(tmp_path / "a.db")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
 
 
 def test_imagefolder_corrupt_image_names_the_file(tmp_path):
