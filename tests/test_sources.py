@@ -301,6 +301,22 @@ def test_gray_train_folder_and_rgb_test_folder_agree_as_rgb(tmp_path, normalize)
     assert result.exit_code == 0, result.output
 
 
+def test_cmyk_jpeg_is_converted_to_rgb_not_read_as_rgb_plus_alpha(tmp_path):
+    from PIL import Image
+
+    cmyk = np.random.default_rng(0).integers(0, 256, (4, 5, 4), dtype=np.uint8)
+    (tmp_path / "a").mkdir()
+    Image.frombytes("CMYK", (5, 4), cmyk.tobytes()).save(tmp_path / "a" / "c.jpg", quality=95)
+    png(tmp_path / "b" / "1.png", random_image(1))
+    data = load(str(tmp_path), normalize="none")
+    with Image.open(tmp_path / "a" / "c.jpg") as image:
+        assert image.mode == "CMYK"
+        want = torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy())
+    got = data.images[0]
+    assert got.shape == (3, 4, 5)
+    assert (got.int() - want.int()).abs().max() <= 2  # JPEG decoders may round differently
+
+
 def test_imagefolder_corrupt_image_names_the_file(tmp_path):
     png(tmp_path / "a" / "1.png", random_image(0))
     (tmp_path / "b").mkdir()

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
 from auditor.data import Dataset, SourceInfo
@@ -40,16 +40,24 @@ def find_images(root: Path) -> list[tuple[str, str]]:
     return found
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
 def decode(path: Path) -> torch.Tensor:
     """Decode one image file (the first frame of an animation) to ``(1|3, H, W)`` uint8.
+
+    A JPEG with 4 channels is CMYK, not RGB + alpha: it is decoded as RGB, which converts it.
 
     Raises:
         DataError: The file cannot be read or decoded.
     """
     try:
+        data = read_file(str(path))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            image = decode_image(str(path), mode=ImageReadMode.UNCHANGED)
+            image = decode_image(data, mode=ImageReadMode.UNCHANGED)
+            if image.shape[-3] == 4 and bytes(data[:3].tolist()) == JPEG_MAGIC:
+                image = decode_image(data, mode=ImageReadMode.RGB)
         if image.ndim == 4:
             image = image[0]
         return to_uint8_chw(image)
