@@ -322,7 +322,7 @@ def test_images_of_different_sizes_need_resize(tmp_path):
         png(tmp_path / "imgs" / "b" / f"{i}.png", 6, 6, seed=10 + i)
     png(tmp_path / "imgs" / "b" / "big.png", 9, 7)
     args = ["--train", str(tmp_path / "imgs"), "--test-split", "0.3", "--solver", "exact"]
-    scan_fails(tmp_path, args, 1, "b/big.png", "9x7", "6x6", "resize")
+    scan_fails(tmp_path, args, 1, "b/big.png", "9x7", "6x6", "--resize HxW", "--resize 6x6")
     db = tmp_path / "ok.db"
     result = CliRunner().invoke(cli, ["scan", *args, "--resize", "6x6", "--db", str(db)])
     assert result.exit_code == 0, result.output  # resized only when asked

@@ -317,6 +317,25 @@ def test_cmyk_jpeg_is_converted_to_rgb_not_read_as_rgb_plus_alpha(tmp_path):
     assert (got.int() - want.int()).abs().max() <= 2  # JPEG decoders may round differently
 
 
+def test_imagefolder_symlink_loops_do_not_multiply_points(tmp_path):
+    root = tmp_path / "root"
+    a = png(root / "a" / "1.png", random_image(0))
+    b = png(root / "b" / "1.png", random_image(1))
+    c = png(root / "a" / "sub" / "2.png", random_image(2))
+    d = png(tmp_path / "elsewhere" / "3.png", random_image(3))
+    (root / "b" / "more").symlink_to(tmp_path / "elsewhere")  # an ordinary link: followed
+    want_ids = ["a/1.png", "a/sub/2.png", "b/1.png", "b/more/3.png"]
+    # one loop at a time (two would make the unguarded walk exponential): back to the
+    # class folder, and back to the root (which also read b's image as class 'a')
+    for link, target in [(root / "a" / "sub" / "back", ".."), (root / "a" / "up", "..")]:
+        link.symlink_to(target)
+        data = load(str(root), normalize="none")
+        assert data.ids == want_ids
+        assert data.targets.tolist() == [0, 0, 1, 1]
+        assert torch.equal(data.images, torch.stack([a, c, b, d]))
+        link.unlink()
+
+
 def test_imagefolder_corrupt_image_names_the_file(tmp_path):
     png(tmp_path / "a" / "1.png", random_image(0))
     (tmp_path / "b").mkdir()
