@@ -103,6 +103,8 @@ def validate(dataset: Dataset, role: str) -> None:
     where = f"{role} data ({dataset.name})"
     if len(dataset) == 0:
         raise DataError(f"{where} is empty")
+    if dataset.n_features == 0:
+        raise DataError(f"{where} has no features: every point is an empty vector")
     if not torch.isfinite(dataset.features).all():
         bad = (~torch.isfinite(dataset.features)).any(dim=1).nonzero()[0].item()
         raise DataError(f"{where}: non-finite feature value (NaN or inf) at {dataset.ids[bad]}")

@@ -123,6 +123,7 @@ def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
     if test is None:
         validate(train, "train")
         train, test = train_test_split(train, args.test_split, args.seed)
+    train, test = sources.match_channels(train, test)
     if train.task == "classification" and test.class_names != train.class_names:
         test = sources.align_classes(test, train.class_names)
     validate(train, "train")

@@ -26,7 +26,9 @@ from click.testing import CliRunner
 from torchvision.io import encode_png
 
 from auditor.cli import cli
-from auditor.store import open_db
+from auditor.data import Dataset, validate
+from auditor.errors import DataError
+from auditor.store import open_db, points
 
 ROOT = Path(__file__).resolve().parents[1]
 SETPRIV = shutil.which("setpriv")
@@ -236,10 +238,51 @@ def test_labels_not_numeric_or_out_of_range(tmp_path):
     scan_fails(tmp_path, ["--train", train, "--test", test], 1, "test.csv", "'zebra'")
 
 
+def test_unbalanced_quote_in_csv_is_refused_not_swallowed(tmp_path):
+    # csv's default (non-strict) reader read "y to the end of the file as one label: a
+    # complete run on two of the six points
+    path = csv_file(tmp_path / "q.csv", 'a,label\n1,x\n2,"y\n3,x\n4,y\n5,x\n6,y\n')
+    scan_fails(tmp_path, ["--train", path, "--test", path], 1, "q.csv", "line 3",
+               "unbalanced quote")  # fmt: skip
+
+
 def test_classes_absent_from_the_data(tmp_path):
     train = two_class_csv(tmp_path / "t.csv")
     scan_fails(tmp_path, ["--train", train, "--test-split", "0.5", "--classes", "a,q"], 1,
                "no class 'q'")  # fmt: skip
+
+
+@pytest.mark.parametrize("classes", [None, "a,b", "b,a"])
+def test_classes_accept_a_test_set_lacking_one_of_them(tmp_path, classes):
+    # the test set has no 'b' and an extra 'c'. Without --classes, 'c' is refused (the
+    # training data lacks it); with --classes, 'c' is dropped and the absent 'b' is fine
+    # (it was refused, though a test set without 'b' is accepted without --classes)
+    train = two_class_csv(tmp_path / "train.csv")
+    test = csv_file(tmp_path / "test.csv", "f0,f1,label\n1,2,a\n5,5,c\n3,4,a\n")
+    db = tmp_path / "audit.db"
+    args = ["scan", "--train", train, "--test", test, "--solver", "exact", "--db", str(db)]
+    result = CliRunner().invoke(cli, args + (["--classes", classes] if classes else []))
+    if classes is None:
+        assert result.exit_code == 1 and "'c' that the training data lacks" in result.output
+        return
+    assert result.exit_code == 0, result.output
+    engine = open_db(str(db), create=False)
+    try:
+        stored = points.read_points(engine, 1, "test")
+    finally:
+        engine.dispose()
+    assert [p["point_id"] for p in stored] == ["test.csv#0", "test.csv#2"]
+    assert [p["label"] for p in stored] == [classes.split(",").index("a")] * 2
+
+
+def test_classes_still_required_in_the_training_set_and_somewhere_in_the_test_set(tmp_path):
+    train = two_class_csv(tmp_path / "train.csv")
+    only_a = csv_file(tmp_path / "only_a.csv", "f0,f1,label\n1,2,a\n3,4,a\n")
+    scan_fails(tmp_path, ["--train", only_a, "--test", train, "--classes", "a,b"], 1,
+               "only_a.csv", "no class 'b'")  # fmt: skip
+    only_c = csv_file(tmp_path / "only_c.csv", "f0,f1,label\n1,2,c\n3,4,c\n")
+    scan_fails(tmp_path, ["--train", train, "--test", only_c, "--classes", "a,b"], 1,
+               "only_c.csv", "no class 'a', 'b'")  # fmt: skip
 
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "1e999"])
@@ -260,13 +303,26 @@ def test_non_finite_features_and_targets_in_npz(tmp_path):
                "y.npz", "non-finite y", "row 2")  # fmt: skip
 
 
+def test_finite_npz_values_too_large_for_float32(tmp_path):
+    # 1e300 is finite in float64 but overflows the float32 cast: one clean error, no
+    # numpy RuntimeWarning (an error under this suite's filterwarnings)
+    x = np.ones((6, 2), np.float64)
+    x[3, 0] = 1e300
+    np.savez(tmp_path / "x.npz", X=x, y=np.arange(6) % 2)
+    scan_fails(tmp_path, ["--train", str(tmp_path / "x.npz"), "--test-split", "0.5"], 1,
+               "x.npz", "too large for float32", "row 3")  # fmt: skip
+    np.savez(tmp_path / "y.npz", X=np.ones((6, 2)), y=np.array([1, 2, 3, -1e300, 5, 6]))
+    scan_fails(tmp_path, ["--train", str(tmp_path / "y.npz"), "--test-split", "0.5"], 1,
+               "y.npz", "non-finite y", "too large for float32", "row 3")  # fmt: skip
+
+
 def test_images_of_different_sizes_need_resize(tmp_path):
     for i in range(4):
         png(tmp_path / "imgs" / "a" / f"{i}.png", 6, 6, seed=i)
         png(tmp_path / "imgs" / "b" / f"{i}.png", 6, 6, seed=10 + i)
     png(tmp_path / "imgs" / "b" / "big.png", 9, 7)
     args = ["--train", str(tmp_path / "imgs"), "--test-split", "0.3", "--solver", "exact"]
-    scan_fails(tmp_path, args, 1, "b/big.png", "9x7", "6x6", "resize")
+    scan_fails(tmp_path, args, 1, "b/big.png", "9x7", "6x6", "--resize HxW", "--resize 6x6")
     db = tmp_path / "ok.db"
     result = CliRunner().invoke(cli, ["scan", *args, "--resize", "6x6", "--db", str(db)])
     assert result.exit_code == 0, result.output  # resized only when asked
@@ -299,6 +355,23 @@ def test_truncated_and_corrupt_idx_files(tmp_path):
     scan_fails(tmp_path, args, 1, "t10k-images-idx3-ubyte.gz", "cannot read")
     images.write_bytes(gzip.compress(b"PK\x03\x04" + idx_bytes(pixels)[4:]))
     scan_fails(tmp_path, args, 1, "t10k-images-idx3-ubyte.gz", "not an idx file")
+
+
+def test_idx_images_without_pixels(tmp_path):
+    # (n, 0, 0) images used to give a "complete" run over empty feature vectors
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((12, 0, 0), np.uint8)))
+    (folder / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(12) % 2))
+    scan_fails(tmp_path, ["--train", str(folder), "--test-split", "0.5"], 1,
+               "train-images-idx3-ubyte", "0x0", "at least one pixel")  # fmt: skip
+
+
+def test_validation_refuses_points_without_features():
+    empty = Dataset(torch.zeros(4, 0), torch.tensor([0, 1, 0, 1]), list("abcd"),
+                    "classification", class_names=["x", "y"], name="hollow")  # fmt: skip
+    with pytest.raises(DataError, match=r"train data \(hollow\) has no features"):
+        validate(empty, "train")
 
 
 def test_corrupt_npz(tmp_path):

@@ -6,14 +6,19 @@ import gzip
 import os
 import shutil
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torchvision.io import write_png
 
+from auditor.cli import cli
+from auditor.config import DataArgs
 from auditor.errors import ConfigError, DataError
+from auditor.scan import load_data
 from auditor.sources import align_classes, download_mnist, images_to_features, load
 from auditor.sources.idx import read_idx
 
@@ -267,6 +272,70 @@ def test_imagefolder_mixed_gray_and_rgb_become_rgb(tmp_path):
     assert torch.equal(data.images[1], gray.expand(3, -1, -1))
 
 
+@pytest.mark.parametrize("normalize", ["unit", "none"])
+def test_gray_train_folder_and_rgb_test_folder_agree_as_rgb(tmp_path, normalize):
+    # one folder mixing gray and RGB is promoted as it is read; a gray train folder with
+    # an RGB test folder (the parts `apply` writes after --test-split) gave "train has 20
+    # features per point but test has 60"
+    grays = [png(tmp_path / "train" / c / "1.png", random_image(i, 1)) for i, c in enumerate("ab")]
+    png(tmp_path / "test" / "a" / "1.png", random_image(5, 1))
+    rgb = png(tmp_path / "test" / "b" / "rgb.png", random_image(6))
+    args = DataArgs(train=str(tmp_path / "train"), test=str(tmp_path / "test"), normalize=normalize)
+    for train, test in (
+        load_data(args),
+        reversed(load_data(replace(args, train=args.test, test=args.train))),
+    ):
+        assert train.images.shape == (2, 3, 4, 5) and test.images.shape == (2, 3, 4, 5)
+        assert train.n_features == test.n_features == 60
+    train, test = load_data(args)
+    assert torch.equal(train.images, torch.stack([g.expand(3, -1, -1) for g in grays]))
+    assert torch.equal(test.images[1], rgb)
+    pixels = torch.stack([g.expand(3, -1, -1) for g in grays]).reshape(2, -1).double() / 255
+    if normalize == "unit":
+        pixels /= pixels.norm(dim=1, keepdim=True)
+    assert torch.allclose(train.features.double(), pixels, atol=1e-6)
+    result = CliRunner().invoke(
+        cli, ["scan", "--train", args.train, "--test", args.test, "--solver", "exact",
+              "--normalize", normalize, "--db", str(tmp_path / "a.db")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_cmyk_jpeg_is_converted_to_rgb_not_read_as_rgb_plus_alpha(tmp_path):
+    from PIL import Image
+
+    cmyk = np.random.default_rng(0).integers(0, 256, (4, 5, 4), dtype=np.uint8)
+    (tmp_path / "a").mkdir()
+    Image.frombytes("CMYK", (5, 4), cmyk.tobytes()).save(tmp_path / "a" / "c.jpg", quality=95)
+    png(tmp_path / "b" / "1.png", random_image(1))
+    data = load(str(tmp_path), normalize="none")
+    with Image.open(tmp_path / "a" / "c.jpg") as image:
+        assert image.mode == "CMYK"
+        want = torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy())
+    got = data.images[0]
+    assert got.shape == (3, 4, 5)
+    assert (got.int() - want.int()).abs().max() <= 2  # JPEG decoders may round differently
+
+
+def test_imagefolder_symlink_loops_do_not_multiply_points(tmp_path):
+    root = tmp_path / "root"
+    a = png(root / "a" / "1.png", random_image(0))
+    b = png(root / "b" / "1.png", random_image(1))
+    c = png(root / "a" / "sub" / "2.png", random_image(2))
+    d = png(tmp_path / "elsewhere" / "3.png", random_image(3))
+    (root / "b" / "more").symlink_to(tmp_path / "elsewhere")  # an ordinary link: followed
+    want_ids = ["a/1.png", "a/sub/2.png", "b/1.png", "b/more/3.png"]
+    # one loop at a time (two would make the unguarded walk exponential): back to the
+    # class folder, and back to the root (which also read b's image as class 'a')
+    for link, target in [(root / "a" / "sub" / "back", ".."), (root / "a" / "up", "..")]:
+        link.symlink_to(target)
+        data = load(str(root), normalize="none")
+        assert data.ids == want_ids
+        assert data.targets.tolist() == [0, 0, 1, 1]
+        assert torch.equal(data.images, torch.stack([a, c, b, d]))
+        link.unlink()
+
+
 def test_imagefolder_corrupt_image_names_the_file(tmp_path):
     png(tmp_path / "a" / "1.png", random_image(0))
     (tmp_path / "b").mkdir()
@@ -335,6 +404,9 @@ def test_csv_regression(tmp_path):
         ("x,label\n", "no data rows"),
         ("x,target\n1,abc\n", r"column 'target': 'abc' is not a number"),
         ("x,label,target\n1,a,2\n", "several label/target"),
+        ('x,label\n1,a\n2,"b\n3,a\n4,b\n', r"line 3: malformed CSV.*unbalanced quote"),
+        ('x,label\n1,a\n2,"b"c\n3,a\n', r"line 3: malformed CSV"),
+        ('x,label\n1,a\n2,"b\nc"\n3,a\n', r"line 3 \(data row 1\), column 'label'.*line break"),
     ],
 )
 def test_csv_errors_name_row_and_column(tmp_path, text, message):

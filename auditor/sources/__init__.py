@@ -15,7 +15,7 @@ from auditor.data import Dataset
 from auditor.errors import ConfigError, DataError
 from auditor.sources.idx import download_mnist, find_pairs, is_images_file, load_idx
 from auditor.sources.imagefolder import load_imagefolder
-from auditor.sources.images import check_normalize, images_to_features
+from auditor.sources.images import check_normalize, images_to_features, to_rgb
 from auditor.sources.labels import align_classes, restrict_classes
 from auditor.sources.tabular import load_csv, load_npz
 from auditor.sources.toy import toy_linear
@@ -26,6 +26,7 @@ __all__ = [
     "download_mnist",
     "images_to_features",
     "load",
+    "match_channels",
     "restrict_classes",
 ]
 
@@ -74,6 +75,7 @@ def load(
         role: ``"train"`` or ``"test"``: picks the toy-linear part and, in a folder holding
             ``train-*`` and ``t10k-*`` idx pairs, the pair.
         classes: Keep only these classes, indexed in this order (classification only).
+            The train role needs every one of them; the test role at least one.
         normalize: Pixel feature scaling for image data, ``"unit"`` or ``"none"``.
         resize: ``(H, W)`` for image folders whose images differ in size.
         seed: Noise seed of ``toy-linear``.
@@ -93,7 +95,8 @@ def load(
             raise ConfigError("resize only applies to image folders, not toy-linear")
         toy = toy_linear(seed)[0 if role == "train" else 1]
         options = {**toy.source.options, "normalize": normalize}
-        return restrict_classes(replace(toy, source=replace(toy.source, options=options)), classes)
+        toy = replace(toy, source=replace(toy.source, options=options))
+        return restrict_classes(toy, classes, require_all=role == "train")
     path = Path(spec).expanduser()
     try:
         exists = path.exists()
@@ -112,4 +115,32 @@ def load(
         dataset = load_csv(path, normalize)
     else:
         dataset = load_npz(path, normalize)
-    return restrict_classes(dataset, classes)
+    return restrict_classes(dataset, classes, require_all=role == "train")
+
+
+def match_channels(train: Dataset, test: Dataset) -> tuple[Dataset, Dataset]:
+    """Promote the gray one of a gray and an RGB image dataset to RGB, so that they agree.
+
+    One image folder mixing gray and RGB images is promoted to RGB as it is read; this does
+    the same across two loads (a train and a test folder, or the two parts ``auditor apply``
+    writes after ``--test-split``). Other pairs are returned unchanged.
+
+    Returns:
+        ``(train, test)``; a promoted dataset has ``(n, 3, H, W)`` images and features
+        recomputed from them with its own ``normalize`` option.
+    """
+    if train.images is None or test.images is None:
+        return train, test
+    channels = (train.images.shape[1], test.images.shape[1])
+    if channels == (1, 3):
+        return _promoted(train), test
+    if channels == (3, 1):
+        return train, _promoted(test)
+    return train, test
+
+
+def _promoted(dataset: Dataset) -> Dataset:
+    """A gray image dataset as RGB: images and features, as an image folder's promotion."""
+    images = to_rgb(dataset.images)
+    normalize = dataset.source.options.get("normalize", "unit")
+    return replace(dataset, images=images, features=images_to_features(images, normalize))

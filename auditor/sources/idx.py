@@ -152,6 +152,11 @@ def read_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndar
     labels = read_idx(labels_path)
     if pixels.ndim != 3:
         raise DataError(f"{images_path}: expected 3 dimensions (n, H, W), got shape {pixels.shape}")
+    if pixels.shape[1] * pixels.shape[2] == 0:
+        raise DataError(
+            f"{images_path}: images of {pixels.shape[1]}x{pixels.shape[2]} (HxW) pixels; "
+            "expected at least one pixel"
+        )
     if labels.ndim != 1:
         raise DataError(f"{labels_path}: expected 1 dimension (n,), got shape {labels.shape}")
     if len(pixels) != len(labels):
@@ -219,4 +224,4 @@ def download_mnist(
             MNIST(str(root), train=role == "train", download=True)
         except (RuntimeError, OSError, ValueError, EOFError) as exc:
             raise DataError(f"could not download MNIST: {exc}") from exc
-    return restrict_classes(load_idx(images, role, normalize), classes)
+    return restrict_classes(load_idx(images, role, normalize), classes, require_all=role == "train")

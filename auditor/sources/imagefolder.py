@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
 from auditor.data import Dataset, SourceInfo
@@ -25,14 +25,23 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")
 def find_images(root: Path) -> list[tuple[str, str]]:
     """Every image under ``root``'s class folders, in a stable order.
 
+    Symbolic links to folders are followed, but a folder is read at most once per class, and
+    never through a link back to ``root`` or into a class folder: a link loop does not
+    multiply the points.
+
     Returns:
         ``(id, class name)`` pairs; the id is the path relative to ``root`` with forward
         slashes (``"cat/001.png"``), sorted by class folder then path.
     """
     found: list[tuple[str, str]] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)):
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+    tops = {os.path.realpath(root), *(os.path.realpath(c) for c in class_dirs)}
+    for class_dir in class_dirs:
+        seen = set(tops)
         for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+            dirnames[:] = sorted(
+                d for d in dirnames if not _hidden(d) and _first_visit(Path(dirpath) / d, seen)
+            )
             for name in sorted(filenames):
                 if not _hidden(name) and name.lower().endswith(IMAGE_EXTENSIONS):
                     rel = (Path(dirpath) / name).relative_to(root).as_posix()
@@ -40,16 +49,33 @@ def find_images(root: Path) -> list[tuple[str, str]]:
     return found
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def _first_visit(directory: Path, seen: set[str]) -> bool:
+    """Whether ``directory`` resolves to a folder not in ``seen``; records it if so."""
+    real = os.path.realpath(directory)
+    if real in seen:
+        return False
+    seen.add(real)
+    return True
+
+
 def decode(path: Path) -> torch.Tensor:
     """Decode one image file (the first frame of an animation) to ``(1|3, H, W)`` uint8.
+
+    A JPEG with 4 channels is CMYK, not RGB + alpha: it is decoded as RGB, which converts it.
 
     Raises:
         DataError: The file cannot be read or decoded.
     """
     try:
+        data = read_file(str(path))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
-            image = decode_image(str(path), mode=ImageReadMode.UNCHANGED)
+            image = decode_image(data, mode=ImageReadMode.UNCHANGED)
+            if image.shape[-3] == 4 and bytes(data[:3].tolist()) == JPEG_MAGIC:
+                image = decode_image(data, mode=ImageReadMode.RGB)
         if image.ndim == 4:
             image = image[0]
         return to_uint8_chw(image)
@@ -89,7 +115,7 @@ def read_images(root: Path, ids: list[str], resize: tuple[int, int] | None) -> t
             h, w = image.shape[1:]
             raise DataError(
                 f"{root / rel}: size {h}x{w} (HxW) differs from {h0}x{w0} of {root / ids[0]}; "
-                "resize all images to one size (resize=(H, W))"
+                f"resize all images to one size with --resize HxW (e.g. --resize {h0}x{w0})"
             )
         pixels.append(image)
     if any(p.shape[0] == 3 for p in pixels):

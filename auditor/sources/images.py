@@ -61,5 +61,8 @@ def to_uint8_chw(image: torch.Tensor) -> torch.Tensor:
 
 
 def to_rgb(image: torch.Tensor) -> torch.Tensor:
-    """``(1, H, W)`` gray -> ``(3, H, W)`` RGB; RGB images are returned unchanged."""
-    return image.expand(3, -1, -1).contiguous() if image.shape[0] == 1 else image
+    """``(1, H, W)`` gray -> ``(3, H, W)`` RGB, or a batch ``(n, 1, H, W)`` -> ``(n, 3, H, W)``;
+    RGB images are returned unchanged."""
+    if image.shape[-3] != 1:
+        return image
+    return image.expand(*image.shape[:-3], 3, *image.shape[-2:]).contiguous()

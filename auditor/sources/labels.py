@@ -56,16 +56,25 @@ def check_classes(classes: Sequence[str] | None) -> list[str] | None:
     return cleaned
 
 
-def restrict_classes(dataset: Dataset, classes: Sequence[str] | None) -> Dataset:
+def restrict_classes(
+    dataset: Dataset, classes: Sequence[str] | None, *, require_all: bool = True
+) -> Dataset:
     """Keep the points of the given classes, re-indexed in the order of ``classes``.
 
     ``classes=["1", "7"]`` on MNIST gives a binary task: "1" -> 0, "7" -> 1. With
     ``classes=None`` the dataset is returned as is. Either way ``classes`` is recorded in
     ``dataset.source.options``.
 
+    Args:
+        dataset: The dataset to restrict.
+        classes: The class names to keep, in their new index order, or ``None``.
+        require_all: Every class must be present (a training set); with ``False`` (a test
+            set) some may be absent, as a test set without ``classes`` may lack a class,
+            but at least one must be present. The result's class names are ``classes``.
+
     Raises:
         ConfigError: ``classes`` given for regression data, or malformed.
-        DataError: A requested class is not in the data.
+        DataError: A requested class is not in the data (with ``require_all=False``: none is).
     """
     classes = check_classes(classes)
     source = replace(dataset.source, options={**dataset.source.options, "classes": classes})
@@ -75,14 +84,15 @@ def restrict_classes(dataset: Dataset, classes: Sequence[str] | None) -> Dataset
         raise ConfigError(f"{dataset.name}: classes can only be chosen for classification data")
     present = set(dataset.class_names)
     missing = [c for c in classes if c not in present]
-    if missing:
+    if missing and (require_all or len(missing) == len(classes)):
         raise DataError(
             f"{dataset.name}: no class {', '.join(repr(m) for m in missing)}; "
             f"the classes are {', '.join(dataset.class_names)}"
         )
     new_index = torch.full((len(dataset.class_names),), -1, dtype=torch.long)
     for i, name in enumerate(classes):
-        new_index[dataset.class_names.index(name)] = i
+        if name in present:
+            new_index[dataset.class_names.index(name)] = i
     mapped = new_index[dataset.targets]
     keep = (mapped >= 0).nonzero().flatten()
     return replace(

@@ -22,22 +22,24 @@ from auditor.sources.images import check_normalize, images_to_features
 from auditor.sources.labels import canonical_labels, encode_labels
 
 LABEL, TARGET = "label", "target"
+TOO_LARGE = "NaN or inf, or too large for float32"
 
 
 def read_csv_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Read a CSV file's header and data rows (blank lines skipped).
 
     Returns:
-        The stripped header names and ``(line number, cells)`` for every data row.
+        The stripped header names and ``(line number, cells)`` for every data row; the
+        line number is the row's first line.
 
     Raises:
-        DataError: Unreadable, not UTF-8, empty, no data rows, or a ragged row.
+        DataError: Unreadable, not UTF-8, empty, no data rows, a ragged row, or malformed
+            quoting (an unbalanced quote would otherwise swallow the rest of the file).
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            rows = [(reader.line_num, row) for row in reader if row]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            rows = _strict_rows(csv.reader(f, strict=True), path)
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read CSV ({exc})") from exc
     if not rows:
         raise DataError(f"{path}: empty file; expected a header row and data rows")
@@ -52,6 +54,27 @@ def read_csv_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
                 f"but the header has {len(header)}"
             )
     return header, data
+
+
+def _strict_rows(reader, path: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a strict ``csv.reader`` with the line each one starts on.
+
+    Raises:
+        DataError: Malformed quoting, naming the line where the bad row starts.
+    """
+    rows: list[tuple[int, list[str]]] = []
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as exc:
+            raise DataError(
+                f"{path}: line {start}: malformed CSV ({exc}); check for an unbalanced quote"
+            ) from None
+        if row:
+            rows.append((start, row))
 
 
 def target_column(header: list[str], path: Path) -> tuple[int, str]:
@@ -79,7 +102,7 @@ def parse_number(cell: str, path: Path, line: int, row: int, column: str) -> flo
     with np.errstate(over="ignore"):  # just above float32's range: inf, refused below
         as_float32 = np.float32(value)
     if not np.isfinite(value) or not np.isfinite(as_float32):
-        raise DataError(f"{where}: non-finite value {cell!r} (NaN or inf, or too large)")
+        raise DataError(f"{where}: non-finite value {cell!r} ({TOO_LARGE})")
     return value
 
 
@@ -110,8 +133,11 @@ def load_csv(path: Path, normalize: str = "unit") -> Dataset:
         targets = torch.tensor(values, dtype=torch.float32)
         return Dataset(targets=targets, task="regression", **common)
     for i, (line, value) in enumerate(zip(lines, raw, strict=True)):
+        where = f"{path}: line {line} (data row {i}), column 'label'"
         if not value.strip():
-            raise DataError(f"{path}: line {line} (data row {i}), column 'label': empty label")
+            raise DataError(f"{where}: empty label")
+        if "\n" in value or "\r" in value:
+            raise DataError(f"{where}: the label {value!r} contains a line break")
     targets, class_names = encode_labels(canonical_labels(raw))
     return Dataset(targets=targets, task="classification", class_names=class_names, **common)
 
@@ -171,10 +197,11 @@ def load_npz(path: Path, normalize: str = "unit") -> Dataset:
         names = [str(v) for v in values.tolist()]
         return Dataset(targets=targets, task="classification", class_names=names, **common)
     if np.issubdtype(y.dtype, np.floating):
-        targets = torch.from_numpy(y.astype(np.float32))
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
+            targets = torch.from_numpy(y.astype(np.float32))
         bad = (~torch.isfinite(targets)).nonzero().flatten()
         if len(bad):
-            raise DataError(f"{path}: non-finite y (NaN or inf) at row {bad[0].item()}")
+            raise DataError(f"{path}: non-finite y ({TOO_LARGE}) at row {bad[0].item()}")
         return Dataset(targets=targets, task="regression", **common)
     raise DataError(f"{path}: y must be integer (classes) or float (regression), got {y.dtype}")
 
@@ -188,10 +215,10 @@ def _npz_features(
         return images, images_to_features(images, normalize)
     if not any(np.issubdtype(x.dtype, t) for t in (np.integer, np.floating, np.bool_)):
         raise DataError(f"{path}: X must be integer, float or bool, got {x.dtype}")
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
         flat = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
     features = torch.from_numpy(flat)
     bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten()
     if len(bad):
-        raise DataError(f"{path}: non-finite value in X (NaN or inf) at row {bad[0].item()}")
+        raise DataError(f"{path}: non-finite value in X ({TOO_LARGE}) at row {bad[0].item()}")
     return None, features
