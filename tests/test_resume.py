@@ -7,6 +7,9 @@ check what resuming reuses, what it recomputes, and what it refuses.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -14,9 +17,10 @@ from bs4 import BeautifulSoup
 from click.testing import CliRunner
 
 from auditor.cli import cli
-from auditor.config import DataArgs
-from auditor.errors import StoreError
-from auditor.scan import resume
+from auditor.config import DataArgs, ScanConfig
+from auditor.errors import Interrupted, StoreError
+from auditor.scan import resume, scan
+from auditor.solvers.base import SolverArgs
 from auditor.store import open_db, pairs, points, runs
 from auditor.store.schema import pair_scores
 from auditor.store.schema import points as points_table
@@ -188,6 +192,59 @@ def test_a_second_scan_resuming_the_same_run_is_detected(finished):
         resume(engine, 1, progress=other_scan_writes_ahead)
     run = runs.get_run(engine, 1)
     assert run["status"] == "failed" and "another scan" in run["error"]
+
+
+def test_a_resume_keeps_the_runs_solver_record_warnings_and_timings(tmp_path):
+    """LiSSA at depth 3 does not converge; a Ctrl-C in the ranking leaves every column
+    solved, so the resume solves none: the run keeps what its solve found."""
+    db = str(tmp_path / "i.db")
+    engine = open_db(db)
+    config = ScanConfig(data=DataArgs(train="toy-linear"), solver=SolverArgs(depth=3))
+
+    def ctrl_c_in_the_ranking(phase, done, total):
+        if phase == "ranking refits":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        scan(engine, config, progress=ctrl_c_in_the_ranking)
+    before = runs.get_run(engine, 1)
+    assert (before["status"], before["phase"]) == ("interrupted", "ranking")
+    assert before["solver"]["converged"] is False
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    run = runs.get_run(engine, 1)
+    assert run["status"] == "complete"
+    for key in ("solver", "converged", "residual_max", "residual_mean", "iterations", "tol"):
+        assert run["solver"][key] == before["solver"][key], key
+    assert run["solver"]["self_influence"]["converged"] is True
+    assert len(run["warnings"]) == 1
+    assert "the lissa solve did not reach the tolerance" in run["warnings"][0]
+    assert "did not reach the tolerance" in result.output
+    # the interrupted scan's phases are kept, the resume's added to them
+    assert {"load", "fit", "gradients", "ihvp", "pair_scores", "ranking"} <= set(run["timings"])
+    assert all(run["timings"][k] >= v for k, v in before["timings"].items())
+    assert run["timings"]["load"] > before["timings"]["load"]
+
+
+def test_a_resume_merges_the_stored_solve_with_the_columns_it_solves(tmp_path):
+    data = regression_csv(tmp_path / "l.csv")
+    db = str(tmp_path / "l.db")
+    result = invoke("scan", "--train", data, "--test-split", "0.25", "--chunk", "2",
+                    "--solver", "lissa", "--depth", "3", "--db", db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    before = runs.get_run(engine, 1)
+    assert before["solver"]["converged"] is False and len(before["warnings"]) == 1
+    crash(engine, keep_blocks_below=4)  # 6 of the 10 columns are solved again
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    run = runs.get_run(engine, 1)
+    assert run["solver"]["converged"] is False
+    assert run["solver"]["residual_max"] >= before["solver"]["residual_max"]
+    assert run["solver"]["iterations"] == 3
+    assert len(run["warnings"]) == 1 and "did not reach the tolerance" in run["warnings"][0]
+    assert all(run["timings"][k] >= v for k, v in before["timings"].items())
+    assert run["timings"]["load"] > before["timings"]["load"]
 
 
 @pytest.mark.slow
