@@ -299,12 +299,32 @@ def _create_run(engine: Engine, config: ScanConfig, train, test, model: ModelTas
 
 
 def _check_fingerprint(run: dict, train: Dataset, test: Dataset) -> None:
+    """Refuse data other than the run's: another fingerprint (features, targets, ids), or
+    another task or class names (the fingerprint holds neither: renamed classes keep the
+    targets, and changing it would invalidate stored runs and decisions files)."""
     found = fingerprint(train, test)
     if found != run["data_fingerprint"]:
         raise DataError(
             f"run {run['id']}: the data changed since the run started (fingerprint "
             f"{found[:12]}, the run has {run['data_fingerprint'][:12]}); start a new scan"
         )
+    if train.task != run["task"]:
+        raise DataError(
+            f"run {run['id']}: the data changed since the run started (a {train.task} task, "
+            f"the run has {run['task']}); start a new scan"
+        )
+    if list(train.class_names or []) != list(run["class_names"] or []):
+        raise DataError(
+            f"run {run['id']}: the data changed since the run started (classes "
+            f"{_short_list(train.class_names)}, the run has {_short_list(run['class_names'])}); "
+            "start a new scan"
+        )
+
+
+def _short_list(names: list[str] | None, most: int = 5) -> str:
+    names = list(names or [])
+    shown = ", ".join(repr(n) for n in names[:most])
+    return f"[{shown}{', ...' if len(names) > most else ''}]"
 
 
 def _run_guarded(

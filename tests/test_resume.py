@@ -119,6 +119,41 @@ def test_resume_refuses_changed_data_and_leaves_the_run_alone(finished, tmp_path
     assert pairs.count_pairs(engine, 1) == 2 * 30
 
 
+def test_resume_refuses_data_whose_classes_were_renamed(tmp_path):
+    """Renaming a class keeps features, targets and ids (so the fingerprint) but not the
+    labels the run's flags and decisions speak of."""
+
+    def write(names):  # the same numbers every time
+        rng = np.random.default_rng(0)
+        rows = [(rng.normal(2.0 * (i % 2), 1.0), names[i % 2]) for i in range(24)]
+        (tmp_path / "c.csv").write_text("x,label\n" + "".join(f"{x!r},{n}\n" for x, n in rows))
+
+    write(["cat", "dog"])
+    db = str(tmp_path / "c.db")
+    data = str(tmp_path / "c.csv")
+    result = invoke("scan", "--train", data, "--test-split", "0.25", "--chunk", "2",
+                    "--solver", "exact", "--db", db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    crash(engine, keep_blocks_below=2)
+    write(["cat", "emu"])  # same numbers; "emu" sorts after "cat" as "dog" did
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "run 1: the data changed since the run started" in errors[0]
+    assert "'emu'" in errors[0] and "'dog'" in errors[0]
+    run = runs.get_run(engine, 1)
+    assert (run["status"], run["phase"], run["class_names"]) == (
+        "running",
+        "pair_scores",
+        ["cat", "dog"],
+    )
+    write(["cat", "dog"])  # the data as it was: resumed
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert runs.get_run(engine, 1)["status"] == "complete"
+
+
 def test_resume_finishes_a_failed_run(finished):
     engine, db, _, scores, _ = finished
     crash(engine, keep_blocks_below=6)
