@@ -8,6 +8,7 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from auditor.errors import AuditorError, ConfigError, DataError, Interrupted
+from auditor.interrupts import ignore_signals_until_exit
 from auditor.store import open_db, runs
 
 
@@ -21,12 +22,15 @@ def handle_errors(func):
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
         except AuditorError as exc:
+            if isinstance(exc, Interrupted):
+                ignore_signals_until_exit()
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
         except OperationalError as exc:  # disk full, read-only file system, lock timeout
             raise click.ClickException(f"database error: {exc.orig or exc}") from None
         except KeyboardInterrupt:
+            ignore_signals_until_exit()
             error = click.ClickException("interrupted")
             error.exit_code = Interrupted.exit_code
             raise error from None
