@@ -25,6 +25,7 @@ from auditor.cli_common import (
 from auditor.cli_options import Bars, scan_argv, scan_config, scan_options
 from auditor.errors import Interrupted
 from auditor.evaluate_command import evaluate
+from auditor.interrupts import exit_after_interrupt
 from auditor.report.command import report
 from auditor.scan import resume as resume_scan
 from auditor.scan import scan as run_scan
@@ -279,6 +280,8 @@ cli.add_command(evaluate)
 
 
 def main() -> None:
+    """The ``auditor`` process: it exits once interrupted (see :mod:`auditor.interrupts`)."""
+    exit_after_interrupt()
     cli(prog_name="auditor")
 
 

@@ -10,6 +10,7 @@ import click
 from sqlalchemy.exc import OperationalError
 
 from auditor.errors import AuditorError, ConfigError, DataError, Interrupted
+from auditor.interrupts import ignore_signals_until_exit
 from auditor.store import display_url, open_db, runs
 
 
@@ -23,6 +24,8 @@ def handle_errors(func):
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
         except AuditorError as exc:
+            if isinstance(exc, Interrupted):
+                ignore_signals_until_exit()
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
@@ -32,6 +35,7 @@ def handle_errors(func):
             where = f"{exc.filename}: " if exc.filename else ""
             raise click.ClickException(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
+            ignore_signals_until_exit()
             error = click.ClickException("interrupted")
             error.exit_code = Interrupted.exit_code
             raise error from None

@@ -22,6 +22,7 @@ The rule (documented in the README, thresholds overridable from the CLI):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 
@@ -66,6 +67,9 @@ class FlagRule:
             raise ConfigError(f"--rounds must be >= 0, got {self.rounds}")
         if self.influence_scale not in INFLUENCE_SCALES:
             raise ConfigError(f"influence_scale must be log or sqrt, got {self.influence_scale!r}")
+        for option, value in (("--outlier-z", self.outlier_z), ("--mislabel-z", self.mislabel_z)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{option} must be a positive finite number, got {value}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -245,7 +245,7 @@ def resume(
             runs.restart_run(engine, run_id)
         stored = _stored_fit(run, model, config)
         return _run_guarded(
-            comm, engine, run_id, config, model, train, test, phases, progress, stored
+            comm, engine, run_id, config, model, train, test, phases, progress, stored, run
         )
 
 
@@ -300,36 +300,73 @@ def _create_run(engine: Engine, config: ScanConfig, train, test, model: ModelTas
 
 
 def check_fingerprint(run: dict, train: Dataset, test: Dataset) -> None:
-    """Raise :class:`DataError` unless ``train`` and ``test`` are the data ``run`` read."""
+    """Raise :class:`DataError` unless ``train`` and ``test`` are the data ``run`` read:
+    the same fingerprint (features, targets, ids), task and class names (the fingerprint
+    holds neither: renamed classes keep the targets, and changing it would invalidate
+    stored runs and decisions files)."""
     found = fingerprint(train, test)
     if found != run["data_fingerprint"]:
         raise DataError(
             f"run {run['id']}: the data changed since the run started (fingerprint "
             f"{found[:12]}, the run has {run['data_fingerprint'][:12]}); start a new scan"
         )
+    if train.task != run["task"]:
+        raise DataError(
+            f"run {run['id']}: the data changed since the run started (a {train.task} task, "
+            f"the run has {run['task']}); start a new scan"
+        )
+    if list(train.class_names or []) != list(run["class_names"] or []):
+        raise DataError(
+            f"run {run['id']}: the data changed since the run started (classes "
+            f"{_short_list(train.class_names)}, the run has {_short_list(run['class_names'])}); "
+            "start a new scan"
+        )
 
 
-def _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, stored):
-    """Run the phases after the run row exists; rank 0 marks the run failed or interrupted."""
+def _short_list(names: list[str] | None, most: int = 5) -> str:
+    names = list(names or [])
+    shown = ", ".join(repr(n) for n in names[:most])
+    return f"[{shown}{', ...' if len(names) > most else ''}]"
+
+
+def _run_guarded(
+    comm, engine, run_id, config, model, train, test, phases, progress, stored, previous=None
+):
+    """Run the phases after the run row exists; rank 0 marks the run failed or interrupted
+    (keeping the time spent so far). ``previous`` is the stored run a resume continues."""
     phases.run_id = run_id if comm.is_root else None  # rank 0 alone records the phase
     progress = progress or (lambda phase, done, total: None)
     try:
         with interruptible(run_id):
             return _scan_run(
-                comm, engine, run_id, config, model, train, test, phases, progress, stored
-            )
+                comm, engine, run_id, config, model, train, test, phases, progress, stored,
+                previous,
+            )  # fmt: skip
     except Interrupted:
         if comm.is_root:
             with signals_ignored():
-                runs.fail_run(engine, run_id, "interrupted", status="interrupted")
+                runs.fail_run(
+                    engine,
+                    run_id,
+                    "interrupted",
+                    status="interrupted",
+                    timings=_total_timings(previous, phases.timings),
+                )
         raise
     except AuditorError as exc:
         if comm.is_root:
-            runs.fail_run(engine, run_id, str(exc))
+            runs.fail_run(
+                engine, run_id, str(exc), timings=_total_timings(previous, phases.timings)
+            )
         raise
     except PeerLost as exc:  # a rank died (killed, out of memory): the run is resumable
         if comm.is_root:
-            runs.fail_run(engine, run_id, f"a rank of the job was lost: {exc}")
+            runs.fail_run(
+                engine,
+                run_id,
+                f"a rank of the job was lost: {exc}",
+                timings=_total_timings(previous, phases.timings),
+            )
         raise PeerFailed(
             f"a rank of the job was lost ({str(exc).splitlines()[0]}); run {run_id} is "
             f"incomplete: finish it with `auditor scan --resume {run_id}`"
@@ -364,9 +401,14 @@ class _Data:
     y_test: torch.Tensor
 
 
-def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress, stored):
-    """The phases after the run row exists, on every rank; the result on rank 0."""
-    warnings: list[str] = []
+def _scan_run(
+    comm, engine, run_id, config, model, train, test, phases, progress, stored, previous=None
+):
+    """The phases after the run row exists, on every rank; the result on rank 0.
+
+    On a resume ``previous`` is the stored run: its solver record, warnings and timings
+    are kept and merged with what this scan adds."""
+    warnings = _stored_warnings(previous)
     dtype = getattr(torch, config.model.dtype)
     d = _Data(
         *dataset_tensors(train, comm.device, dtype), *dataset_tensors(test, comm.device, dtype)
@@ -386,9 +428,12 @@ def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress
             comm, model, theta, d, config, train_grads, test_grads
         )
         if comm.is_root:
+            if previous is not None:
+                solved = sum(j1 - j0 for j0, j1 in plan.pending)
+                record = _resumed_solver_record(previous["solver"], record, solved, len(test))
             with deferred():
                 runs.update_run(engine, run_id, solver=record)
-            warnings += _solve_warnings(record)
+            _add_warnings(warnings, _solve_warnings(record))
     harm = comm.step(
         _score_and_store, engine, run_id, train_grads, test_ihvps, plan, phases, progress
     )
@@ -402,7 +447,7 @@ def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress
     harm = sum_in_rank_order([r["harm"] for r in reports])
     result = _rank_and_finish(
         engine, run_id, config, model, train, test, d, fitted, outputs, first, harm,
-        warnings, phases, progress,
+        warnings, phases, progress, previous and previous["timings"],
     )  # fmt: skip
     result.ranks, result.resumed = comm.world, stored is not None
     result.scored = len(test) - len(plan.done)
@@ -476,10 +521,13 @@ def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, war
             "or raise --weight-decay"
         )
     if fitted.grad_norm > FAR_FROM_OPTIMUM:
-        warnings.append(
-            f"the fit is far from an optimum (gradient norm {fitted.grad_norm:.2e} > "
-            f"{FAR_FROM_OPTIMUM:g}); influence assumes one: raise --weight-decay or the "
-            "iteration limit"
+        _add_warnings(
+            warnings,
+            [
+                f"the fit is far from an optimum (gradient norm {fitted.grad_norm:.2e} > "
+                f"{FAR_FROM_OPTIMUM:g}); influence assumes one: raise --weight-decay or the "
+                "iteration limit"
+            ],
         )
     train_out = model_outputs(model, fitted.theta, d.x, d.y)
     test_out = model_outputs(model, fitted.theta, d.x_test, d.y_test)
@@ -542,6 +590,52 @@ def _solver_record(comm: Comm, diag, n_test, self_diag, own_train: slice) -> dic
     return record
 
 
+def _resumed_solver_record(stored: dict | None, record: dict, solved: int, n_test: int) -> dict:
+    """The solver record of a resumed run: the stored test solve's diagnostics merged with
+    this scan's (``solved`` of the ``n_test`` columns solved again; worst residual,
+    column-weighted mean, not converged if either was), kept as stored when nothing was
+    solved again; the self-influences' (always recomputed in full) and the ranks' shares
+    are this scan's."""
+    if not stored:
+        return record
+    extra = ("self_influence", "ranks")
+    old = {k: v for k, v in stored.items() if k not in extra} or None
+    new = {k: v for k, v in record.items() if k not in extra} or None
+    merged = combine_diagnostics([(old, n_test - solved), (new, solved)]) or {}
+    if old is not None and new is not None and n_test > solved > 0:
+        merged["seconds"] = old["seconds"] + new["seconds"]  # one after the other
+    merged["self_influence"] = record.get("self_influence") or stored.get("self_influence")
+    if record.get("ranks") or stored.get("ranks"):
+        merged["ranks"] = record.get("ranks") or stored["ranks"]
+    return merged
+
+
+def _stored_warnings(previous: dict | None) -> list[str]:
+    """The warnings a resumed run stored, less the solve's (recomputed from the merged
+    solver record)."""
+    if previous is None:
+        return []
+    stale = set(_solve_warnings(previous["solver"] or {}))
+    return [w for w in previous["warnings"] or [] if w not in stale]
+
+
+def _add_warnings(warnings: list[str], new: list[str]) -> None:
+    warnings.extend(w for w in new if w not in warnings)
+
+
+def _add_timings(stored: dict | None, timings: dict[str, float]) -> dict[str, float]:
+    """Seconds per phase, ``timings`` added to ``stored``."""
+    total = dict(stored or {})
+    for name, seconds in timings.items():
+        total[name] = total.get(name, 0.0) + seconds
+    return total
+
+
+def _total_timings(previous: dict | None, timings: dict[str, float]) -> dict[str, float]:
+    """The run's seconds per phase: this scan's, added on a resume to the stored ones."""
+    return _add_timings(previous["timings"] if previous else None, timings)
+
+
 def _solve_warnings(record: dict) -> list[str]:
     if "converged" not in record or record["converged"]:
         return []
@@ -592,10 +686,11 @@ def _check_all_stored(engine: Engine, run_id: int, n_test: int) -> None:
 
 def _rank_and_finish(
     engine, run_id, config, model, train, test, d: _Data, fitted, outputs, first, harm,
-    warnings, phases, progress,
+    warnings, phases, progress, stored_timings,
 ) -> ScanResult:  # fmt: skip
     """Rank 0: rank and flag the training points (with the refits), store them and mark
-    the run complete, its last write."""
+    the run complete, its last write. ``stored_timings``: a resumed run's stored timings,
+    to which this scan's are added."""
     train_out, test_out = outputs
     rule = config.rule.resolved(len(train))
     loss, harmfulness = train_out["loss"].cpu(), torch.from_numpy(harm)
@@ -674,7 +769,7 @@ def _rank_and_finish(
                 "flag_counts": flag_counts,
                 "refit_solves": ranked.diagnostics,
             },
-            timings=phases.timings,
+            timings=_add_timings(stored_timings, phases.timings),
             warnings=warnings,
         )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)

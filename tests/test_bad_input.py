@@ -454,6 +454,13 @@ def test_commands_on_a_missing_database(tmp_path):
         ("--solver", "magic"),
         ("--seed", "one"),
         ("--outlier-z", "high"),
+        ("--outlier-z", "0"),
+        ("--outlier-z", "-2"),
+        ("--outlier-z", "nan"),
+        ("--outlier-z", "inf"),
+        ("--mislabel-z", "0"),
+        ("--mislabel-z", "nan"),
+        ("--mislabel-z", "inf"),
     ],
 )
 def test_option_values_out_of_range(tmp_path, option, value):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -242,6 +243,26 @@ def test_strings_from_data_are_escaped(tmp_path):
     assert EVIL in {o["value"] for o in options}
     assert EVIL in [o.get_text().removesuffix(" (given)") for o in options]
     assert set(run_data(soup)["class_names"]) == {"ok", EVIL}  # through |tojson, intact
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_run_stored_with_a_threshold_no_longer_accepted_still_reports(tmp_path, bad):
+    """Scans once accepted --outlier-z / --mislabel-z 0, nan and inf; the report of such a
+    stored run draws its charts instead of crashing."""
+    engine, result = run_scan(tmp_path / "z.db", DataArgs(train="toy-linear"))
+    run = runs.get_run(engine, result.run_id)
+    rule = {**run["ranking"]["rule"], "outlier_z": bad, "mislabel_z": bad}
+    ranking = {**run["ranking"], "rule": rule}
+    config = {**run["config"], "rule": {**run["config"]["rule"], "outlier_z": bad}}
+    runs.update_run(engine, result.run_id, ranking=ranking, config=config)
+    out, soup = report(tmp_path, str(tmp_path / "z.db"))
+    assert out.exit_code == 0, out.output
+    assert_self_contained(soup)
+    bars = soup.select("svg#histogram g.bar")
+    assert sum(int(b["data-count"]) for b in bars) == 20  # every training point, once
+    assert len(soup.select("svg#scatter circle.point")) == 18
+    lines = soup.select("svg#histogram line.threshold")
+    assert [float(line["data-value"]) for line in lines] == ([bad] if math.isfinite(bad) else [])
 
 
 def test_histogram_counts_every_point_once():

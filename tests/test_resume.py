@@ -7,6 +7,9 @@ check what resuming reuses, what it recomputes, and what it refuses.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -14,9 +17,10 @@ from bs4 import BeautifulSoup
 from click.testing import CliRunner
 
 from auditor.cli import cli
-from auditor.config import DataArgs
-from auditor.errors import StoreError
-from auditor.scan import resume
+from auditor.config import DataArgs, ScanConfig
+from auditor.errors import Interrupted, StoreError
+from auditor.scan import resume, scan
+from auditor.solvers.base import SolverArgs
 from auditor.store import open_db, pairs, points, runs
 from auditor.store.schema import pair_scores
 from auditor.store.schema import points as points_table
@@ -115,6 +119,41 @@ def test_resume_refuses_changed_data_and_leaves_the_run_alone(finished, tmp_path
     assert pairs.count_pairs(engine, 1) == 2 * 30
 
 
+def test_resume_refuses_data_whose_classes_were_renamed(tmp_path):
+    """Renaming a class keeps features, targets and ids (so the fingerprint) but not the
+    labels the run's flags and decisions speak of."""
+
+    def write(names):  # the same numbers every time
+        rng = np.random.default_rng(0)
+        rows = [(rng.normal(2.0 * (i % 2), 1.0), names[i % 2]) for i in range(24)]
+        (tmp_path / "c.csv").write_text("x,label\n" + "".join(f"{x!r},{n}\n" for x, n in rows))
+
+    write(["cat", "dog"])
+    db = str(tmp_path / "c.db")
+    data = str(tmp_path / "c.csv")
+    result = invoke("scan", "--train", data, "--test-split", "0.25", "--chunk", "2",
+                    "--solver", "exact", "--db", db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    crash(engine, keep_blocks_below=2)
+    write(["cat", "emu"])  # same numbers; "emu" sorts after "cat" as "dog" did
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "run 1: the data changed since the run started" in errors[0]
+    assert "'emu'" in errors[0] and "'dog'" in errors[0]
+    run = runs.get_run(engine, 1)
+    assert (run["status"], run["phase"], run["class_names"]) == (
+        "running",
+        "pair_scores",
+        ["cat", "dog"],
+    )
+    write(["cat", "dog"])  # the data as it was: resumed
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    assert runs.get_run(engine, 1)["status"] == "complete"
+
+
 def test_resume_finishes_a_failed_run(finished):
     engine, db, _, scores, _ = finished
     crash(engine, keep_blocks_below=6)
@@ -188,6 +227,59 @@ def test_a_second_scan_resuming_the_same_run_is_detected(finished):
         resume(engine, 1, progress=other_scan_writes_ahead)
     run = runs.get_run(engine, 1)
     assert run["status"] == "failed" and "another scan" in run["error"]
+
+
+def test_a_resume_keeps_the_runs_solver_record_warnings_and_timings(tmp_path):
+    """LiSSA at depth 3 does not converge; a Ctrl-C in the ranking leaves every column
+    solved, so the resume solves none: the run keeps what its solve found."""
+    db = str(tmp_path / "i.db")
+    engine = open_db(db)
+    config = ScanConfig(data=DataArgs(train="toy-linear"), solver=SolverArgs(depth=3))
+
+    def ctrl_c_in_the_ranking(phase, done, total):
+        if phase == "ranking refits":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        scan(engine, config, progress=ctrl_c_in_the_ranking)
+    before = runs.get_run(engine, 1)
+    assert (before["status"], before["phase"]) == ("interrupted", "ranking")
+    assert before["solver"]["converged"] is False
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    run = runs.get_run(engine, 1)
+    assert run["status"] == "complete"
+    for key in ("solver", "converged", "residual_max", "residual_mean", "iterations", "tol"):
+        assert run["solver"][key] == before["solver"][key], key
+    assert run["solver"]["self_influence"]["converged"] is True
+    assert len(run["warnings"]) == 1
+    assert "the lissa solve did not reach the tolerance" in run["warnings"][0]
+    assert "did not reach the tolerance" in result.output
+    # the interrupted scan's phases are kept, the resume's added to them
+    assert {"load", "fit", "gradients", "ihvp", "pair_scores", "ranking"} <= set(run["timings"])
+    assert all(run["timings"][k] >= v for k, v in before["timings"].items())
+    assert run["timings"]["load"] > before["timings"]["load"]
+
+
+def test_a_resume_merges_the_stored_solve_with_the_columns_it_solves(tmp_path):
+    data = regression_csv(tmp_path / "l.csv")
+    db = str(tmp_path / "l.db")
+    result = invoke("scan", "--train", data, "--test-split", "0.25", "--chunk", "2",
+                    "--solver", "lissa", "--depth", "3", "--db", db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    before = runs.get_run(engine, 1)
+    assert before["solver"]["converged"] is False and len(before["warnings"]) == 1
+    crash(engine, keep_blocks_below=4)  # 6 of the 10 columns are solved again
+    result = invoke("scan", "--resume", "1", "--db", db)
+    assert result.exit_code == 0, result.output
+    run = runs.get_run(engine, 1)
+    assert run["solver"]["converged"] is False
+    assert run["solver"]["residual_max"] >= before["solver"]["residual_max"]
+    assert run["solver"]["iterations"] == 3
+    assert len(run["warnings"]) == 1 and "did not reach the tolerance" in run["warnings"][0]
+    assert all(run["timings"][k] >= v for k, v in before["timings"].items())
+    assert run["timings"]["load"] > before["timings"]["load"]
 
 
 @pytest.mark.slow

@@ -1,11 +1,16 @@
 """The store: Alembic builds exactly the tables the code declares, runs round-trip."""
 
+import sqlite3
+from contextlib import closing
+
 import numpy as np
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner
 
+from auditor.cli import cli
 from auditor.config import DataArgs
 from auditor.errors import RunNotFound, StoreError
 from auditor.store import migrate, open_db, pairs, points, runs
@@ -113,3 +118,33 @@ def test_streamed_reads_match_the_whole_matrix(tmp_path):
     for j, row in rows.items():
         np.testing.assert_array_equal(row, expected[j])
     np.testing.assert_array_equal(columns, expected[:, [6, 0]])
+
+
+@pytest.mark.parametrize("name", ["a?b.db", "e%41f.db", "c#d.db", "g h.db"])
+def test_db_paths_with_url_characters_are_exactly_those_files(tmp_path, name):
+    """``?`` once cut the path into a query string and ``%41`` was decoded to ``A``: the
+    scan wrote another file than ``--db`` named, and read commands looked there too."""
+    db = tmp_path / name
+    scanned = CliRunner().invoke(cli, ["scan", "--train", "toy-linear", "--db", str(db)])
+    assert scanned.exit_code == 0, scanned.output
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db") == [name]
+    listed = CliRunner().invoke(cli, ["runs", "--db", str(db)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.splitlines()[1].split()[:2] == ["1", "complete"]
+    with closing(sqlite3.connect(db)) as conn:  # the file itself holds the run
+        assert conn.execute("select status from runs").fetchall() == [("complete",)]
+
+
+def test_read_commands_take_sqlite_urls_with_query_parameters(tmp_path):
+    db = tmp_path / "t.db"
+    assert (
+        CliRunner().invoke(cli, ["scan", "--train", "toy-linear", "--db", str(db)]).exit_code == 0
+    )
+    for url in (f"sqlite:///{db}?timeout=30", f"sqlite:///file:{db}?mode=ro&uri=true"):
+        listed = CliRunner().invoke(cli, ["runs", "--db", url])
+        assert listed.exit_code == 0, listed.output
+        assert listed.output.splitlines()[1].split()[:2] == ["1", "complete"]
+    missing = CliRunner().invoke(cli, ["runs", "--db", f"sqlite:///{tmp_path / 'no.db'}?timeout=3"])
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
+    assert f"Error: database {tmp_path / 'no.db'} does not exist" in missing.output
+    assert not (tmp_path / "no.db").exists()

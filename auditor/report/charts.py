@@ -134,6 +134,12 @@ def _padded(values: Sequence[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def _usable(threshold: float | None) -> bool:
+    """Whether a threshold can scale a chart: positive and finite (a run stored before they
+    were checked may hold 0, NaN or infinity)."""
+    return threshold is not None and math.isfinite(threshold) and threshold > 0
+
+
 def _box(width: int, height: int) -> dict[str, float]:
     return {
         "left": MARGIN["left"],
@@ -166,6 +172,8 @@ def scatter(
         x, y, colour, flagged, titles: One entry per training point, ``(n,)``.
         tests: ``(x, y, title)`` of test points, drawn as hollow squares.
     """
+    if not _usable(colour_max):  # a run stored with --outlier-z 0, nan or inf
+        colour_max = max((c for c in colour if math.isfinite(c) and c > 0), default=1.0)
     xs = list(x) + [t[0] for t in tests]
     ys = list(y) + [t[1] for t in tests]
     (x0, x1), (y0, y1) = _padded(xs), _padded(ys)
@@ -203,7 +211,7 @@ def histogram_range(z: Sequence[float], thresholds: Sequence[float]) -> tuple[fl
     (every point beyond a threshold is flagged, so the bulk lies left of it). A tail that
     reaches further than three times the threshold goes into one overflow bin instead of
     squeezing the bulk into a single bar."""
-    top = max(thresholds, default=1.0)
+    top = max((t for t in thresholds if _usable(t)), default=1.0)
     lo, z_max = min(min(z), 0.0), max(z)
     if z_max <= 3 * top:
         return lo, max(z_max, 1.1 * top)
@@ -263,6 +271,7 @@ def histogram(
     lines = [
         Threshold(k, v, sx(v), label_left=sx(v) > right_quarter)
         for k, v in sorted(thresholds.items(), key=lambda kv: kv[1])
+        if math.isfinite(v)
     ]
     return Histogram(
         width,

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from auditor.errors import StoreError
@@ -22,10 +22,12 @@ DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+p
 
 
 def database_url(db: str) -> str:
-    """A SQLAlchemy URL for ``db``: a path becomes ``sqlite:///path``; ``postgresql://``
-    (and ``postgres://``) get the psycopg 3 driver; any other URL is kept."""
+    """A SQLAlchemy URL for ``db``: a path becomes ``sqlite:///path`` (escaped, so that a
+    ``?`` or ``%`` in it stays part of the file name); ``postgresql://`` (and
+    ``postgres://``) get the psycopg 3 driver; any other URL is kept."""
     if "://" not in db:
-        return f"sqlite:///{Path(db).expanduser()}"
+        url = URL.create("sqlite", database=str(Path(db).expanduser()))
+        return url.render_as_string(hide_password=False)
     scheme, rest = db.split("://", 1)
     return f"{DEFAULT_DRIVERS.get(scheme, scheme)}://{rest}"
 
@@ -51,9 +53,10 @@ def open_db(db: str, *, create: bool = True) -> Engine:
         StoreError: missing or unwritable file, unknown schema revision, unreachable server.
     """
     url = database_url(db)
-    if url.startswith("sqlite:///"):
-        _check_sqlite_path(Path(url.removeprefix("sqlite:///")), create)
     try:
+        path = _sqlite_file(url)
+        if path is not None:
+            _check_sqlite_path(path, create)
         engine = create_engine(url)
     except ArgumentError as exc:
         raise StoreError(f"cannot open database {display_url(db)}: {exc}") from None
@@ -70,6 +73,19 @@ def open_db(db: str, *, create: bool = True) -> Engine:
         reason = str(getattr(exc, "orig", None) or exc).strip()
         raise StoreError(f"cannot open database {display_url(db)}: {reason}") from None
     return engine
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file a SQLite ``url`` names (its query parameters, such as ``?timeout=30``,
+    apart); ``None`` for another database, an in-memory one, or a ``uri=true`` URL (whose
+    database is itself a ``file:`` URI that SQLite interprets). Raises ``ArgumentError``
+    for a malformed URL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri") == "true":
+        return None
+    if parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
 
 
 def _check_sqlite_path(path: Path, create: bool) -> None:

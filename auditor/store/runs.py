@@ -61,9 +61,10 @@ def finish_run(engine: Engine, run_id: int, **fields) -> None:
     )
 
 
-def fail_run(engine: Engine, run_id: int, error: str, *, status: str = "failed") -> None:
-    """Mark a run ``failed`` (or ``interrupted``) with the error that stopped it."""
-    update_run(engine, run_id, status=status, finished_at=_now(), error=error)
+def fail_run(engine: Engine, run_id: int, error: str, *, status: str = "failed", **fields) -> None:
+    """Mark a run ``failed`` (or ``interrupted``) with the error that stopped it (and other
+    columns in ``fields``, such as the ``timings`` so far)."""
+    update_run(engine, run_id, status=status, finished_at=_now(), error=error, **fields)
 
 
 def restart_run(engine: Engine, run_id: int) -> None:
