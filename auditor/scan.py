@@ -66,6 +66,17 @@ from auditor.influence import robust_ranking, self_influences
 from auditor.interrupts import deferred, interruptible, signals_ignored
 from auditor.models import ModelTask, build_model, default_model_name
 from auditor.ranking import flag_lists, flag_masks, ranks, suspicion_tests
+from auditor.run_record import (
+    add_timings,
+    add_warnings,
+    count_flags,
+    fit_metrics,
+    resumed_solver_record,
+    run_metrics,
+    solve_warnings,
+    stored_warnings,
+    total_timings,
+)
 from auditor.scoring import pair_score_chunks
 from auditor.solvers import solve
 from auditor.sources.idx import find_pairs
@@ -350,14 +361,12 @@ def _run_guarded(
                     run_id,
                     "interrupted",
                     status="interrupted",
-                    timings=_total_timings(previous, phases.timings),
+                    timings=total_timings(previous, phases.timings),
                 )
         raise
     except AuditorError as exc:
         if comm.is_root:
-            runs.fail_run(
-                engine, run_id, str(exc), timings=_total_timings(previous, phases.timings)
-            )
+            runs.fail_run(engine, run_id, str(exc), timings=total_timings(previous, phases.timings))
         raise
     except PeerLost as exc:  # a rank died (killed, out of memory): the run is resumable
         if comm.is_root:
@@ -365,7 +374,7 @@ def _run_guarded(
                 engine,
                 run_id,
                 f"a rank of the job was lost: {exc}",
-                timings=_total_timings(previous, phases.timings),
+                timings=total_timings(previous, phases.timings),
             )
         raise PeerFailed(
             f"a rank of the job was lost ({str(exc).splitlines()[0]}); run {run_id} is "
@@ -408,7 +417,7 @@ def _scan_run(
 
     On a resume ``previous`` is the stored run: its solver record, warnings and timings
     are kept and merged with what this scan adds."""
-    warnings = _stored_warnings(previous)
+    warnings = stored_warnings(previous)
     dtype = getattr(torch, config.model.dtype)
     d = _Data(
         *dataset_tensors(train, comm.device, dtype), *dataset_tensors(test, comm.device, dtype)
@@ -430,10 +439,10 @@ def _scan_run(
         if comm.is_root:
             if previous is not None:
                 solved = sum(j1 - j0 for j0, j1 in plan.pending)
-                record = _resumed_solver_record(previous["solver"], record, solved, len(test))
+                record = resumed_solver_record(previous["solver"], record, solved, len(test))
             with deferred():
                 runs.update_run(engine, run_id, solver=record)
-            _add_warnings(warnings, _solve_warnings(record))
+            add_warnings(warnings, solve_warnings(record))
     harm = comm.step(
         _score_and_store, engine, run_id, train_grads, test_ihvps, plan, phases, progress
     )
@@ -521,7 +530,7 @@ def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, war
             "or raise --weight-decay"
         )
     if fitted.grad_norm > FAR_FROM_OPTIMUM:
-        _add_warnings(
+        add_warnings(
             warnings,
             [
                 f"the fit is far from an optimum (gradient norm {fitted.grad_norm:.2e} > "
@@ -539,7 +548,7 @@ def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, war
                 engine,
                 run_id,
                 theta=runs.theta_bytes(model.fitted_state(fitted.theta)),
-                metrics=_fit_metrics(fitted),
+                metrics=fit_metrics(fitted),
             )
     return fitted, (train_out, test_out)
 
@@ -588,67 +597,6 @@ def _solver_record(comm: Comm, diag, n_test, self_diag, own_train: slice) -> dic
             for k, p in enumerate(parts)
         ]
     return record
-
-
-def _resumed_solver_record(stored: dict | None, record: dict, solved: int, n_test: int) -> dict:
-    """The solver record of a resumed run: the stored test solve's diagnostics merged with
-    this scan's (``solved`` of the ``n_test`` columns solved again; worst residual,
-    column-weighted mean, not converged if either was), kept as stored when nothing was
-    solved again; the self-influences' (always recomputed in full) and the ranks' shares
-    are this scan's."""
-    if not stored:
-        return record
-    extra = ("self_influence", "ranks")
-    old = {k: v for k, v in stored.items() if k not in extra} or None
-    new = {k: v for k, v in record.items() if k not in extra} or None
-    merged = combine_diagnostics([(old, n_test - solved), (new, solved)]) or {}
-    if old is not None and new is not None and n_test > solved > 0:
-        merged["seconds"] = old["seconds"] + new["seconds"]  # one after the other
-    merged["self_influence"] = record.get("self_influence") or stored.get("self_influence")
-    if record.get("ranks") or stored.get("ranks"):
-        merged["ranks"] = record.get("ranks") or stored["ranks"]
-    return merged
-
-
-def _stored_warnings(previous: dict | None) -> list[str]:
-    """The warnings a resumed run stored, less the solve's (recomputed from the merged
-    solver record)."""
-    if previous is None:
-        return []
-    stale = set(_solve_warnings(previous["solver"] or {}))
-    return [w for w in previous["warnings"] or [] if w not in stale]
-
-
-def _add_warnings(warnings: list[str], new: list[str]) -> None:
-    warnings.extend(w for w in new if w not in warnings)
-
-
-def _add_timings(stored: dict | None, timings: dict[str, float]) -> dict[str, float]:
-    """Seconds per phase, ``timings`` added to ``stored``."""
-    total = dict(stored or {})
-    for name, seconds in timings.items():
-        total[name] = total.get(name, 0.0) + seconds
-    return total
-
-
-def _total_timings(previous: dict | None, timings: dict[str, float]) -> dict[str, float]:
-    """The run's seconds per phase: this scan's, added on a resume to the stored ones."""
-    return _add_timings(previous["timings"] if previous else None, timings)
-
-
-def _solve_warnings(record: dict) -> list[str]:
-    if "converged" not in record or record["converged"]:
-        return []
-    if record.get("reached_tol"):
-        advice = "rounding leaves that much: use --dtype float64 or a looser --tol"
-    elif record["solver"] == "cg":
-        advice = "raise --damping (CG stopped at its iteration limit)"
-    else:
-        advice = "raise --depth or --damping"
-    return [
-        f"the {record['solver']} solve did not reach the tolerance {record['tol']:g}: relative "
-        f"residual {record['residual_max']:.2e} after {record['iterations']} steps; {advice}"
-    ]
 
 
 def _score_and_store(
@@ -753,13 +701,13 @@ def _rank_and_finish(
         with deferred():
             points.write_points(engine, run_id, "train", rows)
 
-    flag_counts = _count_flags(flags)
+    flag_counts = count_flags(flags)
     with deferred():
         runs.finish_run(
             engine,
             run_id,
             metrics={
-                **_metrics(train.task, fitted, train_out, d.y, test_out, d.y_test),
+                **run_metrics(train.task, fitted, train_out, d.y, test_out, d.y_test),
                 "test_fingerprint": points_fingerprint(test),
             },
             ranking={
@@ -769,19 +717,10 @@ def _rank_and_finish(
                 "flag_counts": flag_counts,
                 "refit_solves": ranked.diagnostics,
             },
-            timings=_add_timings(stored_timings, phases.timings),
+            timings=add_timings(stored_timings, phases.timings),
             warnings=warnings,
         )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
-
-
-def _fit_metrics(fitted: FitResult) -> dict:
-    return {
-        "risk": fitted.risk,
-        "grad_norm": fitted.grad_norm,
-        "fit_converged": fitted.converged,
-        "fit_iterations": fitted.iterations,
-    }
 
 
 def _score_blocks(
@@ -887,23 +826,3 @@ def _point_rows(ds: Dataset, out: dict[str, torch.Tensor]) -> list[dict]:
             }
         )
     return rows
-
-
-def _metrics(task, fitted, train_out, y, test_out, y_test) -> dict:
-    metrics = {
-        "train_loss": float(train_out["loss"].mean()),
-        "test_loss": float(test_out["loss"].mean()),
-        **_fit_metrics(fitted),
-    }
-    if task == "classification":
-        metrics["train_accuracy"] = float((train_out["predicted"] == y).double().mean())
-        metrics["test_accuracy"] = float((test_out["predicted"] == y_test).double().mean())
-    return metrics
-
-
-def _count_flags(flags: list[list[str]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for point_flags in flags:
-        for f in point_flags:
-            counts[f] = counts.get(f, 0) + 1
-    return counts

@@ -10,7 +10,7 @@ from auditor.gradients import batch_hvp, per_example_grads
 from auditor.hessian import HessianOperator
 from auditor.influence import self_influences
 from auditor.models import build_model
-from auditor.scan import _solve_warnings
+from auditor.run_record import solve_warnings
 from auditor.solvers import SolverArgs, solve
 from auditor.solvers.lissa import _squaring
 from auditor.training import fit, risk
@@ -129,10 +129,10 @@ def test_cg_out_of_iterations_is_not_converged():
 def test_an_unconverged_solve_warns_with_advice_that_fits_its_cause(solver, reached_tol, advice):
     record = {"solver": solver, "converged": False, "tol": 1e-6, "residual_max": 1.4e-6}
     record.update(iterations=11, reached_tol=reached_tol)
-    (warning,) = _solve_warnings(record)
+    (warning,) = solve_warnings(record)
     assert warning.startswith(f"the {solver} solve did not reach the tolerance 1e-06")
     assert warning.endswith(advice)
-    assert _solve_warnings({**record, "converged": True}) == []
+    assert solve_warnings({**record, "converged": True}) == []
 
 
 def test_minibatch_lissa_is_close_and_reports_its_residual():
