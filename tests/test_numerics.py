@@ -165,6 +165,22 @@ def test_exact_rejects_an_indefinite_hessian():
         solve(op, torch.randn(model.n_params, 1), SolverArgs(solver="exact"))
 
 
+def test_the_exact_solvers_damping_advice_makes_a_singular_hessian_solvable():
+    """A zero feature column without weight decay: the smallest eigenvalue is rounding
+    (about 1e-16, maybe positive), so "above 0" would not help; the advice must."""
+    model, theta, x, y = problem("linear", "regression", 1)
+    x[:, 1] = 0
+    theta = fit(model, x, y, 0.0).theta
+    op = HessianOperator(model, theta, x, y, weight_decay=0.0)
+    with pytest.raises(SolverError, match="raise --damping to at least") as error:
+        solve(op, torch.randn(model.n_params, 1), SolverArgs(solver="exact"))
+    advised = float(str(error.value).rsplit(" ", 1)[1])
+    assert advised > 0
+    op = HessianOperator(model, theta, x, y, weight_decay=0.0, damping=advised)
+    _, diag = solve(op, torch.randn(model.n_params, 1), SolverArgs(solver="exact"))
+    assert diag.converged
+
+
 @pytest.mark.parametrize(("name", "task", "k"), MODELS[:3])
 def test_lissa_by_squaring_is_the_recursions_own_iterate(name, task, k):
     """Repeated squaring gives h_t of the step-by-step recursion at the same depth t."""

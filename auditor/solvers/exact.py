@@ -74,10 +74,13 @@ def factor_or_raise(op: HessianOperator, precise: bool = False) -> torch.Tensor:
         )
     factor = op.cholesky(precise)
     if factor is None:
-        a = op.dense().to(torch.float64)
-        smallest = float(torch.linalg.eigvalsh(a)[0])
+        eigenvalues = torch.linalg.eigvalsh(op.dense().to(torch.float64))
+        smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
+        # Numerically singular counts too: a Cholesky needs the smallest well above
+        # rounding of the largest, so advise that much more damping at least.
+        needed = max(-smallest, 0.0) * 1.1 + 1e-6 * abs(largest)
         raise SolverError(
             f"the Hessian is not positive definite (smallest eigenvalue {smallest:.3g}); "
-            f"raise --damping above {max(-smallest, 0) * 1.1:.3g}"
+            f"raise --damping to at least {op.damping + needed:.3g}"
         )
     return factor
