@@ -22,12 +22,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 
 from auditor import sources
+from auditor.blocks import (
+    check_all_stored,
+    check_finite,
+    plan_blocks,
+    score_and_store,
+)
 from auditor.config import DataArgs, ScanConfig
 from auditor.data import (
     Dataset,
@@ -44,11 +48,8 @@ from auditor.distributed import (
     PeerLost,
     combine_diagnostics,
     joined,
-    missing_runs,
-    shard,
     shared_operator,
     sum_in_rank_order,
-    test_blocks,
     torch_device,
     train_slice,
 )
@@ -77,10 +78,9 @@ from auditor.run_record import (
     stored_warnings,
     total_timings,
 )
-from auditor.scoring import pair_score_chunks
 from auditor.solvers import solve
 from auditor.sources.idx import find_pairs
-from auditor.store import pairs, points, runs
+from auditor.store import points, runs
 from auditor.training import FitResult, fit
 
 #: Features stored per point when the data has at most this many (for scatter plots).
@@ -428,7 +428,7 @@ def _scan_run(
             _fit_phase, engine, run_id, config, model, train, test, d, stored, warnings
         ) or (None, None)
         theta = _shared_theta(comm, fitted, model, config, d.x.device)
-    plan = _plan_blocks(comm, engine, run_id, len(test), config.score_chunk, stored)
+    plan = plan_blocks(comm, engine, run_id, len(test), config.score_chunk, stored)
     with phases("gradients"):
         train_grads = per_example_grads(model, theta, d.x, d.y)
         test_grads = _test_gradients(model, theta, d, plan.to_solve)
@@ -444,13 +444,13 @@ def _scan_run(
                 runs.update_run(engine, run_id, solver=record)
             add_warnings(warnings, solve_warnings(record))
     harm = comm.step(
-        _score_and_store, engine, run_id, train_grads, test_ihvps, plan, phases, progress
+        score_and_store, engine, run_id, train_grads, test_ihvps, plan, phases, progress
     )
     reports = comm.gather({"si": first.cpu(), "harm": harm, "timings": phases.timings})
     if not comm.is_root:
         return None
 
-    _check_all_stored(engine, run_id, len(test))
+    check_all_stored(engine, run_id, len(test))
     phases.timings = {k: max(r["timings"].get(k, 0.0) for r in reports) for k in phases.timings}
     first = torch.cat([r["si"] for r in reports]).to(theta.device)
     harm = sum_in_rank_order([r["harm"] for r in reports])
@@ -461,37 +461,6 @@ def _scan_run(
     result.ranks, result.resumed = comm.world, stored is not None
     result.scored = len(test) - len(plan.done)
     return result
-
-
-@dataclass
-class _BlockPlan:
-    """This rank's share of the test blocks.
-
-    Attributes:
-        done: Test indexes with stored scores when the scan started (a resume).
-        pending: The blocks of all ranks with at least one test point not in ``done``.
-        mine: This rank's blocks, sorted: its share of ``pending`` and, on rank 0, the
-            blocks stored before (read back for harmfulness).
-        to_solve: The blocks of ``mine`` that are pending (solved and scored here).
-    """
-
-    done: set[int]
-    pending: list[Block]
-    mine: list[Block]
-    to_solve: list[Block]
-
-
-def _plan_blocks(comm: Comm, engine, run_id: int, n_test: int, chunk: int, stored) -> _BlockPlan:
-    done = comm.broadcast(
-        pairs.stored_test_indexes(engine, run_id) if comm.is_root and stored is not None else set()
-    )
-    blocks = test_blocks(n_test, chunk)
-    pending = [b for b in blocks if not all(j in done for j in range(*b))]
-    mine = shard(pending, comm.rank, comm.world)
-    is_pending = set(pending)
-    if comm.is_root:
-        mine = sorted(mine + [b for b in blocks if b not in is_pending])
-    return _BlockPlan(done, pending, mine, [b for b in mine if b in is_pending])
 
 
 def _test_gradients(model: ModelTask, theta, d: _Data, blocks: list[Block]) -> torch.Tensor:
@@ -599,39 +568,6 @@ def _solver_record(comm: Comm, diag, n_test, self_diag, own_train: slice) -> dic
     return record
 
 
-def _score_and_store(
-    engine, run_id, train_grads, test_ihvps, plan: _BlockPlan, phases, progress
-) -> np.ndarray:
-    """Score and commit this rank's blocks (``plan.mine``): the pending ones from
-    ``test_ihvps`` (their columns in order), the others read back. Returns the float64 sum
-    of the scores per training point ``(n,)``.
-
-    Scores and storage are timed apart ("pair_scores" and "storage") so that the
-    benchmark shows where time goes."""
-    harm = np.zeros(train_grads.shape[0], dtype=np.float64)
-    total = sum(j1 - j0 for j0, j1 in plan.mine)
-    scored = 0
-    blocks = _score_blocks(engine, run_id, train_grads, test_ihvps, plan.mine, set(plan.to_solve))
-    for j0, scores, fresh in phases.timed_iter("pair_scores", blocks):
-        if fresh:
-            with phases("storage", mark=False):
-                _store_block(engine, run_id, plan.done, j0, scores)
-        harm += scores.sum(axis=0, dtype=np.float64)
-        scored += scores.shape[0]
-        progress("pair scores", scored, total)
-    return harm
-
-
-def _check_all_stored(engine: Engine, run_id: int, n_test: int) -> None:
-    """Refuse to complete a run with a test point lacking its stored scores."""
-    stored = len(pairs.stored_test_indexes(engine, run_id))
-    if stored != n_test:
-        raise StoreError(
-            f"run {run_id}: only {stored} of {n_test} test points have stored scores "
-            f"after every rank finished; resume with `auditor scan --resume {run_id}`"
-        )
-
-
 def _rank_and_finish(
     engine, run_id, config, model, train, test, d: _Data, fitted, outputs, first, harm,
     warnings, phases, progress, stored_timings,
@@ -643,8 +579,8 @@ def _rank_and_finish(
     rule = config.rule.resolved(len(train))
     loss, harmfulness = train_out["loss"].cpu(), torch.from_numpy(harm)
     with phases("ranking"):
-        _check_finite(first.cpu().numpy(), "self-influence")  # before the refits spend time
-        _check_finite(harm, "harmfulness")
+        check_finite(first.cpu().numpy(), "self-influence")  # before the refits spend time
+        check_finite(harm, "harmfulness")
         ranked = robust_ranking(
             model,
             fitted.theta,
@@ -663,10 +599,10 @@ def _rank_and_finish(
         )
         self_influence, influence = ranked.self_influence.cpu(), ranked.z.cpu()
         if ranked.refits:  # else it is ``first``, checked above
-            _check_finite(self_influence.numpy(), "self-influence")
+            check_finite(self_influence.numpy(), "self-influence")
         tests = suspicion_tests(loss, harmfulness, self_influence)
         z = tests.combined
-        _check_finite(z.numpy(), "suspicion scores")
+        check_finite(z.numpy(), "suspicion scores")
         rank = ranks(z)
         flags = flag_lists(
             *flag_masks(
@@ -721,57 +657,6 @@ def _rank_and_finish(
             warnings=warnings,
         )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
-
-
-def _score_blocks(
-    engine: Engine,
-    run_id: int,
-    train_grads: torch.Tensor,
-    test_ihvps: torch.Tensor,
-    blocks: list[Block],
-    to_solve: set[Block],
-) -> Iterator[tuple[int, np.ndarray, bool]]:
-    """``(j0, scores, fresh)`` per block ``[j0, j1)`` of ``blocks``: ``scores`` is the
-    ``(c, n_train)`` float32 block, computed from the next ``c`` columns of ``test_ihvps``
-    and checked finite for a block of ``to_solve`` (``fresh``), read back otherwise."""
-    column = 0
-    for j0, j1 in blocks:
-        if (j0, j1) not in to_solve:
-            with deferred():
-                stored = pairs.read_test_range(engine, run_id, j0, j1)
-            yield j0, stored, False
-            continue
-        c = j1 - j0
-        _, block = next(pair_score_chunks(train_grads, test_ihvps, c, start=column))
-        column += c
-        scores = block.to(torch.float32).cpu().numpy()
-        _check_finite(scores, f"pair scores of test points {j0}..{j1 - 1}")
-        yield j0, scores, True
-
-
-def _store_block(engine: Engine, run_id: int, done: set[int], j0: int, scores: np.ndarray) -> None:
-    """Commit the rows of one block that are not stored yet, in one transaction."""
-    j1 = j0 + scores.shape[0]
-    try:
-        with deferred(), engine.begin() as conn:
-            for k0, k1 in missing_runs(done, j0, j1):
-                pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
-            runs.heartbeat(conn, run_id)
-    except IntegrityError:
-        raise StoreError(
-            f"run {run_id}: scores of test points {j0}..{j1 - 1} appeared while "
-            "this scan computed them; is another scan resuming the same run?"
-        ) from None
-
-
-def _check_finite(values: np.ndarray, what: str) -> None:
-    """Refuse to store NaN or infinite scores: fail the run with a clear error instead."""
-    if not np.isfinite(values).all():
-        bad = int((~np.isfinite(values)).sum())
-        raise SolverError(
-            f"{bad} non-finite {what} (NaN, inf or beyond float32's range); none of them was "
-            "stored. Scale the features and targets, or raise --damping or --weight-decay"
-        )
 
 
 def _counter(progress: Progress, phase: str, total: int) -> Callable[[int], None]:
