@@ -47,6 +47,7 @@ class DataArgs:
             raise ConfigError("give either --test or --test-split, not both")
         if self.normalize not in ("unit", "none"):
             raise ConfigError(f"--normalize must be unit or none, got {self.normalize!r}")
+        check_seed(self.seed, "--seed")
 
 
 @dataclass
@@ -118,3 +119,13 @@ class ScanConfig:
             device=d.get("device", "cpu"),
             score_chunk=d.get("score_chunk", 256),
         )
+
+
+#: Seeds must fit torch's and numpy's generators (a signed 64-bit integer, not negative).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: int, option: str) -> None:
+    """Raise :class:`ConfigError` unless ``0 <= seed <= MAX_SEED``."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"{option} must lie in 0..{MAX_SEED}, got {seed}")

@@ -28,7 +28,7 @@ import torch
 from sqlalchemy.engine import Engine
 
 from auditor import detection
-from auditor.config import ScanConfig
+from auditor.config import ScanConfig, check_seed
 from auditor.data import Dataset
 from auditor.distributed import torch_device
 from auditor.errors import ConfigError
@@ -65,8 +65,15 @@ class EvalArgs:
             raise ConfigError("give at least one seed")
         if len(set(self.seeds)) != len(self.seeds):
             raise ConfigError("--seeds must not repeat a seed")
+        for seed in self.seeds:
+            check_seed(seed, "--seeds")
+        if not self.fractions:
+            raise ConfigError("give at least one --checked fraction")
         if not all(0.0 < f <= 1.0 for f in self.fractions):
             raise ConfigError("the checked fractions must lie in (0, 1]")
+        names = [f"{f:g}" for f in self.fractions]  # the keys the results are stored under
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--checked must not repeat a fraction, got {', '.join(names)}")
 
 
 @dataclass

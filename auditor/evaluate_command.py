@@ -12,6 +12,7 @@ from auditor.evaluate import EvalArgs, evaluation_dict, format_table
 from auditor.evaluate import evaluate as run_evaluate
 from auditor.faults import FaultSpec
 from auditor.store import open_db
+from auditor.store.evaluations import json_safe
 
 
 def _ints(_ctx, _param, value: str) -> list[int]:
@@ -96,6 +97,6 @@ def evaluate(**opts) -> None:
     finally:
         bars.close()
     if opts["as_json"]:
-        click.echo(json.dumps(evaluation_dict(evaluation), indent=2))
+        click.echo(json.dumps(json_safe(evaluation_dict(evaluation)), indent=2, allow_nan=False))
     else:
         click.echo(format_table(evaluation))

@@ -65,16 +65,25 @@ def flag_counts(config: ScanConfig, faults: FaultSpec, db: str, seed: int = 0) -
     return out
 
 
+def rule_override(item: str) -> tuple[str, object]:
+    """``key=value`` as a :class:`FlagRule` field and a value of its type (``auto`` or
+    ``none`` for a field that may be ``None``)."""
+    key, text = item.split("=", 1)
+    default = getattr(FlagRule(), key)  # AttributeError names an unknown field
+    if text.lower() in ("auto", "none"):
+        return key, None
+    if isinstance(default, str):
+        return key, text
+    return key, int(text) if isinstance(default, int) else float(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", default=MNIST)
     parser.add_argument("--only", action="append", help="run only these settings")
     parser.add_argument("--rule", action="append", default=[], help="FlagRule field=value")
     args = parser.parse_args()
-    overrides = {}
-    for item in args.rule:
-        key, value = item.split("=", 1)
-        overrides[key] = value if key == "influence_scale" else float(value)
+    overrides = dict(rule_override(item) for item in args.rule)
     print("| setting | faults | mislabel flags (faults) | outlier flags (faults) |")
     print("| --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:

@@ -453,6 +453,8 @@ def test_commands_on_a_missing_database(tmp_path):
         ("--classes", "7"),
         ("--solver", "magic"),
         ("--seed", "one"),
+        ("--seed", "-1"),
+        ("--seed", str(2**64)),
         ("--outlier-z", "high"),
         ("--outlier-z", "0"),
         ("--outlier-z", "-2"),

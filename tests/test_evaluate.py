@@ -1,12 +1,15 @@
 """``auditor evaluate`` end to end: CLI table, database rows, and the detection target."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.evaluate import RANKINGS
-from auditor.store import open_db, points
+from auditor.store import open_db, points, runs
 from auditor.store.evaluations import read_evaluation, results_for_run
 
 MNIST17 = ["--classes", "1,7", "--test-split", "0.2", "--solver", "exact"]
@@ -96,6 +99,16 @@ def test_evaluate_usage_errors(tmp_path):
     assert result.exit_code == 2 and "class-flip:SOURCE>TARGET" in result.output
     result = run(["evaluate", "--train", "toy-linear", "--seeds", "a", "--db", db])
     assert result.exit_code == 2
+    outlier = ["evaluate", "--train", "toy-linear", "--faults", "outlier", "--db", db]
+    for option, value, message in [
+        ("--seeds", "-1", "--seeds must lie in 0.."),
+        ("--seeds", str(2**64), "--seeds must lie in 0.."),
+        ("--checked", "0.1,0.1", "--checked must not repeat a fraction"),
+    ]:
+        result = run([*outlier, option, value])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not Path(db).exists() or runs.list_runs(open_db(db)) == []
 
 
 def test_evaluate_toy_regression_outliers(tmp_path):
@@ -108,6 +121,24 @@ def test_evaluate_toy_regression_outliers(tmp_path):
     _, rows = read_evaluation(open_db(db), 1)
     assert {r["n_faults"] for r in rows} == {2}
     assert all(r["fix"][0]["test_accuracy"] is None for r in rows if r["fix"])
+
+
+def test_evaluate_json_is_standard_json_without_nan(tmp_path):
+    """Regression has no accuracy and clean data no faults to find: those metrics are
+    null, not the NaN token that jq, JavaScript and PostgreSQL's json refuse."""
+    db = str(tmp_path / "e.db")
+    for faults in ("outlier", "none"):
+        result = run(
+            ["evaluate", "--train", "toy-linear", "--solver", "exact", "--faults", faults]
+            + ["--rate", "0.1", "--seeds", "0,1", "--json", "--db", db]
+        )
+        assert result.exit_code == 0, result.output
+
+        def refuse(token):
+            raise AssertionError(f"non-standard JSON token {token}")
+
+        payload = json.loads(result.stdout, parse_constant=refuse)
+        assert "null" in result.stdout and payload
 
 
 @pytest.mark.slow

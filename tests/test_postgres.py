@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.store import database_url, display_url, migrate, open_db, runs
+from auditor.store.evaluations import read_evaluation
 from auditor.store.schema import metadata
 from tests.helpers import assert_same_run, run_state, write_remove_decisions
 
@@ -102,4 +103,20 @@ def test_cleaning_loop_on_postgresql(tmp_path, pg_url):
     assert runs.get_run(engine, 2)["n_train"] == 20 - len(flagged)
     compared = invoke("compare", "1", "2", "--db", pg_url)
     assert "test loss" in compared
+    engine.dispose()
+
+
+def test_an_evaluation_without_some_metrics_is_stored_in_postgresql(pg_url):
+    """Regression outliers have no accuracy (NaN in memory): PostgreSQL's json refuses the
+    NaN token, so such metrics are stored as null, and the evaluation is kept."""
+    out = invoke(
+        "evaluate", "--train", "toy-linear", "--solver", "exact", "--faults", "outlier",
+        "--rate", "0.1", "--seeds", "0", "--db", pg_url,
+    )  # fmt: skip
+    assert "combined" in out
+    engine = open_db(pg_url, create=False)
+    evaluation, rows = read_evaluation(engine, 1)
+    assert evaluation["seeds"] == [0] and len(rows) == 5
+    fixed = [r["fix"][0] for r in rows if r["fix"]]
+    assert fixed and all(f["test_accuracy"] is None for f in fixed)
     engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -13,19 +14,36 @@ from auditor.store.schema import evaluation_results, evaluations
 
 def write_evaluation(engine: Engine, results: list[dict], **fields) -> int:
     """Insert an evaluation (``config``, ``faults``, ``seeds``, ``summary``, ``timings``) with
-    its result rows (columns of ``evaluation_results`` but ``evaluation_id``); return its id."""
+    its result rows (columns of ``evaluation_results`` but ``evaluation_id``); return its id.
+
+    A metric without a value (NaN: no faults to find, accuracy of a regression) is stored
+    as JSON ``null``: PostgreSQL's ``json`` refuses the ``NaN`` token."""
     values = {
         "created_at": datetime.now(UTC).replace(tzinfo=None),
         "auditor_version": __version__,
-        **fields,
+        **_json_columns_safe(fields),
     }
     with engine.begin() as conn:
         eval_id = conn.execute(evaluations.insert().values(**values)).inserted_primary_key[0]
         if results:
-            conn.execute(
-                evaluation_results.insert(), [dict(r, evaluation_id=eval_id) for r in results]
-            )
+            rows = [dict(_json_columns_safe(r), evaluation_id=eval_id) for r in results]
+            conn.execute(evaluation_results.insert(), rows)
     return eval_id
+
+
+def json_safe(value):
+    """``value`` with every non-finite float inside dicts and lists (and itself) ``None``."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _json_columns_safe(row: dict) -> dict:
+    return {k: json_safe(v) if isinstance(v, dict | list) else v for k, v in row.items()}
 
 
 def read_evaluation(engine: Engine, eval_id: int) -> tuple[dict, list[dict]] | None:
