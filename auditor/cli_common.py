@@ -4,43 +4,57 @@ from __future__ import annotations
 
 import functools
 import shlex
+import sys
 from pathlib import Path
 
 import click
 from sqlalchemy.exc import OperationalError
 
+from auditor import distributed
 from auditor.errors import AuditorError, ConfigError, DataError, Interrupted
 from auditor.interrupts import ignore_signals_until_exit
 from auditor.store import display_url, open_db, runs
 
 
 def handle_errors(func):
-    """Turn library errors into one clean line and the right exit status."""
+    """Turn library errors into one clean line and the right exit status. Under torchrun
+    only rank 0 prints it (a failure on another rank reaches rank 0 as "rank k stopped");
+    the other ranks exit with the same status, silently."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
-        except ConfigError as exc:
-            raise click.UsageError(str(exc)) from None
-        except AuditorError as exc:
-            if isinstance(exc, Interrupted):
-                ignore_signals_until_exit()
-            error = click.ClickException(str(exc))
-            error.exit_code = exc.exit_code
-            raise error from None
-        except OperationalError as exc:  # disk full, read-only file system, lock timeout
-            raise click.ClickException(f"database error: {exc.orig or exc}") from None
-        except OSError as exc:  # an output path that cannot be written
-            where = f"{exc.filename}: " if exc.filename else ""
-            raise click.ClickException(f"{where}{exc.strerror or exc}") from None
-        except KeyboardInterrupt:
-            ignore_signals_until_exit()
-            error = click.ClickException("interrupted")
-            error.exit_code = Interrupted.exit_code
-            raise error from None
+            return _mapped(func, *args, **kwargs)
+        except click.ClickException as error:
+            if distributed.active() and distributed.rank() != 0:
+                sys.exit(error.exit_code)
+            raise
 
     return wrapper
+
+
+def _mapped(func, *args, **kwargs):
+    """``func(*args, **kwargs)`` with library errors as :class:`click.ClickException`."""
+    try:
+        return func(*args, **kwargs)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except AuditorError as exc:
+        if isinstance(exc, Interrupted):
+            ignore_signals_until_exit()
+        error = click.ClickException(str(exc))
+        error.exit_code = exc.exit_code
+        raise error from None
+    except OperationalError as exc:  # disk full, read-only file system, lock timeout
+        raise click.ClickException(f"database error: {exc.orig or exc}") from None
+    except OSError as exc:  # an output path that cannot be written
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        ignore_signals_until_exit()
+        error = click.ClickException("interrupted")
+        error.exit_code = Interrupted.exit_code
+        raise error from None
 
 
 def db_option(func):

@@ -61,8 +61,10 @@ from auditor.store import open_db
 
 Block = tuple[int, int]
 
-#: What a collective raises when a rank of the job died (killed, out of memory).
-PeerLost = dist.DistError
+
+class PeerLost(Exception):
+    """A collective failed because a rank of the job died (killed, out of memory, a lost
+    machine). torch raises ``DistError`` or, from gloo, a plain ``RuntimeError``."""
 
 
 def world_size() -> int:
@@ -109,7 +111,8 @@ class Comm:
         if self.world == 1:
             return obj
         box = [obj if self.is_root else None]
-        dist.broadcast_object_list(box, src=0)
+        with _peers_alive():
+            dist.broadcast_object_list(box, src=0)
         return box[0]
 
     def broadcast_tensor(
@@ -124,7 +127,8 @@ class Comm:
             buffer = tensor.contiguous()
         else:
             buffer = torch.empty(shape, dtype=dtype, device=self.device)
-        dist.broadcast(buffer, src=0)
+        with _peers_alive():
+            dist.broadcast(buffer, src=0)
         return buffer
 
     def gather(self, obj: Any) -> list[Any]:
@@ -132,7 +136,8 @@ class Comm:
         if self.world == 1:
             return [obj]
         out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
+        with _peers_alive():
+            dist.all_gather_object(out, obj)
         return out
 
     def agree(self, error: AuditorError | None) -> None:
@@ -158,6 +163,16 @@ class Comm:
             error = exc
         self.agree(error)
         return result
+
+
+@contextmanager
+def _peers_alive() -> Iterator[None]:
+    """Turn a collective's failure into :class:`PeerLost` (so that rank 0 marks the run
+    failed instead of dying with a traceback)."""
+    try:
+        yield
+    except (dist.DistError, RuntimeError) as exc:
+        raise PeerLost(str(exc)) from None
 
 
 def _nothing(*_args: Any) -> None:
@@ -232,13 +247,20 @@ def missing_runs(done: set[int], j0: int, j1: int) -> list[Block]:
 
 
 def torch_device(name: str) -> torch.device:
-    """The torch device ``--device`` names; :class:`ConfigError` if unknown or absent."""
+    """The torch device ``--device`` names: ``cpu`` or ``cuda[:k]``; :class:`ConfigError`
+    for another, or a GPU that is not here."""
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"unknown --device {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: auditor runs on cpu or cuda[:k]")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available here")
+        raise ConfigError(f"--device {name}: no CUDA device is available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     return device
 
 

@@ -370,12 +370,13 @@ def _run_guarded(
         raise
     except PeerLost as exc:  # a rank died (killed, out of memory): the run is resumable
         if comm.is_root:
-            runs.fail_run(
-                engine,
-                run_id,
-                f"a rank of the job was lost: {exc}",
-                timings=total_timings(previous, phases.timings),
-            )
+            with signals_ignored():  # torchrun's SIGTERM to the survivors must not cut it
+                runs.fail_run(
+                    engine,
+                    run_id,
+                    f"a rank of the job was lost: {exc}",
+                    timings=total_timings(previous, phases.timings),
+                )
         raise PeerFailed(
             f"a rank of the job was lost ({str(exc).splitlines()[0]}); run {run_id} is "
             f"incomplete: finish it with `auditor scan --resume {run_id}`"

@@ -257,3 +257,15 @@ def test_squaring_keeps_the_partial_sum_as_columns_or_matrix_alike(m):
     stepped, diag = solve(op, v, plain)
     assert diag.iterations == t
     torch.testing.assert_close(squared / scale, stepped, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_exact_solve_of_one_column_equals_it_solved_with_others(dtype):
+    """Bit for bit: a shard or a resume may solve a test point alone."""
+    model, theta, x, y = problem("logistic", "classification", 3)
+    op = HessianOperator(model, theta.to(dtype), x.to(dtype), y, weight_decay=0.05)
+    v = torch.randn(model.n_params, 7, dtype=dtype)
+    together, _ = solve(op, v, SolverArgs(solver="exact"))
+    for j in range(7):
+        alone, _ = solve(op, v[:, j : j + 1], SolverArgs(solver="exact"))
+        assert torch.equal(alone[:, 0], together[:, j])

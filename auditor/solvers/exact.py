@@ -20,17 +20,26 @@ MAX_PARAMS = 20_000
 PRECISE_ABOVE = 1e-4
 
 
+def _cholesky_solve(v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``torch.cholesky_solve`` of ``v`` ``(p, m)``, a lone column solved as two: one
+    column takes another BLAS path that rounds differently, and a rank or a resume that
+    solves one column must match a one-process scan bit for bit."""
+    if v.shape[1] == 1:
+        return torch.cholesky_solve(v.expand(-1, 2).contiguous(), factor)[:, :1]
+    return torch.cholesky_solve(v, factor)
+
+
 def exact_ihvp(
     op: HessianOperator, v: torch.Tensor, args: SolverArgs
 ) -> tuple[torch.Tensor, SolveDiagnostics]:
     """``A^{-1} V`` for ``V`` ``(p, m)`` by Cholesky of the dense ``A`` (float64 factor)."""
     start = time.perf_counter()
     factor = factor_or_raise(op)
-    solution = torch.cholesky_solve(v, factor.to(v.dtype))
+    solution = _cholesky_solve(v, factor.to(v.dtype))
     residual = op.relative_residual(solution, v)
     if factor.dtype != torch.float64 and residual.numel() and residual.max() > PRECISE_ABOVE:
         factor = factor_or_raise(op, precise=True)
-        solution = torch.cholesky_solve(v.to(torch.float64), factor).to(v.dtype)
+        solution = _cholesky_solve(v.to(torch.float64), factor).to(v.dtype)
         residual = op.relative_residual(solution, v)
     return solution, SolveDiagnostics(
         solver="exact",
