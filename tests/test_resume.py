@@ -43,15 +43,21 @@ def invoke(*args):
     return CliRunner().invoke(cli, list(args))
 
 
+def scan_in_blocks(data: str, db: str, *solver: str):
+    """Scan ``data`` (a quarter held out) in blocks of 2 test points as run 1 of ``db``
+    (``--solver exact`` unless ``solver`` options are given); return its engine."""
+    result = invoke("scan", "--train", data, "--test-split", "0.25", "--chunk", "2",
+                    *(solver or ("--solver", "exact")), "--db", db)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return open_db(db)
+
+
 @pytest.fixture
 def finished(tmp_path):
     """A complete run over 30 train and 10 test points, 5 blocks of 2 test points."""
     data = regression_csv(tmp_path / "d.csv")
     db = str(tmp_path / "a.db")
-    result = invoke("scan", "--train", data, "--test-split", "0.25", "--chunk", "2",
-                    "--solver", "exact", "--db", db)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    engine = open_db(db)
+    engine = scan_in_blocks(data, db)
     return (
         engine,
         db,
@@ -131,10 +137,7 @@ def test_resume_refuses_data_whose_classes_were_renamed(tmp_path):
     write(["cat", "dog"])
     db = str(tmp_path / "c.db")
     data = str(tmp_path / "c.csv")
-    result = invoke("scan", "--train", data, "--test-split", "0.25", "--chunk", "2",
-                    "--solver", "exact", "--db", db)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    engine = open_db(db)
+    engine = scan_in_blocks(data, db)
     crash(engine, keep_blocks_below=2)
     write(["cat", "emu"])  # same numbers; "emu" sorts after "cat" as "dog" did
     result = invoke("scan", "--resume", "1", "--db", db)
@@ -264,10 +267,7 @@ def test_a_resume_keeps_the_runs_solver_record_warnings_and_timings(tmp_path):
 def test_a_resume_merges_the_stored_solve_with_the_columns_it_solves(tmp_path):
     data = regression_csv(tmp_path / "l.csv")
     db = str(tmp_path / "l.db")
-    result = invoke("scan", "--train", data, "--test-split", "0.25", "--chunk", "2",
-                    "--solver", "lissa", "--depth", "3", "--db", db)  # fmt: skip
-    assert result.exit_code == 0, result.output
-    engine = open_db(db)
+    engine = scan_in_blocks(data, db, "--solver", "lissa", "--depth", "3")
     before = runs.get_run(engine, 1)
     assert before["solver"]["converged"] is False and len(before["warnings"]) == 1
     crash(engine, keep_blocks_below=4)  # 6 of the 10 columns are solved again
