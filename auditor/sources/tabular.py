@@ -10,6 +10,7 @@ CSV: a header row, numeric feature columns and exactly one ``label`` column
 from __future__ import annotations
 
 import csv
+import math
 import zipfile
 from pathlib import Path
 
@@ -99,11 +100,23 @@ def parse_number(cell: str, path: Path, line: int, row: int, column: str) -> flo
         value = float(cell)
     except ValueError:
         raise DataError(f"{where}: {cell!r} is not a number") from None
-    with np.errstate(over="ignore"):  # just above float32's range: inf, refused below
-        as_float32 = np.float32(value)
-    if not np.isfinite(value) or not np.isfinite(as_float32):
+    if not fits_float32(value):
         raise DataError(f"{where}: non-finite value {cell!r} ({TOO_LARGE})")
     return value
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def fits_float32(value: float) -> bool:
+    """Whether ``value`` is finite and stays finite as float32 (what the loaders store).
+    Called per CSV cell: numpy is asked only for values beyond float32's largest."""
+    if not math.isfinite(value):
+        return False
+    if abs(value) <= _FLOAT32_MAX:
+        return True
+    with np.errstate(over="ignore"):  # just above the largest: rounds to it or to inf
+        return bool(np.isfinite(np.float32(value)))
 
 
 def load_csv(path: Path, normalize: str = "unit") -> Dataset:

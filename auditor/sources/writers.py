@@ -20,7 +20,13 @@ from auditor.data import SourceInfo
 from auditor.errors import DataError
 from auditor.sources.idx import read_pair, select_pair, write_idx
 from auditor.sources.imagefolder import find_images
-from auditor.sources.tabular import LABEL, read_csv_table, read_npz, target_column
+from auditor.sources.tabular import (
+    LABEL,
+    fits_float32,
+    read_csv_table,
+    read_npz,
+    target_column,
+)
 from auditor.sources.toy import toy_linear
 
 Decisions = dict[str, tuple[str, str | None]]
@@ -221,12 +227,10 @@ def target_value(text: str, point_id: str) -> float:
         value = float(text)
     except ValueError:
         raise DataError(f"cannot set the target of {point_id} to {text!r}: not a number") from None
-    with np.errstate(over="ignore"):
-        if not np.isfinite(np.float32(value)):
-            raise DataError(
-                f"cannot set the target of {point_id} to {text!r}: not finite, or too large "
-                "for float32"
-            )
+    if not fits_float32(value):
+        raise DataError(
+            f"cannot set the target of {point_id} to {text!r}: not finite, or too large for float32"
+        )
     return value
 
 
