@@ -124,13 +124,15 @@ def apply_decisions(
         train_spec, test_spec = _spec(source, out_dir), _original_test(run)
     else:
         test_ids = set(test.ids)
-        every_id = sources.load(
-            source.path or sources.TOY_LINEAR,
-            role=source.options.get("role", "train"),
-            normalize=data.normalize,
-            resize=data.resize,
-            seed=data.seed,
-        ).ids
+        every_id = [*train.ids, *test.ids]  # the whole source, split
+        if data.classes is not None:  # the source's other classes go too: read them all
+            every_id = sources.load(
+                source.path or sources.TOY_LINEAR,
+                role=source.options.get("role", "train"),
+                normalize=data.normalize,
+                resize=data.resize,
+                seed=data.seed,
+            ).ids
         train_decisions = {**{i: ("remove", None) for i in test_ids}, **decisions}
         test_decisions = {i: ("remove", None) for i in every_id if i not in test_ids}
         written = write_cleaned(source, train_decisions, out_dir / "train")

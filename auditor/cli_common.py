@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import click
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from auditor import distributed
 from auditor.errors import AuditorError, ConfigError, DataError, Interrupted
 from auditor.interrupts import ignore_signals_until_exit
-from auditor.store import display_url, open_db, runs
+from auditor.store import database_url, display_url, open_db, runs, sqlite_file
 
 
 def handle_errors(func):
@@ -39,9 +39,7 @@ def _mapped(func, *args, **kwargs):
         return func(*args, **kwargs)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    except AuditorError as exc:
-        if isinstance(exc, Interrupted):
-            ignore_signals_until_exit()
+    except AuditorError as exc:  # an Interrupted scan already ignores further signals
         error = click.ClickException(str(exc))
         error.exit_code = exc.exit_code
         raise error from None
@@ -104,9 +102,9 @@ def resolve_run(engine, run: int | None, db: str, *, complete: bool = True) -> i
 
 
 def is_database_file(path: str, db: str) -> bool:
-    """Whether ``path`` names the SQLite file of ``db`` (a path or ``sqlite:///`` URL)."""
-    if "://" in db:
-        if not db.startswith("sqlite:///"):
-            return False
-        db = db.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path).resolve() == Path(db).resolve()
+    """Whether ``path`` names the SQLite file of ``db`` (a path or SQLite URL)."""
+    try:
+        database = sqlite_file(database_url(db))
+    except ArgumentError:  # a malformed URL: open_db says so
+        return False
+    return database is not None and Path(path).resolve() == database.resolve()

@@ -100,12 +100,13 @@ def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
         return
     loss, harm, si = (torch.tensor(c, dtype=torch.float64) for c in columns)
     tests = suspicion_tests(loss, harm, si)
-    stored = all(r["union_z"] is not None and r["influence_z"] is not None for r in train)
-    union, influence = tests.union.tolist(), influence_z(si, scale).tolist()
-    for r, u, z, name in zip(train, union, influence, tests.strongest(), strict=True):
-        if not stored:
-            r["union_z"], r["influence_z"] = u, z
+    for r, name in zip(train, tests.strongest(), strict=True):
         r["strongest_test"] = name
+    if all(r["union_z"] is not None and r["influence_z"] is not None for r in train):
+        return
+    union, influence = tests.union.tolist(), influence_z(si, scale).tolist()
+    for r, u, z in zip(train, union, influence, strict=True):
+        r["union_z"], r["influence_z"] = u, z
 
 
 def run_summary(run: dict) -> dict:

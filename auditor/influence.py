@@ -129,8 +129,9 @@ def robust_ranking(
             previous = keep
             refit(keep)
         union = suspicion_tests(loss, harmfulness, si.cpu()).union
-        mislabel, outlier = flag_masks(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
-        singled_out = (mislabel | outlier | (z.cpu() >= rule.outlier_z)).to(x.device)
+        mislabel, _ = flag_masks(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
+        # ``outlier`` flags are a subset of ``z >= outlier_z`` (their first condition)
+        singled_out = (mislabel | (z.cpu() >= rule.outlier_z)).to(x.device)
         if singled_out.any() and not singled_out.all():
             refit(~singled_out)
     return RobustRanking(si, z, refits, kept, diagnostics)

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from detection import MNIST
 from detection import settings as detection_settings
 
 from auditor.config import DataArgs, ModelArgs, ScanConfig
@@ -27,7 +28,6 @@ from auditor.ranking import FlagRule
 from auditor.solvers.base import SolverArgs
 from auditor.store import open_db, points
 
-MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 CLEAN = FaultSpec("none", 0.0)
 
 

@@ -354,8 +354,7 @@ def test_histogram_is_of_the_log_influence_with_the_outlier_threshold(tmp_path, 
     threshold = float(line["data-value"])
     assert "log |self-influence|" in soup.select_one("svg#histogram").get_text()
     si = np.array([r["self_influence"] for r in train_records(engine, run_id)])
-    z = np.log(np.abs(si))
-    z = (z - np.median(z)) / (1.4826 * np.median(np.abs(z - np.median(z))))
+    z = robust_z_reference(np.log(np.abs(si)))
     outliers = [
         int(row["data-index"])
         for row in soup.select("tr[data-index]")

@@ -33,9 +33,16 @@ def solve(
     empty ``(p, 0)`` result, converged in 0 iterations; the solvers need at least one.
     """
     if v.shape[1] == 0:
-        return v.new_zeros((op.p, 0)), SolveDiagnostics(
-            args.solver, True, 0.0, 0.0, 0, 0.0, args.tol
+        empty = SolveDiagnostics(
+            solver=args.solver,
+            converged=True,
+            residual_max=0.0,
+            residual_mean=0.0,
+            iterations=0,
+            seconds=0.0,
+            tol=args.tol,
         )
+        return v.new_zeros((op.p, 0)), empty
     return SOLVERS[args.solver](op, v, args)
 
 

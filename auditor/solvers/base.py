@@ -89,3 +89,12 @@ class SolveDiagnostics:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: Slack on ``tol`` for float rounding in the residual measured after a solve.
+TOL_SLACK = 1.01
+
+
+def within_tol(residual, tol: float) -> bool:
+    """Whether every column's measured relative residual ``(m,)`` is within ``tol``."""
+    return bool(residual.max() <= tol * TOL_SLACK)

@@ -8,7 +8,7 @@ import torch
 
 from auditor.errors import SolverError
 from auditor.hessian import HessianOperator
-from auditor.solvers.base import SolveDiagnostics, SolverArgs
+from auditor.solvers.base import SolveDiagnostics, SolverArgs, within_tol
 
 
 def cg_ihvp(
@@ -56,7 +56,7 @@ def cg_ihvp(
     residual = op.relative_residual(x, v)
     return x, SolveDiagnostics(
         solver="cg",
-        converged=bool(residual.max() <= args.tol * 1.01),
+        converged=within_tol(residual, args.tol),
         residual_max=float(residual.max()),
         residual_mean=float(residual.mean()),
         iterations=step,

@@ -27,7 +27,7 @@ import torch
 
 from auditor.errors import SolverError
 from auditor.hessian import HessianOperator
-from auditor.solvers.base import SolveDiagnostics, SolverArgs
+from auditor.solvers.base import SolveDiagnostics, SolverArgs, within_tol
 
 FULL_BATCH_MARGIN = 1.1
 MINIBATCH_MARGIN = 1.5
@@ -66,7 +66,7 @@ def lissa_ihvp(
         raise _divergence(scale, lambda_max, steps)
     return solution, SolveDiagnostics(
         solver="lissa",
-        converged=bool(residual.max() <= args.tol * 1.01),
+        converged=within_tol(residual, args.tol),
         residual_max=float(residual.max()),
         residual_mean=float(residual.mean()),
         iterations=steps,

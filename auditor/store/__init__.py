@@ -54,7 +54,7 @@ def open_db(db: str, *, create: bool = True) -> Engine:
     """
     url = database_url(db)
     try:
-        path = _sqlite_file(url)
+        path = sqlite_file(url)
         if path is not None:
             _check_sqlite_path(path, create)
         engine = create_engine(url)
@@ -75,7 +75,7 @@ def open_db(db: str, *, create: bool = True) -> Engine:
     return engine
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_file(url: str) -> Path | None:
     """The file a SQLite ``url`` names (its query parameters, such as ``?timeout=30``,
     apart); ``None`` for another database, an in-memory one, or a ``uri=true`` URL (whose
     database is itself a ``file:`` URI that SQLite interprets). Raises ``ArgumentError``
