@@ -44,17 +44,13 @@ def add_warnings(warnings: list[str], new: list[str]) -> None:
     warnings.extend(w for w in new if w not in warnings)
 
 
-def add_timings(stored: dict | None, timings: dict[str, float]) -> dict[str, float]:
-    """Seconds per phase, ``timings`` added to ``stored``."""
-    total = dict(stored or {})
+def total_timings(previous: dict | None, timings: dict[str, float]) -> dict[str, float]:
+    """The run's seconds per phase: this scan's ``timings``, added on a resume to those
+    the ``previous`` run stored."""
+    total = dict((previous or {}).get("timings") or {})
     for name, seconds in timings.items():
         total[name] = total.get(name, 0.0) + seconds
     return total
-
-
-def total_timings(previous: dict | None, timings: dict[str, float]) -> dict[str, float]:
-    """The run's seconds per phase: this scan's, added on a resume to the stored ones."""
-    return add_timings(previous["timings"] if previous else None, timings)
 
 
 def solve_warnings(record: dict) -> list[str]:

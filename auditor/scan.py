@@ -68,7 +68,6 @@ from auditor.interrupts import deferred, interruptible, signals_ignored
 from auditor.models import ModelTask, build_model, default_model_name
 from auditor.ranking import flag_lists, flag_masks, ranks, suspicion_tests
 from auditor.run_record import (
-    add_timings,
     add_warnings,
     count_flags,
     fit_metrics,
@@ -354,33 +353,32 @@ def _run_guarded(
                 previous,
             )  # fmt: skip
     except Interrupted:
-        if comm.is_root:
-            with signals_ignored():
-                runs.fail_run(
-                    engine,
-                    run_id,
-                    "interrupted",
-                    status="interrupted",
-                    timings=total_timings(previous, phases.timings),
-                )
+        _mark_stopped(comm, engine, run_id, "interrupted", previous, phases, "interrupted")
         raise
     except AuditorError as exc:
-        if comm.is_root:
-            runs.fail_run(engine, run_id, str(exc), timings=total_timings(previous, phases.timings))
+        _mark_stopped(comm, engine, run_id, str(exc), previous, phases)
         raise
     except PeerLost as exc:  # a rank died (killed, out of memory): the run is resumable
-        if comm.is_root:
-            with signals_ignored():  # torchrun's SIGTERM to the survivors must not cut it
-                runs.fail_run(
-                    engine,
-                    run_id,
-                    f"a rank of the job was lost: {exc}",
-                    timings=total_timings(previous, phases.timings),
-                )
+        _mark_stopped(comm, engine, run_id, f"a rank of the job was lost: {exc}", previous, phases)
         raise PeerFailed(
             f"a rank of the job was lost ({str(exc).splitlines()[0]}); run {run_id} is "
             f"incomplete: finish it with `auditor scan --resume {run_id}`"
         ) from None
+
+
+def _mark_stopped(comm, engine, run_id, error, previous, phases, status="failed") -> None:
+    """Rank 0: record why the run stopped and the time spent so far (a resume's added to
+    the stored), with signals ignored: a second Ctrl-C or torchrun's SIGTERM to the
+    surviving ranks must not cut the write short."""
+    if comm.is_root:
+        with signals_ignored():
+            runs.fail_run(
+                engine,
+                run_id,
+                error,
+                status=status,
+                timings=total_timings(previous, phases.timings),
+            )
 
 
 def _stored_fit(run: dict, model: ModelTask, config: ScanConfig) -> FitResult | None:
@@ -457,7 +455,7 @@ def _scan_run(
     harm = sum_in_rank_order([r["harm"] for r in reports])
     result = _rank_and_finish(
         engine, run_id, config, model, train, test, d, fitted, outputs, first, harm,
-        warnings, phases, progress, previous and previous["timings"],
+        warnings, phases, progress, previous,
     )  # fmt: skip
     result.ranks, result.resumed = comm.world, stored is not None
     result.scored = len(test) - len(plan.done)
@@ -571,11 +569,11 @@ def _solver_record(comm: Comm, diag, n_test, self_diag, own_train: slice) -> dic
 
 def _rank_and_finish(
     engine, run_id, config, model, train, test, d: _Data, fitted, outputs, first, harm,
-    warnings, phases, progress, stored_timings,
+    warnings, phases, progress, previous,
 ) -> ScanResult:  # fmt: skip
     """Rank 0: rank and flag the training points (with the refits), store them and mark
-    the run complete, its last write. ``stored_timings``: a resumed run's stored timings,
-    to which this scan's are added."""
+    the run complete, its last write. ``previous``: the stored run a resume continues (its
+    timings are added to this scan's)."""
     train_out, test_out = outputs
     rule = config.rule.resolved(len(train))
     loss, harmfulness = train_out["loss"].cpu(), torch.from_numpy(harm)
@@ -654,7 +652,7 @@ def _rank_and_finish(
                 "flag_counts": flag_counts,
                 "refit_solves": ranked.diagnostics,
             },
-            timings=add_timings(stored_timings, phases.timings),
+            timings=total_timings(previous, phases.timings),
             warnings=warnings,
         )
     return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
