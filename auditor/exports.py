@@ -69,20 +69,10 @@ def train_records(engine: Engine, run_id: int) -> list[dict]:
 
 
 def flag_rule(run: dict) -> FlagRule:
-    """The flag rule a run applied (as stored with its ranking).
-
-    A run stored before thresholds were checked may hold a zero, negative or non-finite
-    ``outlier_z`` or ``mislabel_z`` (``--outlier-z 0``, ``nan``, ``inf``): its flags were
-    decided with it, so the rule keeps it as stored (the report's charts guard it)."""
+    """The flag rule a run applied (as stored with its ranking), thresholds unchecked: a
+    run stored before they were checked keeps what it applied (the charts guard it)."""
     stored = (run["ranking"] or {}).get("rule") or run["config"]["rule"]
-    try:
-        return FlagRule.from_dict(stored)
-    except ConfigError:
-        thresholds = {k: stored[k] for k in ("outlier_z", "mislabel_z") if k in stored}
-        rule = FlagRule.from_dict({**stored, "outlier_z": None, "mislabel_z": FlagRule.mislabel_z})
-        for name, value in thresholds.items():
-            setattr(rule, name, value)  # unchecked: as the run applied it
-        return rule
+    return FlagRule.from_dict(stored, checked=False)
 
 
 def attach_flag_tests(train: list[dict], scale: str = "log") -> None:

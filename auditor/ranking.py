@@ -83,10 +83,20 @@ class FlagRule:
         return replace(self, outlier_z=outlier_z, outlier_support_z=support)
 
     @classmethod
-    def from_dict(cls, d: dict) -> FlagRule:
+    def from_dict(cls, d: dict, *, checked: bool = True) -> FlagRule:
         """The rule a run stored; one stored before ``influence_scale`` existed used
-        ``sqrt`` (and its thresholds were stored with it)."""
-        return cls(**{"influence_scale": "sqrt", **d})
+        ``sqrt`` (and its thresholds were stored with it).
+
+        ``checked=False`` keeps thresholds that are no longer accepted (a zero, negative
+        or non-finite ``outlier_z`` or ``mislabel_z`` stored before they were checked):
+        the run's flags were decided with them, so a report shows them as applied."""
+        fields = {"influence_scale": "sqrt", **d}
+        if checked:
+            return cls(**fields)
+        rule = cls(**{**fields, "outlier_z": None, "mislabel_z": cls.mislabel_z})
+        rule.outlier_z = fields.get("outlier_z")
+        rule.mislabel_z = fields.get("mislabel_z", cls.mislabel_z)
+        return rule
 
 
 INFLUENCE_SCALES = ("log", "sqrt")
