@@ -204,36 +204,32 @@ def scan_config(opts: dict) -> ScanConfig:
     )
 
 
-def _text(value) -> str:
-    return str(value)
-
-
 #: ``(option, ScanConfig section, field, to text)`` of every setting a rescan repeats: all
 #: of :func:`scan_config` but where the data comes from (train, test, split, download).
 _REPEATED = [
-    ("--seed", "data", "seed", _text),
+    ("--seed", "data", "seed", str),
     ("--classes", "data", "classes", ",".join),
-    ("--normalize", "data", "normalize", _text),
+    ("--normalize", "data", "normalize", str),
     ("--resize", "data", "resize", lambda hw: f"{hw[0]}x{hw[1]}"),
-    ("--model", "model", "name", _text),
-    ("--weight-decay", "model", "weight_decay", _text),
-    ("--hidden", "model", "hidden", _text),
-    ("--params", "model", "params", _text),
-    ("--epochs", "model", "epochs", _text),
-    ("--dtype", "model", "dtype", _text),
-    ("--solver", "solver", "solver", _text),
-    ("--damping", "solver", "damping", _text),
-    ("--scale", "solver", "scale", _text),
-    ("--depth", "solver", "depth", _text),
-    ("--repeats", "solver", "repeats", _text),
-    ("--batch-size", "solver", "batch_size", _text),
-    ("--tol", "solver", "tol", _text),
-    ("--self-influence", "solver", "self_influence", _text),
-    ("--outlier-z", "rule", "outlier_z", _text),
-    ("--mislabel-z", "rule", "mislabel_z", _text),
-    ("--trim", "rule", "trim", _text),
-    ("--device", None, "device", _text),
-    ("--chunk", None, "score_chunk", _text),
+    ("--model", "model", "name", str),
+    ("--weight-decay", "model", "weight_decay", str),
+    ("--hidden", "model", "hidden", str),
+    ("--params", "model", "params", str),
+    ("--epochs", "model", "epochs", str),
+    ("--dtype", "model", "dtype", str),
+    ("--solver", "solver", "solver", str),
+    ("--damping", "solver", "damping", str),
+    ("--scale", "solver", "scale", str),
+    ("--depth", "solver", "depth", str),
+    ("--repeats", "solver", "repeats", str),
+    ("--batch-size", "solver", "batch_size", str),
+    ("--tol", "solver", "tol", str),
+    ("--self-influence", "solver", "self_influence", str),
+    ("--outlier-z", "rule", "outlier_z", str),
+    ("--mislabel-z", "rule", "mislabel_z", str),
+    ("--trim", "rule", "trim", str),
+    ("--device", None, "device", str),
+    ("--chunk", None, "score_chunk", str),
 ]
 
 

@@ -178,3 +178,22 @@ def test_show_unknown_run_and_index(toy_db, runner):
     assert result.exit_code == 1 and "run 99 does not exist" in result.output
     result = runner.invoke(cli, ["show", str(run_id), "--test-index", "5", "--db", db])
     assert result.exit_code == 2 and "out of range" in result.output
+
+
+def test_the_rescan_command_repeats_every_scan_option_but_where_the_data_comes_from():
+    """scan_argv is scan_config's inverse: a new scan option must be added to both."""
+    from auditor.cli import scan
+    from auditor.cli_options import _REPEATED, _SCAN_OPTIONS, scan_argv, scan_config
+
+    data_options = {"--train", "--test", "--test-split", "--download", "--download-root"}
+    assert {name for name, _ in _SCAN_OPTIONS} - data_options == {o for o, *_ in _REPEATED}
+    argv = ["--train", "x.csv", "--seed", "3", "--classes", "b,a", "--normalize", "none"]
+    argv += ["--resize", "8x9", "--model", "mlp", "--weight-decay", "0.02", "--hidden", "4"]
+    argv += ["--params", "all", "--epochs", "2", "--dtype", "float64", "--solver", "cg"]
+    argv += ["--damping", "0.1", "--scale", "5.0", "--depth", "9", "--repeats", "2"]
+    argv += ["--batch-size", "7", "--tol", "0.001", "--self-influence", "same"]
+    argv += ["--outlier-z", "3.5", "--mislabel-z", "6.0", "--trim", "0.1"]
+    argv += ["--device", "cpu", "--chunk", "5"]
+    config = scan_config(scan.make_context("scan", argv).params)
+    again = scan_argv(config, "x.csv", None)[2:]
+    assert scan_config(scan.make_context("scan", again).params) == config
