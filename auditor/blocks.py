@@ -81,8 +81,9 @@ def check_all_stored(engine: Engine, run_id: int, n_test: int) -> None:
     stored = len(pairs.stored_test_indexes(engine, run_id))
     if stored != n_test:
         raise StoreError(
-            f"run {run_id}: only {stored} of {n_test} test points have stored scores "
-            f"after every rank finished; resume with `auditor scan --resume {run_id}`"
+            f"only {stored} of {n_test} test points have stored scores after every rank "
+            f"finished; run {run_id} is incomplete",
+            run_id,
         )
 
 

@@ -23,7 +23,7 @@ from auditor.cli_common import (
     resume_command,
 )
 from auditor.cli_options import Bars, scan_argv, scan_config, scan_options
-from auditor.errors import Interrupted
+from auditor.errors import AuditorError
 from auditor.evaluate_command import evaluate
 from auditor.interrupts import exit_after_interrupt
 from auditor.report.command import report
@@ -99,14 +99,11 @@ def _report_scan(opts: dict, bars: Bars | None, run) -> None:
     start = time.perf_counter()
     try:
         result = run()
-    except Interrupted as exc:
+    except AuditorError as exc:  # one that left a run incomplete says how to finish it
         if exc.run_id is None:
             raise
-        raise Interrupted(
-            f"interrupted; run {exc.run_id} is incomplete: finish it with "
-            f"`{resume_command(exc.run_id, opts['db'])}`",
-            exc.run_id,
-        ) from None
+        hint = f"finish it with `{resume_command(exc.run_id, opts['db'])}`"
+        raise type(exc)(f"{exc}: {hint}", exc.run_id) from None
     finally:
         if bars is not None:
             bars.close()

@@ -6,9 +6,14 @@ usage error (exit 2). Anything else is a bug and keeps its traceback.
 
 
 class AuditorError(Exception):
-    """Base class of every error the library raises on purpose."""
+    """Base class of every error the library raises on purpose. ``run_id``: the run the
+    error left incomplete and resumable, if any (the CLI then prints how to finish it)."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", run_id: int | None = None):
+        super().__init__(message)
+        self.run_id = run_id
 
 
 class ConfigError(AuditorError):
@@ -37,7 +42,3 @@ class Interrupted(AuditorError):
     """Ctrl-C or SIGTERM stopped a scan; ``run_id`` is the incomplete run (or ``None``)."""
 
     exit_code = 130
-
-    def __init__(self, message: str, run_id: int | None = None):
-        super().__init__(message)
-        self.run_id = run_id

@@ -71,7 +71,7 @@ def interruptible(run_id: int | None) -> Iterator[None]:
         where = (
             "nothing was written"
             if run_id is None
-            else f"run {run_id} is incomplete and can be resumed"
+            else f"run {run_id} is incomplete"
         )
         raise Interrupted(f"interrupted; {where}", run_id=run_id) from None
     finally:

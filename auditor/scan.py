@@ -362,7 +362,8 @@ def _run_guarded(
         _mark_stopped(comm, engine, run_id, f"a rank of the job was lost: {exc}", previous, phases)
         raise PeerFailed(
             f"a rank of the job was lost ({str(exc).splitlines()[0]}); run {run_id} is "
-            f"incomplete: finish it with `auditor scan --resume {run_id}`"
+            "incomplete",
+            run_id,
         ) from None
 
 
