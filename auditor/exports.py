@@ -41,10 +41,11 @@ def label_name(run: dict, value: float | None):
     return float(f"{value:.6g}")
 
 
-def train_records(engine: Engine, run_id: int) -> list[dict]:
+def train_records(engine: Engine, run_id: int, run: dict | None = None) -> list[dict]:
     """One record per training point, in training-index order, with the z-scores its
-    flags were decided on (:func:`attach_flag_tests`)."""
-    run = runs.get_run(engine, run_id)
+    flags were decided on (:func:`attach_flag_tests`). ``run``: the run's row, if the
+    caller has read it already."""
+    run = run or runs.get_run(engine, run_id)
     records = [
         {
             "index": p["idx"],
@@ -132,7 +133,7 @@ def run_summary(run: dict) -> dict:
 def export_json(engine: Engine, run_id: int) -> str:
     """``{"run": {...}, "train": [...]}`` as JSON text."""
     run = runs.get_run(engine, run_id)
-    payload = {"run": run_summary(run), "train": train_records(engine, run_id)}
+    payload = {"run": run_summary(run), "train": train_records(engine, run_id, run)}
     return json.dumps(payload, indent=1, default=str) + "\n"
 
 

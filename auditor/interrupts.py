@@ -68,11 +68,7 @@ def interruptible(run_id: int | None) -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         interrupted = True
-        where = (
-            "nothing was written"
-            if run_id is None
-            else f"run {run_id} is incomplete"
-        )
+        where = "nothing was written" if run_id is None else f"run {run_id} is incomplete"
         raise Interrupted(f"interrupted; {where}", run_id=run_id) from None
     finally:
         _Deferral.pending = False

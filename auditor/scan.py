@@ -361,8 +361,7 @@ def _run_guarded(
     except PeerLost as exc:  # a rank died (killed, out of memory): the run is resumable
         _mark_stopped(comm, engine, run_id, f"a rank of the job was lost: {exc}", previous, phases)
         raise PeerFailed(
-            f"a rank of the job was lost ({str(exc).splitlines()[0]}); run {run_id} is "
-            "incomplete",
+            f"a rank of the job was lost ({str(exc).splitlines()[0]}); run {run_id} is incomplete",
             run_id,
         ) from None
 

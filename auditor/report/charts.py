@@ -218,12 +218,19 @@ def histogram_range(z: Sequence[float], thresholds: Sequence[float]) -> tuple[fl
     return lo, 2 * top
 
 
+#: The influence z's axis label, by the run's ``influence_scale``.
+INFLUENCE_LABELS = {
+    "log": "robust z of log |self-influence|",
+    "sqrt": "robust z of the influence norm √|self-influence|",
+}
+
+
 def histogram(
     z: Sequence[float],
     kinds: Sequence[str],
     thresholds: dict[str, float],
     *,
-    label: str = "robust z of log |self-influence|",
+    label: str = INFLUENCE_LABELS["log"],
     bins: int = 40,
     width: int = 900,
     height: int = 240,

@@ -17,6 +17,7 @@ from auditor.evaluate import RANKINGS
 from auditor.exports import flag_rule, label_name, run_summary, train_records
 from auditor.ranking import FlagRule
 from auditor.report import charts
+from auditor.report.charts import INFLUENCE_LABELS
 from auditor.report.thumbnails import png_data_uri
 from auditor.store import evaluations, pairs, points, runs
 
@@ -116,7 +117,7 @@ def collect(
             raise ConfigError(
                 f"--test-index {i} is out of range: run {run_id} has {run['n_test']} test points"
             )
-    train = train_records(engine, run_id)
+    train = train_records(engine, run_id, run)
     test = points.read_points(engine, run_id, "test")
     rule = flag_rule(run)
     thresholds = _thresholds(rule, run["task"])
@@ -297,12 +298,6 @@ def _all_features(engine: Engine, run_id: int, run: dict) -> dict[str, np.ndarra
             return None
         out[split] = np.stack([np.frombuffer(r["features"], dtype="<f4") for r in rows])
     return out
-
-
-INFLUENCE_LABELS = {
-    "log": "robust z of log |self-influence|",
-    "sqrt": "robust z of the influence norm √|self-influence|",
-}
 
 
 def _histogram(
