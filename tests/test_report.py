@@ -314,6 +314,25 @@ def test_report_shows_detection_curves_of_an_evaluated_run(tmp_path, toy_db):
     )
 
 
+def test_report_reads_found_after_10_percent_off_the_curve_when_checked_lacks_it(tmp_path):
+    evaluate = ["evaluate", "--train", "toy-linear", "--solver", "exact", "--faults", "outlier"]
+    evaluate += ["--rate", "0.2", "--no-fix", "--seeds", "3"]
+    shown = {}
+    for checked in ("0.1", "0.05,0.2"):
+        db = str(tmp_path / f"eval-{checked}.db")
+        result = CliRunner().invoke(cli, [*evaluate, "--checked", checked, "--db", db])
+        assert result.exit_code == 0, result.output
+        _, rows = read_evaluation(open_db(db), 1)
+        _, soup = report(tmp_path, db, str(rows[0]["run_id"]))
+        for row in soup.select("table.detection tr[data-ranking]"):
+            shown.setdefault(row["data-ranking"], []).append(row.select("td")[2].get_text())
+        if checked == "0.1":
+            stored = {r["ranking"]: render_num(r["found"]["0.1"]) for r in rows}
+    # the same seed scans the same data: both reports show the share found_after computed
+    assert shown == {name: [stored[name]] * 2 for name in RANKINGS}
+    assert "—" not in stored.values()
+
+
 @pytest.mark.parametrize("fixture", ["mnist_db", "toy_db"])
 def test_stored_flag_tests_reproduce_the_flags_and_the_fallback_recomputes_them(fixture, request):
     db, engine, run_id = request.getfixturevalue(fixture)

@@ -317,15 +317,21 @@ class DetectionChart:
     title: str
 
 
+def _found_at(curve: list[list[float]], share: float) -> float | None:
+    """The share found at ``share`` checked on a stored curve, if it has that point."""
+    return next((y for x, y in curve if abs(x - share) < 1e-9), None)
+
+
 def detection_chart(
     curves: dict[str, list[list[float]]],
     auroc: dict[str, float | None],
-    found10: dict[str, float | None],
     title: str,
     width: int = 640,
     height: int = 320,
 ) -> DetectionChart:
-    """Lay out detection curves ``{ranking: [[share checked, share found], ...]}``."""
+    """Lay out detection curves ``{ranking: [[share checked, share found], ...]}``; each
+    series also carries its share found after checking 10%, read off its curve (stored at
+    every 1% whatever ``--checked`` the evaluation used)."""
     box = _box(width, height)
     px = _linear(0.0, 1.0, box["left"], box["right"])
     py = _linear(0.0, 1.0, box["bottom"], box["top"])
@@ -336,7 +342,7 @@ def detection_chart(
             "r-" + "".join(c if c.isalnum() else "-" for c in name),
             " ".join(f"{px(x)},{py(y)}" for x, y in curve),
             auroc.get(name),
-            found10.get(name),
+            _found_at(curve, 0.1),
         )
         for name, curve in curves.items()
     ]

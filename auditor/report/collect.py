@@ -182,7 +182,6 @@ def _detection(engine: Engine, run_id: int) -> charts.DetectionChart | None:
     return charts.detection_chart(
         {r["ranking"]: r["curve"] for r in rows},
         {r["ranking"]: r["auroc"] for r in rows},
-        {r["ranking"]: (r["found"] or {}).get("0.1") for r in rows},
         f"{rows[0]['n_faults']} injected faults among {rows[0]['n_train']} training points",
     )
 
