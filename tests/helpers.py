@@ -89,3 +89,18 @@ def robust_z_reference(v: np.ndarray) -> np.ndarray:
     """``(v - median) / (1.4826 * MAD)`` with numpy's median (the README's formula)."""
     median = np.median(v)
     return (v - median) / (1.4826 * np.median(np.abs(v - median)))
+
+
+def error_lines(output: str) -> list[str]:
+    """The ``Error:`` lines of a command's output."""
+    return [line for line in output.splitlines() if line.startswith("Error:")]
+
+
+def one_error(output: str, *needles: str) -> str:
+    """The one ``Error:`` line of ``output`` (no traceback), holding every needle."""
+    assert "Traceback" not in output
+    errors = error_lines(output)
+    assert len(errors) == 1, output
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]

@@ -29,6 +29,7 @@ from auditor.cli import cli
 from auditor.data import Dataset, validate
 from auditor.errors import DataError
 from auditor.store import open_db, points
+from tests.helpers import one_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SETPRIV = shutil.which("setpriv")
@@ -39,12 +40,7 @@ def fails(args: list[str], code: int, *needles: str) -> str:
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == code, result.output
     assert isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
+    return one_error(result.output, *needles)
 
 
 def no_runs(db: Path) -> bool:
@@ -143,11 +139,7 @@ def without_root_powers(args: list[str], cwd: Path) -> subprocess.CompletedProce
 
 def assert_one_clean_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
     assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, proc.stderr
-    for needle in needles:
-        assert needle in errors[0], errors[0]
+    one_error(proc.stderr, *needles)
 
 
 def test_unreadable_data_file(tmp_path):

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.store import open_db, pairs, points, runs
+from tests.helpers import error_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TEST = 433  # MNIST 1-vs-7 of the shared test set, 20 % held out
@@ -192,8 +193,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, mnist_dir, uninterru
     )
     assert code == 130, err
     assert "Traceback" not in err
-    errors = [line for line in err.splitlines() if line.startswith("Error:")]
-    assert errors == [
+    assert error_lines(err) == [
         f"Error: interrupted; run 1 is incomplete: finish it with "
         f"`auditor scan --resume 1 --db {db}`"
     ]
@@ -222,9 +222,7 @@ def test_ctrl_c_while_loading_writes_nothing(tmp_path, mnist_dir):
         pytest.skip("the run was created before the signal arrived")
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert [line for line in err.splitlines() if line.startswith("Error:")] == [
-        "Error: interrupted; nothing was written"
-    ]
+    assert error_lines(err) == ["Error: interrupted; nothing was written"]
 
 
 def _has_schema(db: Path) -> bool:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from auditor import distributed
 from auditor.cli import cli
 from auditor.store import open_db, pairs, points, runs
-from tests.helpers import assert_same_run, run_state
+from tests.helpers import assert_same_run, error_lines, run_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,8 +125,7 @@ def test_an_error_under_torchrun_is_printed_once_by_rank_0(tmp_path):
         "scan", "--train", str(tmp_path / "missing.csv"), "--db", str(tmp_path / "a.db")
     )
     assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == [f"Error: {tmp_path / 'missing.csv'} does not exist"]
+    assert error_lines(done.stderr) == [f"Error: {tmp_path / 'missing.csv'} does not exist"]
 
 
 @pytest.mark.slow
