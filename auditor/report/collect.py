@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy.engine import Engine
 
+from auditor import detection
 from auditor.errors import ConfigError, DataError
 from auditor.evaluate import RANKINGS
 from auditor.exports import flag_rule, label_name, run_summary, train_records
@@ -182,7 +183,7 @@ def _detection(engine: Engine, run_id: int) -> charts.DetectionChart | None:
     return charts.detection_chart(
         {r["ranking"]: r["curve"] for r in rows},
         {r["ranking"]: r["auroc"] for r in rows},
-        {r["ranking"]: (r["found"] or {}).get("0.1") for r in rows},
+        {r["ranking"]: (r["found"] or {}).get(detection.fraction_key(0.1)) for r in rows},
         f"{rows[0]['n_faults']} injected faults among {rows[0]['n_train']} training points",
     )
 
