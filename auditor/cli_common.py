@@ -89,11 +89,7 @@ def resolve_run(engine, run: int | None, db: str, *, complete: bool = True) -> i
     run_id = runs.latest_run_id(engine) if run is None else run
     row = runs.get_run(engine, run_id)
     if complete and row["status"] != "complete":
-        if runs.writer_state(row) == "alive":
-            raise DataError(
-                f"run {run_id} is still being written (phase {row['phase']}, process "
-                f"{row['owner_pid']}); wait for it to finish"
-            )
+        runs.refuse_live_writer(row, "wait for it to finish")
         raise DataError(
             f"run {run_id} is {row['status']} (stopped in phase {row['phase']}), not complete; "
             f"finish it with `{resume_command(run_id, db)}`"

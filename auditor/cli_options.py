@@ -163,51 +163,18 @@ def scan_options(*, without: tuple[str, ...] = ()):
     return decorate
 
 
-def scan_config(opts: dict) -> ScanConfig:
-    """The :class:`ScanConfig` the parsed ``scan_options`` describe."""
-    return ScanConfig(
-        data=DataArgs(
-            train=opts["train"],
-            test=opts["test"],
-            test_split=opts["test_split"],
-            seed=opts.get("seed", 0),
-            classes=opts["classes"],
-            normalize=opts["normalize"],
-            resize=opts["resize"],
-            download=opts["download"],
-            download_root=opts["download_root"],
-        ),
-        model=ModelArgs(
-            name=opts["model"],
-            weight_decay=opts["weight_decay"],
-            hidden=opts["hidden"],
-            dtype=opts["dtype"],
-            params=opts["params"],
-            epochs=opts["epochs"],
-        ),
-        solver=SolverArgs(
-            solver=opts["solver"],
-            damping=opts["damping"],
-            scale=opts["scale"],
-            depth=opts["depth"],
-            repeats=opts["repeats"],
-            batch_size=opts["batch_size"],
-            tol=opts["tol"],
-            seed=opts.get("seed", 0),
-            self_influence=opts["self_influence"],
-        ),
-        rule=FlagRule(
-            outlier_z=opts["outlier_z"], mislabel_z=opts["mislabel_z"], trim=opts["trim"]
-        ),
-        device=opts["device"],
-        score_chunk=opts["chunk"],
-    )
-
-
-#: ``(option, ScanConfig section, field, to text)`` of every setting a rescan repeats: all
-#: of :func:`scan_config` but where the data comes from (train, test, split, download).
-_REPEATED = [
+#: Which :class:`ScanConfig` field each scan option sets, and how a rescan writes it back:
+#: ``(option, section, field, to text)``; section ``None`` is a field of ScanConfig itself.
+#: To text ``None``: a field the rescan does not repeat: where the data comes from (given
+#: to :func:`scan_argv` apart) and the solver's copy of --seed (the data's repeats it).
+_FIELDS = [
+    ("--train", "data", "train", None),
+    ("--test", "data", "test", None),
+    ("--test-split", "data", "test_split", None),
+    ("--download", "data", "download", None),
+    ("--download-root", "data", "download_root", None),
     ("--seed", "data", "seed", str),
+    ("--seed", "solver", "seed", None),
     ("--classes", "data", "classes", ",".join),
     ("--normalize", "data", "normalize", str),
     ("--resize", "data", "resize", lambda hw: f"{hw[0]}x{hw[1]}"),
@@ -231,6 +198,27 @@ _REPEATED = [
     ("--device", None, "device", str),
     ("--chunk", None, "score_chunk", str),
 ]
+
+#: The settings a rescan repeats: all of :data:`_FIELDS` but where the data comes from.
+_REPEATED = [entry for entry in _FIELDS if entry[3] is not None]
+
+
+def scan_config(opts: dict) -> ScanConfig:
+    """The :class:`ScanConfig` the parsed ``scan_options`` describe (through
+    :data:`_FIELDS`); a field whose option was left out (``evaluate`` has no --seed)
+    keeps its default."""
+    fields: dict = {"data": {}, "model": {}, "solver": {}, "rule": {}, None: {}}
+    for option, section, name, _text in _FIELDS:
+        param = option[2:].replace("-", "_")
+        if param in opts:
+            fields[section][name] = opts[param]
+    return ScanConfig(
+        data=DataArgs(**fields["data"]),
+        model=ModelArgs(**fields["model"]),
+        solver=SolverArgs(**fields["solver"]),
+        rule=FlagRule(**fields["rule"]),
+        **fields[None],
+    )
 
 
 def scan_argv(config: ScanConfig, train: str, test: str | None) -> list[str]:

@@ -52,6 +52,13 @@ def found_after(scores: np.ndarray, is_fault: np.ndarray, fraction: float) -> fl
     return float(is_fault[top_order(scores)[: checked_count(fraction, is_fault.size)]].sum() / m1)
 
 
+def fraction_key(fraction: float) -> str:
+    """The key of the results for a checked ``fraction``: ``"0.1"`` for 0.1, in an
+    evaluation row's ``found`` and, after ``found@``, ``accuracy@`` and ``loss@``, in its
+    summary."""
+    return f"{fraction:g}"
+
+
 def checked_count(fraction: float, n: int) -> int:
     """How many of ``n`` points a reviewer checks for a ``fraction``: ``ceil(fraction * n)``
     (a hair below, so that 0.1 * 1730 is 173 and not 174 through rounding)."""

@@ -71,7 +71,7 @@ class EvalArgs:
             raise ConfigError("give at least one --checked fraction")
         if not all(0.0 < f <= 1.0 for f in self.fractions):
             raise ConfigError("the checked fractions must lie in (0, 1]")
-        names = [f"{f:g}" for f in self.fractions]  # the keys the results are stored under
+        names = [detection.fraction_key(f) for f in self.fractions]  # the results' keys
         if len(set(names)) != len(names):
             raise ConfigError(f"--checked must not repeat a fraction, got {', '.join(names)}")
 
@@ -151,7 +151,9 @@ def detection_metrics(scores: np.ndarray, is_fault: np.ndarray, fractions) -> di
     return {
         "auroc": detection.auroc(scores, is_fault),
         "average_precision": detection.average_precision(scores, is_fault),
-        "found": {f"{f:g}": detection.found_after(scores, is_fault, f) for f in fractions},
+        "found": {
+            detection.fraction_key(f): detection.found_after(scores, is_fault, f) for f in fractions
+        },
         "curve": [[round(s, 4), round(v, 5)] for s, v in zip(shares, found, strict=True)],
     }
 
@@ -308,15 +310,17 @@ def summarize(results: list[dict], fractions) -> dict[str, dict[str, list[float]
             ),
         }
         for f in fractions:
-            s[f"found@{f:g}"] = list(detection.mean_spread([r["found"][f"{f:g}"] for r in rows]))
+            key = detection.fraction_key(f)
+            s[f"found@{key}"] = list(detection.mean_spread([r["found"][key] for r in rows]))
         fix_rows = [fx for r in rows for fx in (r["fix"] or [])]
         for f in fractions:
+            key = detection.fraction_key(f)
             at = [fx for fx in fix_rows if fx["fraction"] == f]
             if at:
-                s[f"accuracy@{f:g}"] = list(
+                s[f"accuracy@{key}"] = list(
                     detection.mean_spread([_nan(fx["test_accuracy"]) for fx in at])
                 )
-                s[f"loss@{f:g}"] = list(detection.mean_spread([fx["test_loss"] for fx in at]))
+                s[f"loss@{key}"] = list(detection.mean_spread([fx["test_loss"] for fx in at]))
         summary[name] = s
     return summary
 
@@ -328,6 +332,7 @@ def _nan(value: float | None) -> float:
 def format_table(evaluation: Evaluation) -> str:
     """The summary as a plain-text table: one row per ranking, ``mean ± spread`` cells."""
     fr = evaluation.args.fractions
+    keys = [detection.fraction_key(f) for f in fr]
     seeds = ",".join(str(s) for s in evaluation.args.seeds)
     n_faults = [r["n_faults"] for r in evaluation.results if r["ranking"] == "random"]
     head = (
@@ -339,18 +344,18 @@ def format_table(evaluation: Evaluation) -> str:
     lines = [head, f"{'ranking':<16}" + "".join(f"{c:>17}" for c in cols)]
     for name in RANKINGS:
         s = evaluation.summary[name]
-        cells = [s["auroc"], s["average_precision"], *(s[f"found@{f:g}"] for f in fr)]
+        cells = [s["auroc"], s["average_precision"], *(s[f"found@{key}"] for key in keys)]
         lines.append(f"{name:<16}" + "".join(f"{_pm(c):>17}" for c in cells))
-    if any(f"accuracy@{f:g}" in evaluation.summary["combined"] for f in fr):
+    if any(f"accuracy@{key}" in evaluation.summary["combined"] for key in keys):
         lines.append("")
         lines.append("fix experiment: faults among the top k restored, model retrained")
         lines.append(f"{'checked':<10}{'ranking':<11}{'test accuracy':>19}{'test loss':>19}")
-        for f in fr:
+        for f, key in zip(fr, keys, strict=True):
             for name in FIX_RANKINGS:
                 s = evaluation.summary[name]
-                if f"accuracy@{f:g}" in s:
+                if f"accuracy@{key}" in s:
                     lines.append(
-                        f"{f:<10.0%}{name:<11}{_pm(s[f'accuracy@{f:g}']):>19}{_pm(s[f'loss@{f:g}']):>19}"
+                        f"{f:<10.0%}{name:<11}{_pm(s[f'accuracy@{key}']):>19}{_pm(s[f'loss@{key}']):>19}"
                     )
         first = next(r["fix"][0] for r in evaluation.results if r["fix"])
         lines.append(

@@ -15,7 +15,6 @@ writes the run row.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,7 +58,6 @@ from auditor.errors import (
     DataError,
     Interrupted,
     SolverError,
-    StoreError,
 )
 from auditor.gradients import per_example_grads
 from auditor.hessian import HessianOperator
@@ -242,6 +240,7 @@ def resume(
     Raises:
         RunNotFound: No such run.
         ConfigError: The run is already complete.
+        StoreError: A scan in another live process on this host is still writing it.
         DataError: The data no longer matches the run's fingerprint.
     """
     run = runs.get_run(engine, run_id, with_theta=True)
@@ -249,22 +248,14 @@ def resume(
         raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
     config = ScanConfig.from_dict(run["config"])
     with joined(comm, config.device) as comm:
-        comm.root_step(_check_writer_gone, run)  # rank 0: the other ranks run no scan yet
+        refusal = "wait for it to finish or stop it before resuming"
+        comm.root_step(runs.refuse_live_writer, run, refusal)  # rank 0: the others scan nothing yet
         phases, train, test, model = _load_phase(comm, engine, config, run)
         if comm.is_root:
             runs.restart_run(engine, run_id)
         stored = _stored_fit(run, model, config)
         return _run_guarded(
             comm, engine, run_id, config, model, train, test, phases, progress, stored, run
-        )
-
-
-def _check_writer_gone(run: dict) -> None:
-    """Refuse to resume a run that a live scan on this host is still writing."""
-    if runs.writer_state(run) == "alive" and run["owner_pid"] != os.getpid():
-        raise StoreError(
-            f"run {run['id']} is still being written by process {run['owner_pid']} on this "
-            "host; wait for it to finish or stop it before resuming"
         )
 
 

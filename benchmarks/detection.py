@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from auditor.config import DataArgs, ModelArgs, ScanConfig
+from auditor.detection import fraction_key
 from auditor.evaluate import RANKINGS, EvalArgs, evaluate
 from auditor.faults import FaultSpec
 from auditor.solvers.base import SolverArgs
@@ -93,7 +94,7 @@ def markdown(results: dict) -> str:
             s = r["summary"][ranking]
             cell = " | ".join(
                 f"{s[m][0]:.4f} ± {s[m][1]:.4f}"
-                for m in ("auroc", "found@0.1", "average_precision")
+                for m in ("auroc", f"found@{fraction_key(0.1)}", "average_precision")
             )
             bold = "**" if ranking == "combined" else ""
             seeds = ",".join(map(str, r["seeds"]))

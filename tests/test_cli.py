@@ -181,10 +181,12 @@ def test_show_unknown_run_and_index(toy_db, runner):
 
 
 def test_the_rescan_command_repeats_every_scan_option_but_where_the_data_comes_from():
-    """scan_argv is scan_config's inverse: a new scan option must be added to both."""
+    """scan_argv is scan_config's inverse: both read the table _FIELDS, which must name
+    every scan option."""
     from auditor.cli import scan
-    from auditor.cli_options import _REPEATED, _SCAN_OPTIONS, scan_argv, scan_config
+    from auditor.cli_options import _FIELDS, _REPEATED, _SCAN_OPTIONS, scan_argv, scan_config
 
+    assert {name for name, _ in _SCAN_OPTIONS} == {o for o, *_ in _FIELDS}
     data_options = {"--train", "--test", "--test-split", "--download", "--download-root"}
     assert {name for name, _ in _SCAN_OPTIONS} - data_options == {o for o, *_ in _REPEATED}
     argv = ["--train", "x.csv", "--seed", "3", "--classes", "b,a", "--normalize", "none"]

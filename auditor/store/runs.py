@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine
 
 from auditor import __version__
-from auditor.errors import RunNotFound
+from auditor.errors import RunNotFound, StoreError
 from auditor.store.schema import pair_scores, points, runs
 
 SUMMARY_COLUMNS = [c for c in runs.c if c.name != "theta"]
@@ -96,6 +96,17 @@ def writer_state(run: dict) -> str:
         return "gone"
     recorded = run.get("owner_start")
     return "alive" if not recorded or not start or recorded == start else "gone"
+
+
+def refuse_live_writer(run: dict, advice: str) -> None:
+    """Raise :class:`StoreError` (exit 1) if a scan in another process on this host is
+    still writing ``run`` (:func:`writer_state` ``alive``); ``advice`` ends the message:
+    what the caller should do instead."""
+    if writer_state(run) == "alive" and run["owner_pid"] != os.getpid():
+        raise StoreError(
+            f"run {run['id']} is still being written by process {run['owner_pid']} on this "
+            f"host (phase {run['phase']}); {advice}"
+        )
 
 
 def _process_start(pid: int) -> str | None:
