@@ -40,9 +40,13 @@ class BlockPlan:
     to_solve: list[Block]
 
 
-def plan_blocks(comm: Comm, engine, run_id: int, n_test: int, chunk: int, stored) -> BlockPlan:
+def plan_blocks(
+    comm: Comm, engine, run_id: int, n_test: int, chunk: int, resumed: bool
+) -> BlockPlan:
+    """Split the ``n_test`` test points into blocks of ``chunk`` and deal the pending ones
+    out over the ranks; a ``resumed`` run's stored blocks (rank 0 reads which) are done."""
     done = comm.broadcast(
-        pairs.stored_test_indexes(engine, run_id) if comm.is_root and stored is not None else set()
+        pairs.stored_test_indexes(engine, run_id) if comm.is_root and resumed else set()
     )
     blocks = test_blocks(n_test, chunk)
     pending = [b for b in blocks if not all(j in done for j in range(*b))]

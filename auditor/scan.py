@@ -221,9 +221,7 @@ def scan(
     with joined(comm, config.device) as comm:
         phases, train, test, model = _load_phase(comm, engine, config, datasets=datasets)
         run_id = comm.broadcast(comm.root_step(_create_run, engine, config, train, test, model))
-        return _run_guarded(
-            comm, engine, run_id, config, model, train, test, phases, progress, None
-        )
+        return _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress)
 
 
 def resume(
@@ -253,10 +251,7 @@ def resume(
         phases, train, test, model = _load_phase(comm, engine, config, run)
         if comm.is_root:
             runs.restart_run(engine, run_id)
-        stored = _stored_fit(run, model, config)
-        return _run_guarded(
-            comm, engine, run_id, config, model, train, test, phases, progress, stored, run
-        )
+        return _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, run)
 
 
 def _load_phase(
@@ -330,9 +325,7 @@ def _short_list(names: list[str] | None, most: int = 5) -> str:
     return f"[{shown}{', ...' if len(names) > most else ''}]"
 
 
-def _run_guarded(
-    comm, engine, run_id, config, model, train, test, phases, progress, stored, previous=None
-):
+def _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, previous=None):
     """Run the phases after the run row exists; rank 0 marks the run failed or interrupted
     (keeping the time spent so far). ``previous`` is the stored run a resume continues."""
     phases.run_id = run_id if comm.is_root else None  # rank 0 alone records the phase
@@ -340,8 +333,7 @@ def _run_guarded(
     try:
         with interruptible(run_id):
             return _scan_run(
-                comm, engine, run_id, config, model, train, test, phases, progress, stored,
-                previous,
+                comm, engine, run_id, config, model, train, test, phases, progress, previous,
             )  # fmt: skip
     except Interrupted:
         _mark_stopped(comm, engine, run_id, "interrupted", previous, phases, "interrupted")
@@ -400,9 +392,7 @@ class _Data:
     y_test: torch.Tensor
 
 
-def _scan_run(
-    comm, engine, run_id, config, model, train, test, phases, progress, stored, previous=None
-):
+def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress, previous=None):
     """The phases after the run row exists, on every rank; the result on rank 0.
 
     On a resume ``previous`` is the stored run: its solver record, warnings and timings
@@ -415,10 +405,11 @@ def _scan_run(
 
     with phases("fit"):
         fitted, outputs = comm.root_step(
-            _fit_phase, engine, run_id, config, model, train, test, d, stored, warnings
+            _fit_phase, engine, run_id, config, model, train, test, d, previous, warnings
         ) or (None, None)
         theta = _shared_theta(comm, fitted, model, config, d.x.device)
-    plan = plan_blocks(comm, engine, run_id, len(test), config.score_chunk, stored)
+    resumed = previous is not None
+    plan = plan_blocks(comm, engine, run_id, len(test), config.score_chunk, resumed)
     with phases("gradients"):
         train_grads = per_example_grads(model, theta, d.x, d.y)
         test_grads = _test_gradients(model, theta, d, plan.to_solve)
@@ -448,7 +439,7 @@ def _scan_run(
         engine, run_id, config, model, train, test, d, fitted, outputs, first, harm,
         warnings, phases, progress, previous,
     )  # fmt: skip
-    result.ranks, result.resumed = comm.world, stored is not None
+    result.ranks, result.resumed = comm.world, resumed
     result.scored = len(test) - len(plan.done)
     return result
 
@@ -476,10 +467,12 @@ def _solve_phase(comm: Comm, model, theta, d: _Data, config, train_grads, test_g
     return test_ihvps, first, record
 
 
-def _fit_phase(engine, run_id, config, model, train, test, d: _Data, stored, warnings):
-    """Rank 0: the stored fit (or a new one, stored at once so that a resume continues
-    from it), checked finite, and the test points written. Returns the fit and the model's
-    outputs on the training and test points."""
+def _fit_phase(engine, run_id, config, model, train, test, d: _Data, previous, warnings):
+    """Rank 0: the fit the resumed run ``previous`` stored (or a new one, stored at once so
+    that a resume continues from it), checked finite, and the test points written. Returns
+    the fit and the model's outputs on the training and test points. (The other ranks get
+    the parameters from rank 0: only it decodes the stored fit.)"""
+    stored = None if previous is None else _stored_fit(previous, model, config)
     fit_kwargs = config.model.fit_kwargs()
     wd = config.model.weight_decay
     fitted = stored or fit(model, d.x, d.y, wd, seed=config.data.seed, **fit_kwargs)
