@@ -6,7 +6,7 @@ Run from the repository root (MNIST idx files in ../shared/data/mnist by default
     python benchmarks/combine.py --seeds 0,1,2 --cnn-seeds 0,1,2   # the evaluation seeds
 
 Scans every setting of ``benchmarks/detection.py`` once per seed (cached as ``.npz`` in
-``--cache``: loss, self-influence after the refits, harmfulness, the injected faults),
+``--cache``: the single rankings' scores and the injected faults),
 then scores each candidate rule against the best single ranking of that setting (mean
 AUROC and share found after checking 10% over the seeds). Prints, best first, how many
 settings a rule matches or beats the best single ranking in both, and its summed deficit
@@ -24,26 +24,25 @@ import numpy as np
 import torch
 from detection import MNIST, settings
 
-from auditor import detection
-from auditor.evaluate import scan_with_faults
+from auditor.detection import fraction_key
+from auditor.evaluate import detection_metrics, ranking_scores, scan_with_faults
 from auditor.ranking import suspicion_tests
 from auditor.store import open_db, points
 
+#: The single rankings, in :func:`suspicion_tests`'s argument order (loss, harmfulness,
+#: self-influence; ``|self-influence|`` is what both rank).
+SINGLE = ("training loss", "harmfulness", "self-influence")
+
 
 def cached_scan(name: str, seed: int, cache: Path, engine) -> dict[str, np.ndarray]:
-    """One setting and seed: per training point ``loss``, ``si``, ``harm`` and ``fault``."""
-    path = cache / f"{name}-{seed}.npz"
+    """One setting and seed: each single ranking's scores as ``auditor evaluate`` computes
+    them (:func:`auditor.evaluate.ranking_scores`) and the injected ``fault`` mask, ``(n,)``."""
+    path = cache / f"{name}-{seed}-scores.npz"
     if not path.exists():
         config, faults = settings(MNIST)[name]
         done = scan_with_faults(engine, config, faults, seed)
-        rows = points.read_points(engine, done.run_id, "train")
-        np.savez(
-            path,
-            loss=[r["loss"] for r in rows],
-            si=[r["self_influence"] for r in rows],
-            harm=[r["harmfulness"] for r in rows],
-            fault=done.is_fault,
-        )
+        scores = ranking_scores(points.read_points(engine, done.run_id, "train"), seed)
+        np.savez(path, fault=done.is_fault, **{k: scores[k] for k in SINGLE})
     return dict(np.load(path))
 
 
@@ -68,12 +67,14 @@ def candidate_rules() -> dict:
 def tests(d: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
     """The scan's tests (:func:`auditor.ranking.suspicion_tests`) as arrays ``(n,)``:
     log-loss z, influence z, harmfulness z and harmfulness's normal score."""
-    t = suspicion_tests(*(torch.from_numpy(d[k]) for k in ("loss", "harm", "si")))
+    t = suspicion_tests(*(torch.from_numpy(d[k]) for k in SINGLE))
     return tuple(v.numpy() for v in (t.loss, t.influence, t.harm, t.harm_score))
 
 
 def metrics(score: np.ndarray, fault: np.ndarray) -> np.ndarray:
-    return np.array([detection.auroc(score, fault), detection.found_after(score, fault, 0.1)])
+    """AUROC and share found after checking 10%, as ``auditor evaluate`` reports them."""
+    got = detection_metrics(score, fault, [0.1])
+    return np.array([got["auroc"], got["found"][fraction_key(0.1)]])
 
 
 def main() -> None:
@@ -91,12 +92,8 @@ def main() -> None:
     for name in settings(MNIST):
         seeds = args.cnn_seeds if name.startswith("cnn") else args.seeds
         runs = [cached_scan(name, int(s), cache, engine) for s in seeds.split(",")]
-        single = {
-            "loss": np.mean([metrics(d["loss"], d["fault"]) for d in runs], axis=0),
-            "self-influence": np.mean([metrics(np.abs(d["si"]), d["fault"]) for d in runs], axis=0),
-            "harmfulness": np.mean([metrics(d["harm"], d["fault"]) for d in runs], axis=0),
-        }
-        best = np.max(list(single.values()), axis=0)
+        single = [np.mean([metrics(d[k], d["fault"]) for d in runs], axis=0) for k in SINGLE]
+        best = np.max(single, axis=0)
         zs = [tests(d) for d in runs]
         for rule, fn in rules.items():
             got = np.mean(
