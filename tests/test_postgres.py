@@ -2,6 +2,8 @@
 
 import json
 import shlex
+import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -50,6 +52,54 @@ def test_migrations_build_the_declared_schema_on_postgresql(pg_url):
     assert migrate.current_revision(engine) == migrate.head_revision()
     assert blob_type == "bytea"
     open_db(pg_url).dispose()  # a second open finds the schema at head
+    engine.dispose()
+
+
+def test_two_openers_of_one_new_postgresql_database_create_its_schema_once(pg_url, monkeypatch):
+    """The second opener of a new database waits for the first one's upgrade to commit and
+    then finds the schema at head (it created the tables too, and failed on a duplicate
+    ``alembic_version`` type, before upgrades took an advisory lock)."""
+    created, go, errors = threading.Event(), threading.Event(), []
+    real_upgrade = migrate.command.upgrade
+
+    def upgrade_then_pause(config, revision):  # the first opener, before its commit
+        real_upgrade(config, revision)
+        if threading.current_thread().name == "first":
+            created.set()
+            go.wait(60)
+
+    def opener():
+        try:
+            open_db(pg_url).dispose()
+        except Exception as exc:
+            errors.append(exc)
+
+    monkeypatch.setattr(migrate.command, "upgrade", upgrade_then_pause)
+    first = threading.Thread(target=opener, name="first")
+    second = threading.Thread(target=opener, name="second")
+    first.start()
+    try:
+        assert created.wait(60)
+        second.start()
+        waiting = sa.text(
+            "select count(*) from pg_stat_activity "
+            "where datname = current_database() and wait_event_type = 'Lock'"
+        )
+        watcher = sa.create_engine(database_url(pg_url))
+        deadline = time.monotonic() + 60
+        with watcher.connect() as conn:  # until the second opener waits on a lock
+            while not conn.execute(waiting).scalar() and time.monotonic() < deadline:
+                conn.rollback()
+                time.sleep(0.05)
+        watcher.dispose()
+    finally:
+        go.set()
+        first.join(60)
+        if second.ident is not None:
+            second.join(60)
+    assert errors == []
+    engine = open_db(pg_url)
+    assert migrate.current_revision(engine) == migrate.head_revision()
     engine.dispose()
 
 

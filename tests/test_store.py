@@ -1,6 +1,8 @@
 """The store: Alembic builds exactly the tables the code declares, runs round-trip."""
 
 import sqlite3
+import threading
+import time
 from contextlib import closing
 
 import numpy as np
@@ -81,6 +83,46 @@ def test_a_newer_schema_is_refused(tmp_path):
         conn.execute(sa.text("update alembic_version set version_num = 'ffff9999'"))
     with pytest.raises(StoreError, match="newer than this auditor"):
         open_db(str(tmp_path / "a.db"))
+
+
+def _locked_new_file(path):
+    """A new SQLite file whose write lock another connection holds, as a process opening
+    it first holds it while it switches the file to WAL (a rollback journal's RESERVED lock)."""
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_a_new_file_another_process_is_switching_to_wal_is_waited_for(tmp_path):
+    """Two processes opening one new database at once: the one that finds the other's write
+    lock from the switch to WAL waits for it (PRAGMA journal_mode=WAL fails at once with
+    "database is locked", without the busy timeout) and then finds the schema to create."""
+    db = tmp_path / "new.db"
+    holder = _locked_new_file(db)
+    release = threading.Timer(0.5, holder.execute, ["ROLLBACK"])
+    release.start()
+    start = time.monotonic()
+    try:
+        engine = open_db(str(db))
+    finally:
+        release.join()
+        holder.close()
+    assert time.monotonic() - start >= 0.4  # it waited for the lock instead of failing
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    run = dict(dataset="d", task="regression", model="linear", n_train=1, n_test=1)
+    assert runs.create_run(engine, config={}, data_fingerprint="f", **run) == 1
+
+
+def test_a_lock_held_past_the_busy_timeout_is_still_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("auditor.store.BUSY_TIMEOUT_S", 0.3)
+    db = tmp_path / "new.db"
+    with closing(_locked_new_file(db)):
+        start = time.monotonic()
+        with pytest.raises(StoreError, match="database is locked"):
+            open_db(str(db))
+    assert 0.2 < time.monotonic() - start < 5
 
 
 def test_non_finite_scores_are_never_stored(tmp_path):

@@ -8,6 +8,8 @@ Open a database with :func:`open_db`; read and write through the functions of
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -16,6 +18,9 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from auditor.errors import StoreError
 from auditor.store import migrate
+
+#: How long a SQLite connection waits for another one's lock before "database is locked".
+BUSY_TIMEOUT_S = 60
 
 #: URL schemes without a driver, and the driver auditor uses for them.
 DEFAULT_DRIVERS = {"postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
@@ -112,6 +117,37 @@ def _check_sqlite_path(path: Path, create: bool) -> None:
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=60000")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    _switch_to_wal(cursor)
     cursor.close()
+
+
+def _switch_to_wal(cursor) -> None:
+    """``PRAGMA journal_mode=WAL``, retried for up to the busy timeout while another
+    connection holds a write lock.
+
+    On a database already in WAL mode the pragma only reads. Switching a new file writes its
+    header, and SQLite then reports SQLITE_BUSY at once instead of waiting the busy timeout
+    (the pragma's read transaction would have to become a write one, which never waits).
+    Two processes opening one new file at once meet here: the one that finds the other's
+    lock retries until the other's switch is committed (then its own pragma only reads).
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:
+            if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.05)
+
+
+def _is_busy(exc: Exception) -> bool:
+    """Whether a DB-API error is SQLite's SQLITE_BUSY ("database is locked")."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_BUSY
+    return "database is locked" in str(exc)

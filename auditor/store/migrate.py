@@ -6,10 +6,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Engine
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
 
 from auditor.errors import StoreError
 from auditor.resources import resource_dir
+
+#: The PostgreSQL advisory lock (per database) an upgrade holds: "auditor" in ASCII.
+UPGRADE_LOCK_KEY = int.from_bytes(b"auditor", "big")
 
 
 def alembic_config() -> Config:
@@ -32,18 +36,18 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the database to ``revision``; raise :class:`StoreError` if it is at a revision
     this version of auditor does not know (written by a newer auditor).
 
-    On SQLite the upgrade re-checks and runs in one ``BEGIN IMMEDIATE`` transaction, so two
+    The upgrade re-checks and runs in one transaction that holds the database's write lock
+    (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a transaction-scoped advisory lock), so two
     processes opening a new database at once do not both create the tables: the second
-    waits (busy timeout) and then finds the schema at head. A database already at head is
-    only read.
+    waits (SQLite's busy timeout; PostgreSQL without limit) and then finds the schema at
+    head. A database already at head is only read.
     """
     script = ScriptDirectory.from_config(alembic_config())
     with engine.connect() as conn:
         if _up_to_date(conn, script, revision):
             return
     with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        _lock_for_upgrade(conn)
         if _up_to_date(conn, script, revision):
             conn.rollback()
             return
@@ -51,6 +55,15 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
         conn.commit()
+
+
+def _lock_for_upgrade(conn: Connection) -> None:
+    """Begin ``conn``'s transaction holding the lock that serialises upgrades (until it
+    ends). Another database gets none: its upgrades must not run at once."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
 
 
 def _up_to_date(conn, script: ScriptDirectory, revision: str) -> bool:
