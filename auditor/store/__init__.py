@@ -138,15 +138,15 @@ def _switch_to_wal(cursor) -> None:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             return
-        except Exception as exc:
+        except sqlite3.OperationalError as exc:
             if not _is_busy(exc) or time.monotonic() + pause > deadline:
                 raise
         time.sleep(pause)
         pause = min(2 * pause, 0.05)
 
 
-def _is_busy(exc: Exception) -> bool:
-    """Whether a DB-API error is SQLite's SQLITE_BUSY ("database is locked")."""
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether an sqlite3 error is SQLITE_BUSY ("database is locked")."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
         return code & 0xFF == sqlite3.SQLITE_BUSY
