@@ -124,6 +124,13 @@ class HessianOperator:
             self._factor = (self.shift, factor)
         return factor
 
+    def cached_cholesky(self) -> torch.Tensor | None:
+        """The Cholesky factor of ``A`` if :meth:`cholesky` already computed it for the
+        current shift, else ``None`` (nothing is factored here)."""
+        if self._factor is not None and self._factor[0] == self.shift:
+            return self._factor[1]
+        return None
+
     def _factorize(self, dtype: torch.dtype) -> torch.Tensor | None:
         a = self.loss_hessian().to(dtype, copy=True)
         a.diagonal().add_(self.shift)

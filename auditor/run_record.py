@@ -7,6 +7,7 @@ adds with what the interrupted scan stored.
 
 from __future__ import annotations
 
+from auditor.conditioning import conditioning_warnings
 from auditor.distributed import combine_diagnostics
 from auditor.training import FitResult
 
@@ -15,17 +16,19 @@ def resumed_solver_record(stored: dict | None, record: dict, solved: int, n_test
     """The solver record of a resumed run: the stored test solve's diagnostics merged with
     this scan's (``solved`` of the ``n_test`` columns solved again; worst residual,
     column-weighted mean, not converged if either was), kept as stored when nothing was
-    solved again; the self-influences' (always recomputed in full) and the ranks' shares
-    are this scan's."""
+    solved again; the self-influences' (always recomputed in full), the conditioning
+    check's (always repeated) and the ranks' shares are this scan's."""
     if not stored:
         return record
-    extra = ("self_influence", "ranks")
+    extra = ("self_influence", "ranks", "conditioning")
     old = {k: v for k, v in stored.items() if k not in extra} or None
     new = {k: v for k, v in record.items() if k not in extra} or None
     merged = combine_diagnostics([(old, n_test - solved), (new, solved)]) or {}
     if old is not None and new is not None and n_test > solved > 0:
         merged["seconds"] = old["seconds"] + new["seconds"]  # one after the other
     merged["self_influence"] = record.get("self_influence") or stored.get("self_influence")
+    if record.get("conditioning") or stored.get("conditioning"):
+        merged["conditioning"] = record.get("conditioning") or stored["conditioning"]
     if record.get("ranks") or stored.get("ranks"):
         merged["ranks"] = record.get("ranks") or stored["ranks"]
     return merged
@@ -54,6 +57,12 @@ def total_timings(previous: dict | None, timings: dict[str, float]) -> dict[str,
 
 
 def solve_warnings(record: dict) -> list[str]:
+    """The warnings a run's solver record calls for: an unconverged solve, and a Hessian
+    that makes influence ill-posed (:func:`auditor.conditioning.conditioning_warnings`)."""
+    return _convergence_warnings(record) + conditioning_warnings(record.get("conditioning"))
+
+
+def _convergence_warnings(record: dict) -> list[str]:
     if "converged" not in record or record["converged"]:
         return []
     if record.get("reached_tol"):

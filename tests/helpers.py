@@ -26,6 +26,24 @@ def write_regression_csv(path: Path, ds: Dataset) -> Path:
     return path
 
 
+def write_csv(path: Path, columns: dict) -> str:
+    """Write ``columns`` (name -> values) as a CSV file; returns its path."""
+    names = list(columns)
+    rows = zip(*columns.values(), strict=True)
+    path.write_text(",".join(names) + "\n" + "".join(",".join(map(repr, r)) + "\n" for r in rows))
+    return str(path)
+
+
+def separable_csv(path: Path, n: int = 60) -> str:
+    """Two classes of 2-D points, 6 standard deviations apart: linearly separable."""
+    rng = np.random.default_rng(0)
+    label = np.arange(n) % 2
+    x = rng.normal(size=(n, 2))
+    x[:, 0] += 3.0 * (2 * label - 1)
+    a, b = x.T.tolist()
+    return write_csv(path, {"a": a, "b": b, "label": ["ab"[k] for k in label]})
+
+
 def run_scan(
     db: Path, data: DataArgs, solver: str = "exact", rule: FlagRule | None = None, **model
 ):

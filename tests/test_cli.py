@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.store import open_db, pairs, points, runs
+from tests.helpers import separable_csv, write_csv
 
 
 @pytest.fixture
@@ -136,6 +137,67 @@ def test_mnist_scan_from_the_command_line(runner, tmp_path, mnist_dir):
     assert pairs.count_pairs(open_db(db), run_id) == 1730 * 433
     assert run["metrics"]["test_accuracy"] > 0.95
     assert "flagged:" in result.stderr
+    # a healthy setting: the Hessian is well conditioned (about 21) and the fit optimal
+    assert run["warnings"] == [] and "warning:" not in result.stderr
+    assert run["solver"]["conditioning"]["condition"] < 100
+
+
+def scan_run(runner, args: list[str], db: str):
+    result = runner.invoke(cli, ["scan", *args, "--test-split", "0.25", "--db", db])
+    assert result.exit_code == 0, result.output
+    return result, runs.get_run(open_db(db), int(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg", "lissa"])
+def test_a_separable_fit_without_weight_decay_is_warned_and_the_warning_stored(
+    runner, tmp_path, solver
+):
+    """The fit "converges" (gradient norm below 1e-5) with the Hessian about 1e-6
+    everywhere, and well conditioned: only the no-optimum check sees it."""
+    data = separable_csv(tmp_path / "sep.csv")
+    args = ["--train", data, "--weight-decay", "0", "--solver", solver]
+    result, run = scan_run(runner, args, str(tmp_path / "s.db"))
+    assert run["metrics"]["fit_converged"]
+    conditioning = run["solver"]["conditioning"]
+    assert conditioning["lambda_max"] < 1e-4 and conditioning["decrease"] > 0.25
+    (warning,) = [w for w in run["warnings"] if "not at an optimum" in w]
+    assert warning.startswith("the fit is not at an optimum and the Hessian there is nearly zero")
+    assert (
+        "as with separable classes and --weight-decay 0, so influence scores are noise" in warning
+    )
+    assert warning.endswith("use --weight-decay ≥ 0.01")
+    assert f"warning: {warning}" in result.stderr
+
+
+def test_a_nearly_singular_hessian_is_warned_and_the_advised_damping_fixes_it(runner, tmp_path):
+    """Two features equal to within 1e-3 and no weight decay: condition number about 2e6."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=40)
+    b, target = a + 1e-3 * rng.normal(size=40), a + 0.1 * rng.normal(size=40)
+    data = write_csv(
+        tmp_path / "c.csv", {"a": a.tolist(), "b": b.tolist(), "target": target.tolist()}
+    )
+    db = str(tmp_path / "c.db")
+    result, run = scan_run(
+        runner, ["--train", data, "--weight-decay", "0", "--solver", "exact"], db
+    )
+    (warning,) = run["warnings"]
+    assert warning.startswith("the Hessian is nearly singular (condition number 2.4e+06")
+    assert f"warning: {warning}" in result.stderr
+    damping = warning.split("--damping ≥ ")[1].split()[0]
+    args = ["--train", data, "--weight-decay", "0", "--solver", "exact", "--damping", damping]
+    result, run = scan_run(runner, args, db)
+    assert run["warnings"] == [] and "warning:" not in result.stderr
+    assert run["solver"]["conditioning"]["condition"] <= 1e3
+
+
+def test_a_healthy_run_is_not_warned(runner, tmp_path):
+    """The separable data with the default weight decay 0.01: an optimum exists."""
+    data = separable_csv(tmp_path / "sep.csv")
+    result, run = scan_run(runner, ["--train", data], str(tmp_path / "h.db"))
+    assert run["warnings"] == [] and "warning:" not in result.stderr
+    conditioning = run["solver"]["conditioning"]
+    assert conditioning["condition"] < 10 and conditioning["decrease"] < 1e-6
 
 
 @pytest.mark.parametrize(
