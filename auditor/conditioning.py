@@ -200,18 +200,16 @@ def conditioning_warnings(c: dict | None) -> list[str]:
     warnings = []
     condition = c["condition"]
     if condition is None or condition >= ILL_CONDITIONED:
-        # the shift s with (hi + s) / (lo + s) = TARGET_CONDITION
-        extra = max(hi - TARGET_CONDITION * lo, 0.0) / (TARGET_CONDITION - 1)
         if condition is not None:
             what = f"nearly singular (condition number {condition:.2g}: λ_min {lo:.2g}"
         else:
             what = f"singular or indefinite (λ_min {lo:.2g}"
         if no_optimum:
-            advice = f"--weight-decay ≥ {max(advised, _round_up(wd + extra)):g}"
+            advice = f"--weight-decay ≥ {max(advised, advised_shift(lo, hi, wd)):g}"
         else:
             advice = (
-                f"--damping ≥ {_round_up(damping + extra):g} (keeps the fit) or "
-                f"--weight-decay ≥ {_round_up(wd + extra):g} (refits)"
+                f"--damping ≥ {advised_shift(lo, hi, damping):g} (keeps the fit) or "
+                f"--weight-decay ≥ {advised_shift(lo, hi, wd):g} (refits)"
             )
         warnings.append(
             f"the Hessian is {what}, λ_max {hi:.2g}, with --weight-decay {wd:g} and "
@@ -226,6 +224,30 @@ def conditioning_warnings(c: dict | None) -> list[str]:
             f"use --weight-decay ≥ {advised:g}"
         )
     return warnings
+
+
+def advised_shift(lo: float, hi: float, current: float) -> float:
+    """``current`` damping (or weight decay) plus the shift ``s`` that gives ``A``, with
+    extreme eigenvalues ``lo`` and ``hi`` (``lo`` may be 0 or negative), the condition
+    number ``(hi + s) / (lo + s)`` = :data:`TARGET_CONDITION`, rounded up to one digit.
+    Merely positive definite is not enough: influence would still follow A's flattest
+    directions (:data:`ILL_CONDITIONED`)."""
+    extra = max(hi - TARGET_CONDITION * lo, 0.0) / (TARGET_CONDITION - 1)
+    return _round_up(current + extra)
+
+
+def not_positive_definite(lo: float, hi: float, damping: float, bound: bool = False) -> str:
+    """The solvers' error when ``A`` (extreme eigenvalues ``lo`` <= 0 and ``hi``; with
+    ``bound``, ``lo`` is only known from above) cannot be inverted: the damping that makes
+    it well conditioned, and weight decay for a fit without an optimum (separable
+    classes), which damping cannot give one."""
+    return (
+        f"the Hessian is not positive definite (smallest eigenvalue "
+        f"{'at most ' if bound else ''}{lo:.3g}, largest "
+        f"{hi:.3g}); raise --damping to at least {advised_shift(lo, hi, damping):g} "
+        "(keeps the fit) or --weight-decay (refits; the only fix when the classes are "
+        "separable and the fit has no optimum)"
+    )
 
 
 def _finite(value: float) -> float | None:

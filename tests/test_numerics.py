@@ -1,10 +1,13 @@
 """Gradients, Hessians and solvers against independent references (torch.func.hessian,
 hand-written formulas, a dense solve)."""
 
+import re
+
 import pytest
 import torch
 from torch.func import hessian
 
+from auditor.conditioning import TARGET_CONDITION
 from auditor.errors import SolverError
 from auditor.gradients import batch_hvp, per_example_grads
 from auditor.hessian import HessianOperator
@@ -174,10 +177,31 @@ def test_the_exact_solvers_damping_advice_makes_a_singular_hessian_solvable():
     op = HessianOperator(model, theta, x, y, weight_decay=0.0)
     with pytest.raises(SolverError, match="raise --damping to at least") as error:
         solve(op, torch.randn(model.n_params, 1), SolverArgs(solver="exact"))
-    advised = float(str(error.value).rsplit(" ", 1)[1])
-    assert advised > 0
+    assert_damping_advice_works(str(error.value), model, theta, x, y, "exact")
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_a_negative_definite_system_gets_damping_advice_that_works(solver):
+    model, theta, x, y = problem("logistic", "classification", 2)
+    op = HessianOperator(model, theta, x, y, weight_decay=0.0, damping=-1.0)
+    lam = float(torch.linalg.eigvalsh(op.dense().double())[-1])
+    assert lam < 0  # damping -1 turns the whole spectrum negative
+    with pytest.raises(SolverError, match="not positive definite") as error:
+        solve(op, torch.randn(model.n_params, 3, dtype=theta.dtype), SolverArgs(solver=solver))
+    assert_damping_advice_works(str(error.value), model, theta, x, y, solver)
+
+
+def assert_damping_advice_works(message, model, theta, x, y, solver):
+    """The damping a solver's error advises (the whole --damping to use) solves the system,
+    with a condition number at the conditioning check's target (1e3), not merely positive
+    definite."""
+    advised = float(re.search(r"raise --damping to at least (\S+) ", message)[1])
     op = HessianOperator(model, theta, x, y, weight_decay=0.0, damping=advised)
-    _, diag = solve(op, torch.randn(model.n_params, 1), SolverArgs(solver="exact"))
+    eigenvalues = torch.linalg.eigvalsh(op.dense().double())
+    assert 0 < eigenvalues[-1] / eigenvalues[0] <= TARGET_CONDITION * (1 + 1e-9)
+    _, diag = solve(
+        op, torch.randn(model.n_params, 1, dtype=theta.dtype), SolverArgs(solver=solver)
+    )
     assert diag.converged
 
 

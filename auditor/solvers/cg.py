@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from auditor.conditioning import lanczos_extremes, not_positive_definite
 from auditor.errors import SolverError
 from auditor.hessian import HessianOperator
 from auditor.solvers.base import SolveDiagnostics, SolverArgs, within_tol
@@ -36,10 +37,9 @@ def cg_ihvp(
         ad = op.matvec(d)
         curvature = (d * ad).sum(dim=0)
         if (curvature[active] <= 0).any():
-            raise SolverError(
-                "CG met a direction of non-positive curvature: the Hessian is not positive "
-                "definite; raise --damping"
-            )
+            column = int(torch.nonzero(active & (curvature <= 0))[0])
+            advice = _spectrum(op, d[:, column], float(curvature[column]))
+            raise SolverError(f"CG met a direction of non-positive curvature: {advice}")
         alpha = torch.where(active, rr / curvature.clamp_min(tiny), 0)
         x += alpha * d
         r -= alpha * ad
@@ -65,3 +65,14 @@ def cg_ihvp(
         history=history,
         reached_tol=not bool(active.any()),
     )
+
+
+def _spectrum(op: HessianOperator, direction: torch.Tensor, curvature: float) -> str:
+    """The advice for an ``A`` that is not positive definite, from Lanczos started at the
+    ``direction`` ``(p,)`` CG found, whose ``curvature`` ``d^T A d <= 0`` (an error path:
+    30 more matvecs are cheap). Both bound the smallest eigenvalue from above."""
+    low, high, _ = lanczos_extremes(
+        lambda v: op.matvec(v.to(direction.dtype)).to(torch.float64), direction
+    )
+    rayleigh = curvature / float((direction.double() ** 2).sum())
+    return not_positive_definite(min(low, rayleigh), high, op.damping, bound=True)

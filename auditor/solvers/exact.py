@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from auditor.conditioning import not_positive_definite
 from auditor.errors import SolverError
 from auditor.hessian import HessianOperator
 from auditor.solvers.base import SolveDiagnostics, SolverArgs
@@ -84,12 +85,8 @@ def factor_or_raise(op: HessianOperator, precise: bool = False) -> torch.Tensor:
     factor = op.cholesky(precise)
     if factor is None:
         eigenvalues = torch.linalg.eigvalsh(op.dense().to(torch.float64))
-        smallest, largest = float(eigenvalues[0]), float(eigenvalues[-1])
-        # Numerically singular counts too: a Cholesky needs the smallest well above
-        # rounding of the largest, so advise that much more damping at least.
-        needed = max(-smallest, 0.0) * 1.1 + 1e-6 * abs(largest)
+        # numerically singular counts too (a smallest eigenvalue at rounding's level)
         raise SolverError(
-            f"the Hessian is not positive definite (smallest eigenvalue {smallest:.3g}); "
-            f"raise --damping to at least {op.damping + needed:.3g}"
+            not_positive_definite(float(eigenvalues[0]), float(eigenvalues[-1]), op.damping)
         )
     return factor
