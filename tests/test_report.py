@@ -333,6 +333,21 @@ def test_report_reads_found_after_10_percent_off_the_curve_when_checked_lacks_it
     assert "—" not in stored.values()
 
 
+def test_report_of_an_evaluation_without_faults_shows_no_share_found(tmp_path):
+    """With nothing injected the stored curve is flat at 0; "found after 10%" has no value
+    (as evaluate's own table says n/a), not 0."""
+    db = str(tmp_path / "none.db")
+    args = ["evaluate", "--train", "toy-linear", "--solver", "exact", "--faults", "none"]
+    result = CliRunner().invoke(cli, [*args, "--no-fix", "--db", db])
+    assert result.exit_code == 0, result.output
+    _, rows = read_evaluation(open_db(db), 1)
+    _, soup = report(tmp_path, db, str(rows[0]["run_id"]))
+    cells = [
+        row.select("td")[2].get_text() for row in soup.select("table.detection tr[data-ranking]")
+    ]
+    assert cells == [render_num(None)] * len(RANKINGS)
+
+
 @pytest.mark.parametrize("fixture", ["mnist_db", "toy_db"])
 def test_stored_flag_tests_reproduce_the_flags_and_the_fallback_recomputes_them(fixture, request):
     db, engine, run_id = request.getfixturevalue(fixture)

@@ -326,6 +326,7 @@ def detection_chart(
     curves: dict[str, list[list[float]]],
     auroc: dict[str, float | None],
     title: str,
+    n_faults: int,
     width: int = 640,
     height: int = 320,
 ) -> DetectionChart:
@@ -342,7 +343,7 @@ def detection_chart(
             "r-" + "".join(c if c.isalnum() else "-" for c in name),
             " ".join(f"{px(x)},{py(y)}" for x, y in curve),
             auroc.get(name),
-            _found_at(curve, 0.1),
+            _found_at(curve, 0.1) if n_faults else None,  # no faults: nothing to find
         )
         for name, curve in curves.items()
     ]

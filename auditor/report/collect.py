@@ -183,6 +183,7 @@ def _detection(engine: Engine, run_id: int) -> charts.DetectionChart | None:
         {r["ranking"]: r["curve"] for r in rows},
         {r["ranking"]: r["auroc"] for r in rows},
         f"{rows[0]['n_faults']} injected faults among {rows[0]['n_train']} training points",
+        rows[0]["n_faults"],
     )
 
 
