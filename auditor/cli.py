@@ -249,6 +249,7 @@ def apply(run: int, decisions: str, out: str, db: str) -> None:
         auditor compare 1 2
     """
     engine = open_existing(db)
+    resolve_run(engine, run, db)  # complete, or why not (a live writer, the resume command)
     result = cleaning.apply_decisions(engine, run, Path(decisions), Path(out))
     counts = ", ".join(f"{n} {a}" for a, n in result.counts.items())
     click.echo(f"applied {counts}; wrote {len(result.written)} file(s) under {out}", err=True)
@@ -269,7 +270,10 @@ def compare(run_a: int, run_b: int, db: str) -> None:
     Example:
         auditor compare 1 2 --db audit.db
     """
-    click.echo(cleaning.compare_runs(open_existing(db), run_a, run_b))
+    engine = open_existing(db)
+    for run in (run_a, run_b):
+        resolve_run(engine, run, db)
+    click.echo(cleaning.compare_runs(engine, run_a, run_b))
 
 
 cli.add_command(report)

@@ -25,6 +25,16 @@ def toy_run(tmp_path):
     engine.dispose()
 
 
+#: The commands that read a complete run 1 (``compare`` against itself), given a folder.
+READERS = [
+    lambda tmp: ["show", "1", "--test-index", "0"],
+    lambda tmp: ["export", "1", "--out", str(tmp / "x.json")],
+    lambda tmp: ["report", "1", "--out", str(tmp / "r.html")],
+    lambda tmp: ["apply", "1", str(tmp / "decisions.json"), "--out", str(tmp / "clean")],
+    lambda tmp: ["compare", "1", "1"],
+]
+
+
 def owned_by(engine, pid: int, start: str | None = None) -> None:
     """Make run 1 look like a scan in process ``pid`` is writing it."""
     owner = runs.current_owner() | {"owner_pid": pid}
@@ -41,7 +51,7 @@ def test_a_finished_scan_records_its_process(toy_run):
     assert runs.writer_state(run) == ""  # complete: nothing to check
 
 
-def test_a_run_whose_writer_died_is_listed_stale_and_resumes(toy_run):
+def test_a_run_whose_writer_died_is_listed_stale_and_resumes(toy_run, tmp_path):
     db, engine = toy_run
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -51,15 +61,17 @@ def test_a_run_whose_writer_died_is_listed_stale_and_resumes(toy_run):
     assert listing.exit_code == 0
     assert listing.output.splitlines()[1].split()[:2] == ["1", "stale"]
     assert f"process {dead.pid}" in listing.output and "scan --resume 1" in listing.output
-    show = CliRunner().invoke(cli, ["show", "1", "--test-index", "0", "--db", db])
-    assert show.exit_code == 1 and "--resume 1" in show.output
+    (tmp_path / "decisions.json").write_text("{}")
+    for command in READERS:  # every reader of a complete run says how to finish it
+        refused = CliRunner().invoke(cli, [*command(tmp_path), "--db", db])
+        assert refused.exit_code == 1 and f"scan --resume 1 --db {db}" in refused.output
     resumed = CliRunner().invoke(cli, ["scan", "--resume", "1", "--db", db])
     assert resumed.exit_code == 0, resumed.output
     run = runs.get_run(engine, 1)
     assert run["status"] == "complete" and run["owner_pid"] == os.getpid()
 
 
-def test_resume_refuses_a_run_that_a_live_scan_is_writing(toy_run):
+def test_resume_refuses_a_run_that_a_live_scan_is_writing(toy_run, tmp_path):
     db, engine = toy_run
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -69,8 +81,11 @@ def test_resume_refuses_a_run_that_a_live_scan_is_writing(toy_run):
         assert resumed.exit_code == 1
         assert f"still being written by process {writer.pid}" in resumed.output
         assert "Traceback" not in resumed.output
-        show = CliRunner().invoke(cli, ["show", "1", "--test-index", "0", "--db", db])
-        assert show.exit_code == 1 and "still being written" in show.output
+        (tmp_path / "decisions.json").write_text("{}")
+        for command in READERS:
+            refused = CliRunner().invoke(cli, [*command(tmp_path), "--db", db])
+            assert refused.exit_code == 1, refused.output
+            assert f"still being written by process {writer.pid}" in refused.output
         listing = CliRunner().invoke(cli, ["runs", "--db", db])
         assert listing.output.splitlines()[1].split()[:2] == ["1", "running"]
         assert runs.get_run(engine, 1)["status"] == "running"  # the refusal wrote nothing
