@@ -18,9 +18,11 @@ of the risk. Two ways it is not, both measured on every scan whatever the solver
    it changes the solve, not the fit.
 
 The extreme eigenvalues come from Lanczos (:data:`LANCZOS_STEPS` steps, full
-reorthogonalisation) started from a random combination of the training gradients (the
-directions influence uses; rounding brings in the others, such as a softmax model's flat
-directions, so the result is the condition number of all of ``A``):
+reorthogonalisation) started from a random combination of the training gradients, the
+directions influence uses (pair scores and self-influences live in their span). Rounding
+may bring in others, but not reliably: without the factor (below), a singular direction
+outside the span, such as a duplicated feature column's, can go unseen (a regression with
+one: condition number 1.9 after 3 steps, while ``--solver exact`` refuses its A);
 ``lambda_max`` from Lanczos on ``A``, ``lambda_min`` from Lanczos on ``A^{-1}`` through the
 Cholesky factor when the scan already holds one (``--solver exact``, or the ranking's
 self-influences from the factor: the default for every model with a closed-form Hessian up
@@ -161,11 +163,18 @@ def risk_gradient(train_grads: torch.Tensor, theta: torch.Tensor, weight_decay: 
 
 
 def check_conditioning(
-    op: HessianOperator, train_grads: torch.Tensor, risk: float, seed: int = 0
+    op: HessianOperator,
+    train_grads: torch.Tensor,
+    risk: float,
+    seed: int = 0,
+    task: str = "classification",
 ) -> dict:
     """What the run stores under ``solver.conditioning``: the extreme eigenvalues and
-    condition number of ``A``, the share of the risk a gradient step would still remove,
-    what they were measured with and the seconds it took."""
+    condition number of ``A``, the share of the risk a gradient step would still remove
+    (classification only, ``None`` for regression: a squared loss is bounded below by a
+    quadratic, so its risk has a minimum, and a risk near 0 there, a noiseless target, is
+    an optimum whose share is rounding over rounding), what they were measured with and
+    the seconds it took."""
     start_time = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     weights = torch.randn(train_grads.shape[0], generator=gen, dtype=train_grads.dtype)
@@ -175,7 +184,7 @@ def check_conditioning(
     record = extreme_eigenvalues(op, start)
     grad = risk_gradient(train_grads, op.theta, op.weight_decay)
     record.update(
-        decrease=relative_decrease(op, grad, risk),
+        decrease=relative_decrease(op, grad, risk) if task == "classification" else None,
         risk=risk,
         theta_norm=float(op.theta.norm()),
         weight_decay=op.weight_decay,
@@ -218,7 +227,7 @@ def conditioning_warnings(c: dict | None) -> list[str]:
     if no_optimum:
         warnings.append(
             f"the fit is not at an optimum and the Hessian there is nearly zero (λ_max "
-            f"{hi:.2g}, |θ| {c['theta_norm']:.3g}): a step along the gradient would still "
+            f"{hi - damping:.2g}, |θ| {c['theta_norm']:.3g}): a step along the gradient would still "
             f"remove {100 * min(decrease, 1.0):.2g}% of the risk {c['risk']:.2g}, as with "
             f"separable classes and --weight-decay {wd:g}, so influence scores are noise; "
             f"use --weight-decay ≥ {advised:g}"

@@ -416,7 +416,7 @@ def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress
         test_grads = _test_gradients(model, theta, d, plan.to_solve)
     with phases("ihvp"):
         test_ihvps, first, record = _solve_phase(
-            comm, model, theta, d, config, train_grads, test_grads, fitted
+            comm, model, theta, d, config, train_grads, test_grads, fitted, train.task
         )
         if comm.is_root:
             if previous is not None:
@@ -456,7 +456,7 @@ def _test_gradients(model: ModelTask, theta, d: _Data, blocks: list[Block]) -> t
     return torch.cat(parts)
 
 
-def _solve_phase(comm: Comm, model, theta, d: _Data, config, train_grads, test_grads, fitted):
+def _solve_phase(comm: Comm, model, theta, d: _Data, config, train_grads, test_grads, fitted, task):
     """The IHVPs of this rank's test points ``(p, m)``, the self-influences of its slice of
     the training points, and the run's solver record (every rank's merged, with rank 0's
     check of the Hessian's conditioning at the fit, ``fitted``, under ``conditioning``)."""
@@ -466,7 +466,9 @@ def _solve_phase(comm: Comm, model, theta, d: _Data, config, train_grads, test_g
     first, self_diag = comm.step(self_influences, op, train_grads[own_train], config.solver)
     # after the solves: it reads the Cholesky factor they cached, if any
     risk = None if fitted is None else fitted.risk  # rank 0 holds the fit
-    conditioning = comm.root_step(check_conditioning, op, train_grads, risk, config.solver.seed)
+    conditioning = comm.root_step(
+        check_conditioning, op, train_grads, risk, config.solver.seed, task
+    )
     del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
     record = _solver_record(comm, diag, test_grads.shape[0], self_diag, own_train)
     if conditioning is not None:

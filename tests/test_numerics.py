@@ -191,6 +191,23 @@ def test_a_negative_definite_system_gets_damping_advice_that_works(solver):
     assert_damping_advice_works(str(error.value), model, theta, x, y, solver)
 
 
+@pytest.mark.parametrize("factor", [1e-22, 1e20])
+def test_cg_solves_float32_columns_of_any_scale(factor):
+    """A confidently right point's float32 gradient can be 1e-22: its d^T A d underflowed
+    to 0 and CG called a healthy Hessian "not positive definite" (and huge columns
+    overflowed). Columns are solved at norm 1 and scaled back."""
+    model, theta, x, y = problem("logistic", "classification", 2)
+    theta, x = theta.float(), x.float()
+    op = HessianOperator(model, theta, x, y, weight_decay=0.01, damping=0.0)
+    v = torch.randn(model.n_params, 3, generator=torch.Generator().manual_seed(0)).float()
+    v[:, 1] *= factor
+    got, diag = solve(op, v, SolverArgs(solver="cg", tol=1e-5))
+    assert diag.converged
+    want = torch.linalg.solve(op.dense().double(), v.double())
+    relative = (got.double() - want).norm(dim=0) / want.norm(dim=0)
+    assert relative.max() < 1e-3
+
+
 def assert_damping_advice_works(message, model, theta, x, y, solver):
     """The damping a solver's error advises (the whole --damping to use) solves the system,
     with a condition number at the conditioning check's target (1e3), not merely positive

@@ -21,15 +21,21 @@ def cg_ihvp(
     column at once: ``A^{-1} 0 = 0``); the solve stops when every column has, or after
     ``args.max_iter`` steps. It is reported converged when the true residual, measured
     afterwards, is at most ``args.tol`` (1% slack for rounding, as LiSSA's).
+
+    CG runs on the columns scaled to norm 1 (it is scale-equivariant per column) and
+    scales the answers back: a confidently right point's float32 gradient can be 1e-22,
+    and then ``d^T A d`` underflowed to 0 and read as a Hessian that is not positive
+    definite.
     """
     start = time.perf_counter()
     tiny = torch.finfo(v.dtype).tiny
-    x = torch.zeros_like(v)
-    r = v.clone()
+    b, v_norm = _unit_columns(v)
+    x = torch.zeros_like(b)
+    r = b.clone()
     d = r.clone()
     rr = (r * r).sum(dim=0)
-    v_norm = v.norm(dim=0).clamp_min(tiny)
-    active = rr.sqrt() / v_norm > args.tol
+    b_norm = b.norm(dim=0).clamp_min(tiny)  # 1, or tiny for a zero column
+    active = rr.sqrt() / b_norm > args.tol
     history: list[list[float]] = []
     step = 0
     while active.any() and step < args.max_iter:
@@ -44,7 +50,7 @@ def cg_ihvp(
         x += alpha * d
         r -= alpha * ad
         rr_new = (r * r).sum(dim=0)
-        column_rel = rr_new.sqrt() / v_norm
+        column_rel = rr_new.sqrt() / b_norm
         rel = column_rel.max().item()
         if step % 10 == 0 or rel <= args.tol:
             history.append([step, rel])
@@ -53,8 +59,8 @@ def cg_ihvp(
         d = r + torch.where(active, rr_new / rr.clamp_min(tiny), 0) * d
         rr = rr_new
         active = active & (column_rel > args.tol)
-    residual = op.relative_residual(x, v)
-    return x, SolveDiagnostics(
+    residual = op.relative_residual(x, b)
+    return x * v_norm, SolveDiagnostics(
         solver="cg",
         converged=within_tol(residual, args.tol),
         residual_max=float(residual.max()),
@@ -65,6 +71,17 @@ def cg_ihvp(
         history=history,
         reached_tol=not bool(active.any()),
     )
+
+
+def _unit_columns(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``v`` ``(p, m)`` with each column scaled to norm 1 (a zero column stays 0), and the
+    norms ``(m,)``, computed from the columns divided by their largest entry so that
+    neither the squares of tiny entries underflow nor those of huge ones overflow."""
+    peak = v.abs().amax(dim=0)
+    nonzero = peak > 0
+    scaled = v / torch.where(nonzero, peak, 1)
+    norm = scaled.norm(dim=0)
+    return scaled / torch.where(nonzero, norm, 1), peak * norm
 
 
 def _spectrum(op: HessianOperator, direction: torch.Tensor, curvature: float) -> str:
