@@ -11,6 +11,7 @@ from auditor.cli import cli
 from auditor.evaluate import RANKINGS
 from auditor.store import open_db, points, runs
 from auditor.store.evaluations import read_evaluation, results_for_run
+from tests.helpers import separable_csv
 
 MNIST17 = ["--classes", "1,7", "--test-split", "0.2", "--solver", "exact"]
 
@@ -121,6 +122,23 @@ def test_evaluate_toy_regression_outliers(tmp_path):
     _, rows = read_evaluation(open_db(db), 1)
     assert {r["n_faults"] for r in rows} == {2}
     assert all(r["fix"][0]["test_accuracy"] is None for r in rows if r["fix"])
+
+
+def test_evaluate_prints_each_scans_warnings(tmp_path):
+    """A scan's warnings (here: clean separable classes without weight decay) are printed as
+    `auditor scan` prints them, once per seed, and not into the --json output."""
+    data = separable_csv(tmp_path / "sep.csv")
+    db = str(tmp_path / "e.db")
+    args = ["evaluate", "--train", data, "--test-split", "0.25", "--weight-decay", "0"]
+    result = run([*args, "--faults", "none", "--seeds", "0,1", "--json", "--db", db])
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    for seed, run_id in ((0, 1), (1, 2)):
+        stored = runs.get_run(engine, run_id)["warnings"]
+        assert any(w.startswith("the fit is not at an optimum") for w in stored)
+        for warning in stored:
+            assert result.stderr.count(f"warning: seed {seed} (run {run_id}): {warning}") == 1
+    assert json.loads(result.stdout)
 
 
 def test_evaluate_json_is_standard_json_without_nan(tmp_path):
