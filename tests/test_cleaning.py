@@ -3,6 +3,7 @@
 import json
 import shlex
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,9 +133,14 @@ def test_the_rescan_repeats_every_stored_option_and_finds_the_test_data_from_any
     assert (got.data.seed, got.data.classes) == (want.data.seed, want.data.classes)
 
 
+def two_class_csv(path: Path) -> Path:
+    """Twenty points x = 0.0, 0.1, ... labelled a, b, a, b, ... (one row reads "0.1,b")."""
+    path.write_text("x,label\n" + "\n".join(f"{i / 10},{'ab'[i % 2]}" for i in range(20)) + "\n")
+    return path
+
+
 def test_apply_refuses_changed_data_and_a_used_output_folder(tmp_path):
-    data = tmp_path / "train.csv"
-    data.write_text("x,label\n" + "\n".join(f"{i / 10},{'ab'[i % 2]}" for i in range(20)) + "\n")
+    data = two_class_csv(tmp_path / "train.csv")
     db = str(tmp_path / "a.db")
     invoke("scan", "--train", str(data), "--test-split", "0.25", "--db", db)
     decisions = tmp_path / "d.json"
@@ -186,8 +192,7 @@ def test_export_refuses_its_database_and_reports_an_unwritable_file_in_one_line(
 def test_compare_refuses_runs_of_different_tasks(tmp_path):
     db = str(tmp_path / "a.db")
     invoke("scan", "--train", "toy-linear", "--db", db)
-    csv = tmp_path / "c.csv"
-    csv.write_text("x,label\n" + "\n".join(f"{i / 10},{'ab'[i % 2]}" for i in range(20)) + "\n")
+    csv = two_class_csv(tmp_path / "c.csv")
     invoke("scan", "--train", str(csv), "--test-split", "0.25", "--db", db)
     result = invoke("compare", "1", "2", "--db", db, ok=False)
     assert result.exit_code == 1 and "do not compare" in result.output

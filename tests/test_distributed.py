@@ -30,11 +30,18 @@ def mnist_args(mnist_dir, *extra: str) -> list[str]:
     return ["scan", "--train", str(mnist_dir), "--classes", "1,7", "--test-split", "0.2", *extra]
 
 
-def torchrun(*args: str, nproc: int = 2, script: list[str] | None = None):
-    """Run ``torchrun --standalone --nproc-per-node N -m auditor ARGS`` to completion."""
+def torchrun_env() -> dict[str, str]:
+    """The environment of a torchrun launch: this checkout importable, one thread per
+    rank, and no WORLD_SIZE inherited from an outer job."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("WORLD_SIZE", None)
+    return env
+
+
+def torchrun(*args: str, nproc: int = 2, script: list[str] | None = None):
+    """Run ``torchrun --standalone --nproc-per-node N -m auditor ARGS`` to completion."""
+    env = torchrun_env()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc-per-node", str(nproc), *(script or ["-m", "auditor"]), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
@@ -153,9 +160,7 @@ def test_two_nodes_equal_one_process_pair_for_pair(tmp_path, mnist_dir, exact_re
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env.pop("WORLD_SIZE", None)
+    env = torchrun_env()
     nodes = [
         subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
