@@ -117,8 +117,7 @@ def extreme_eigenvalues(
     if factor is not None:
 
         def a_inverse_times(v: torch.Tensor) -> torch.Tensor:
-            w = torch.linalg.solve_triangular(factor, v.to(factor.dtype), upper=False)
-            return torch.linalg.solve_triangular(factor.T, w, upper=True).to(torch.float64)
+            return torch.cholesky_solve(v.to(factor.dtype), factor).to(torch.float64)
 
         _, inverse_high, inverse_taken = lanczos_extremes(
             a_inverse_times, start, steps, _rounding(factor.dtype)
