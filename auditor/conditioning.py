@@ -98,6 +98,12 @@ def lanczos_extremes(
     return float(ritz[0]), float(ritz[-1]), len(alphas)
 
 
+def float64_matvec(op: HessianOperator) -> Matvec:
+    """``A v`` as :func:`lanczos_extremes` takes it: ``v`` ``(p, 1)`` in float64, applied in
+    the parameters' dtype, returned in float64."""
+    return lambda v: op.matvec(v.to(op.theta.dtype)).to(torch.float64)
+
+
 def extreme_eigenvalues(
     op: HessianOperator, start: torch.Tensor, steps: int = LANCZOS_STEPS
 ) -> dict:
@@ -105,19 +111,13 @@ def extreme_eigenvalues(
     is not positive: singular or indefinite; JSON, which the run is stored as, has no
     infinity) from Lanczos started at ``start`` ``(p,)``, with ``method``: ``factor``
     (``lambda_min`` through the cached Cholesky factor) or ``lanczos`` (an upper bound)."""
-    dtype = op.theta.dtype
-
-    def a_times(v: torch.Tensor) -> torch.Tensor:
-        return op.matvec(v.to(dtype)).to(torch.float64)
-
-    low, high, taken = lanczos_extremes(a_times, start, steps, _rounding(dtype))
+    low, high, taken = lanczos_extremes(float64_matvec(op), start, steps, _rounding(op.theta.dtype))
     factor = op.cached_cholesky()
     method = "lanczos"
     if factor is not None:
 
         def a_inverse_times(v: torch.Tensor) -> torch.Tensor:
-            w = torch.linalg.solve_triangular(factor, v.to(factor.dtype), upper=False)
-            return torch.linalg.solve_triangular(factor.T, w, upper=True).to(torch.float64)
+            return torch.cholesky_solve(v.to(factor.dtype), factor).to(torch.float64)
 
         _, inverse_high, inverse_taken = lanczos_extremes(
             a_inverse_times, start, steps, _rounding(factor.dtype)
@@ -145,7 +145,7 @@ def relative_decrease(op: HessianOperator, grad: torch.Tensor, risk: float) -> f
     if norm == 0 or not risk > 0:
         return 0.0
     u = (g / norm).reshape(-1, 1)
-    curvature = float((u * op.matvec(u.to(op.theta.dtype)).to(torch.float64)).sum())
+    curvature = float((u * float64_matvec(op)(u)).sum())
     curvature -= op.damping  # the risk's own Hessian: damping changes the solve, not the fit
     if not curvature > 0:
         return None

@@ -27,10 +27,9 @@ def resumed_solver_record(stored: dict | None, record: dict, solved: int, n_test
     if old is not None and new is not None and n_test > solved > 0:
         merged["seconds"] = old["seconds"] + new["seconds"]  # one after the other
     merged["self_influence"] = record.get("self_influence") or stored.get("self_influence")
-    if record.get("conditioning") or stored.get("conditioning"):
-        merged["conditioning"] = record.get("conditioning") or stored["conditioning"]
-    if record.get("ranks") or stored.get("ranks"):
-        merged["ranks"] = record.get("ranks") or stored["ranks"]
+    for key in ("conditioning", "ranks"):
+        if value := record.get(key) or stored.get(key):
+            merged[key] = value
     return merged
 
 

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from auditor.conditioning import lanczos_extremes, not_positive_definite
+from auditor.conditioning import float64_matvec, lanczos_extremes, not_positive_definite
 from auditor.errors import SolverError
 from auditor.hessian import HessianOperator
 from auditor.solvers.base import SolveDiagnostics, SolverArgs, within_tol
@@ -88,8 +88,6 @@ def _spectrum(op: HessianOperator, direction: torch.Tensor, curvature: float) ->
     """The advice for an ``A`` that is not positive definite, from Lanczos started at the
     ``direction`` ``(p,)`` CG found, whose ``curvature`` ``d^T A d <= 0`` (an error path:
     30 more matvecs are cheap). Both bound the smallest eigenvalue from above."""
-    low, high, _ = lanczos_extremes(
-        lambda v: op.matvec(v.to(direction.dtype)).to(torch.float64), direction
-    )
+    low, high, _ = lanczos_extremes(float64_matvec(op), direction)
     rayleigh = curvature / float((direction.double() ** 2).sum())
     return not_positive_definite(min(low, rayleigh), high, op.damping, bound=True)
