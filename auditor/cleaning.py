@@ -122,20 +122,10 @@ def apply_decisions(
         written = write_cleaned(source, decisions, out_dir)
         train_spec, test_spec = _spec(source, out_dir), _original_test(run)
     else:
-        test_ids = set(test.ids)
-        every_id = [*train.ids, *test.ids]  # the whole source, split
-        if data.classes is not None:  # the source's other classes go too: read them all
-            every_id = sources.load(
-                source.path or sources.TOY_LINEAR,
-                role=source.options.get("role", "train"),
-                normalize=data.normalize,
-                resize=data.resize,
-                seed=data.seed,
-            ).ids
-        train_decisions = {**{i: ("remove", None) for i in test_ids}, **decisions}
-        test_decisions = {i: ("remove", None) for i in every_id if i not in test_ids}
+        train_decisions = {**{i: ("remove", None) for i in test.ids}, **decisions}
+        test_decisions = {i: ("keep", None) for i in test.ids}  # the rest of the source goes
         written = write_cleaned(source, train_decisions, out_dir / "train")
-        written += write_cleaned(source, test_decisions, out_dir / "test")
+        written += write_cleaned(source, test_decisions, out_dir / "test", unlisted="remove")
         train_spec, test_spec = _spec(source, out_dir / "train"), _spec(source, out_dir / "test")
     counts = {a: sum(1 for act, _ in decisions.values() if act == a) for a in ACTIONS}
     return ApplyResult(written, counts, config, train_spec, test_spec)
