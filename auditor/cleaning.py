@@ -105,11 +105,10 @@ def apply_decisions(
     decisions name points by position. ``out_dir`` must be new or empty. With a
     ``--test-split`` run the held-out test points are written beside it, unchanged, so
     the next scan is evaluated on exactly the same test points; otherwise the rescan reads
-    the run's own test data.
+    the run's own test data. The run must be complete: the CLI checks it
+    (:func:`auditor.cli_common.resolve_run`, which says how to finish it).
     """
     run = runs.get_run(engine, run_id)
-    if run["status"] != "complete":
-        raise DataError(f"run {run_id} is {run['status']}, not complete")
     out_dir = Path(out_dir)
     _check_empty(out_dir)
     train_ids = [p["point_id"] for p in points.read_points(engine, run_id, "train")]
@@ -123,20 +122,10 @@ def apply_decisions(
         written = write_cleaned(source, decisions, out_dir)
         train_spec, test_spec = _spec(source, out_dir), _original_test(run)
     else:
-        test_ids = set(test.ids)
-        every_id = [*train.ids, *test.ids]  # the whole source, split
-        if data.classes is not None:  # the source's other classes go too: read them all
-            every_id = sources.load(
-                source.path or sources.TOY_LINEAR,
-                role=source.options.get("role", "train"),
-                normalize=data.normalize,
-                resize=data.resize,
-                seed=data.seed,
-            ).ids
-        train_decisions = {**{i: ("remove", None) for i in test_ids}, **decisions}
-        test_decisions = {i: ("remove", None) for i in every_id if i not in test_ids}
+        train_decisions = {**{i: ("remove", None) for i in test.ids}, **decisions}
+        test_decisions = {i: ("keep", None) for i in test.ids}  # the rest of the source goes
         written = write_cleaned(source, train_decisions, out_dir / "train")
-        written += write_cleaned(source, test_decisions, out_dir / "test")
+        written += write_cleaned(source, test_decisions, out_dir / "test", unlisted="remove")
         train_spec, test_spec = _spec(source, out_dir / "train"), _spec(source, out_dir / "test")
     counts = {a: sum(1 for act, _ in decisions.values() if act == a) for a in ACTIONS}
     return ApplyResult(written, counts, config, train_spec, test_spec)
@@ -160,11 +149,9 @@ def _check_empty(out_dir: Path) -> None:
 
 
 def compare_runs(engine: Engine, run_a: int, run_b: int) -> str:
-    """A text table of test loss and accuracy for two runs, and the change from A to B."""
+    """A text table of test loss and accuracy for two complete runs (the CLI checks them,
+    :func:`auditor.cli_common.resolve_run`), and the change from A to B."""
     a, b = runs.get_run(engine, run_a), runs.get_run(engine, run_b)
-    for run in (a, b):
-        if run["status"] != "complete":
-            raise DataError(f"run {run['id']} is {run['status']}, not complete")
     if a["task"] != b["task"]:
         raise DataError(
             f"run {run_a} is {a['task']} and run {run_b} is {b['task']}: their losses and "
@@ -172,7 +159,7 @@ def compare_runs(engine: Engine, run_a: int, run_b: int) -> str:
         )
     rows = [("training points", "n_train", "{:.0f}"), ("test points", "n_test", "{:.0f}")]
     metric_rows = [("train loss", "train_loss", "{:.4f}"), ("test loss", "test_loss", "{:.4f}")]
-    if a["task"] == "classification" and b["task"] == "classification":
+    if a["task"] == "classification":  # b's too: checked above
         metric_rows += [("train accuracy", "train_accuracy", "{:.2%}"),
                         ("test accuracy", "test_accuracy", "{:.2%}")]  # fmt: skip
     lines = [f"{'':<16} {'run ' + str(a['id']):>12} {'run ' + str(b['id']):>12} {'change':>12}"]

@@ -78,14 +78,15 @@ class EvalArgs:
 
 @dataclass
 class Evaluation:
-    """A finished evaluation: its id, one result row per (seed, ranking), and the summary
-    ``{ranking: {metric: [mean, spread]}}``."""
+    """A finished evaluation: its id, one result row per (seed, ranking), the summary
+    ``{ranking: {metric: [mean, spread]}}``, and each seed's scan warnings by run id."""
 
     id: int
     args: EvalArgs
     results: list[dict]
     summary: dict[str, dict[str, list[float]]]
     timings: dict[str, float]
+    warnings: dict[int, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -98,6 +99,7 @@ class FaultyScan:
             test split.
         run_id: The scan's run.
         is_fault: Which training points were injected ``(n,)``.
+        warnings: The scan's warnings (as stored with its run).
     """
 
     config: ScanConfig
@@ -106,6 +108,7 @@ class FaultyScan:
     test: Dataset
     run_id: int
     is_fault: np.ndarray
+    warnings: list[str]
 
 
 def scan_with_faults(
@@ -121,10 +124,10 @@ def scan_with_faults(
     config.solver = replace(config.solver, seed=seed)
     clean, test = load_data(config.data)
     faulty, fault_index = inject(clean, faults, seed)
-    run_id = scan(engine, config, progress, datasets=(faulty, test)).run_id
+    result = scan(engine, config, progress, datasets=(faulty, test))
     is_fault = np.zeros(len(faulty), dtype=bool)
     is_fault[fault_index] = True
-    return FaultyScan(config, clean, faulty, test, run_id, is_fault)
+    return FaultyScan(config, clean, faulty, test, result.run_id, is_fault, result.warnings)
 
 
 def ranking_scores(train_points: list[dict], seed: int) -> dict[str, np.ndarray]:
@@ -164,10 +167,12 @@ def evaluate(
     """Inject faults, scan and score every ranking for each seed; store and return it."""
     progress = progress or (lambda phase, done, total: None)
     results: list[dict] = []
+    warnings: dict[int, list[str]] = {}
     timings = {"scan": 0.0, "fix": 0.0}
     for seed in args.seeds:
         start = time.perf_counter()
         done = scan_with_faults(engine, config, args.faults, seed, progress)
+        warnings[done.run_id] = done.warnings
         timings["scan"] += time.perf_counter() - start
         is_fault = done.is_fault
         scores = ranking_scores(points.read_points(engine, done.run_id, "train"), seed)
@@ -208,7 +213,7 @@ def evaluate(
         summary=summary,
         timings=timings,
     )
-    return Evaluation(eval_id, args, results, summary, timings)
+    return Evaluation(eval_id, args, results, summary, timings, warnings)
 
 
 def fix_experiment(

@@ -11,7 +11,7 @@ from auditor.cli_options import Bars, scan_config, scan_options
 from auditor.evaluate import EvalArgs, evaluation_dict, format_table
 from auditor.evaluate import evaluate as run_evaluate
 from auditor.faults import FaultSpec
-from auditor.store import open_db, runs
+from auditor.store import open_db
 from auditor.store.evaluations import json_safe
 
 
@@ -97,7 +97,7 @@ def evaluate(**opts) -> None:
     finally:
         bars.close()
     for seed, run_id in dict.fromkeys((r["seed"], r["run_id"]) for r in evaluation.results):
-        for warning in runs.get_run(engine, run_id)["warnings"] or []:  # as scan prints them
+        for warning in evaluation.warnings[run_id]:  # as scan prints them
             click.secho(f"warning: seed {seed} (run {run_id}): {warning}", fg="yellow", err=True)
     if opts["as_json"]:
         click.echo(json.dumps(json_safe(evaluation_dict(evaluation)), indent=2, allow_nan=False))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from auditor.errors import ConfigError, DataError
+from auditor.errors import ConfigError
 from auditor.evaluate import RANKINGS
 from auditor.exports import flag_rule, label_name, run_summary, train_records
 from auditor.ranking import FlagRule
@@ -105,13 +105,12 @@ def collect(
 
     Raises:
         ConfigError: A test index out of range or ``top < 1``.
-        RunNotFound / DataError: No such run, or one that did not complete.
+        RunNotFound: No such run. The run must be complete: the CLI checks it
+            (:func:`auditor.cli_common.resolve_run`, which says how to finish it).
     """
     if top < 1:
         raise ConfigError("--top must be >= 1")
     run = runs.get_run(engine, run_id, with_theta=True)
-    if run["status"] != "complete":
-        raise DataError(f"run {run_id} is {run['status']}, not complete; nothing to report")
     for i in test_indexes:
         if not 0 <= i < run["n_test"]:
             raise ConfigError(

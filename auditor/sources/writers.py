@@ -33,7 +33,9 @@ Decisions = dict[str, tuple[str, str | None]]
 ACTIONS = ("keep", "remove", "relabel")
 
 
-def write_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -> list[Path]:
+def write_cleaned(
+    source: SourceInfo, decisions: Decisions, out_dir: Path, *, unlisted: str = "keep"
+) -> list[Path]:
     """Write the cleaned dataset into ``out_dir`` (created if needed).
 
     Args:
@@ -42,6 +44,8 @@ def write_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -> li
             ``("relabel", new class name)`` (for regression, the new target value).
             Points not listed are kept unchanged.
         out_dir: The output folder; must not be the folder the source lives in.
+        unlisted: What happens to the points ``decisions`` does not list: ``"keep"`` them
+            (unchanged) or ``"remove"`` them (to write a chosen part of the source).
 
     Returns:
         The files written.
@@ -59,7 +63,7 @@ def write_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -> li
     out_dir = Path(out_dir)
     _check_not_source(source, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return writer(source, decisions, out_dir)
+    return writer(source, decisions, out_dir, unlisted)
 
 
 def check_decisions(decisions: Decisions) -> None:
@@ -77,8 +81,11 @@ def check_decisions(decisions: Decisions) -> None:
             raise DataError(f"decision for {point_id!r}: relabel needs a new label, got {new!r}")
 
 
-def plan(ids: list[str], decisions: Decisions, where: str) -> tuple[list[int], dict[int, str]]:
-    """The record indexes to keep, in order, and the new label of each relabelled one."""
+def plan(
+    ids: list[str], decisions: Decisions, where: str, unlisted: str
+) -> tuple[list[int], dict[int, str]]:
+    """The record indexes to keep, in order, and the new label of each relabelled one;
+    ``unlisted`` is the action of the ids that ``decisions`` does not list."""
     known = set(ids)
     unknown = [point_id for point_id in decisions if point_id not in known]
     if unknown:
@@ -86,7 +93,7 @@ def plan(ids: list[str], decisions: Decisions, where: str) -> tuple[list[int], d
         raise DataError(f"{where}: {len(unknown)} decision id(s) not in the data: {shown}")
     keep, relabel = [], {}
     for i, point_id in enumerate(ids):
-        action, new = decisions.get(point_id, ("keep", None))
+        action, new = decisions.get(point_id, (unlisted, None))
         if action != "remove":
             keep.append(i)
         if action == "relabel":
@@ -94,14 +101,16 @@ def plan(ids: list[str], decisions: Decisions, where: str) -> tuple[list[int], d
     return keep, relabel
 
 
-def write_idx_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -> list[Path]:
+def write_idx_cleaned(
+    source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
+) -> list[Path]:
     """idx: the audited pair under its own names (same compression); a folder's other
     pairs are not copied (the rescan reads the run's own test data)."""
     path = Path(source.path)
     images_path, labels_path = select_pair(path, source.options.get("role", "train"))
     pixels, labels = read_pair(images_path, labels_path)
     ids = [f"{images_path.name}#{i}" for i in range(len(labels))]
-    keep, relabel = plan(ids, decisions, str(images_path))
+    keep, relabel = plan(ids, decisions, str(images_path), unlisted)
     labels = labels.copy()
     for i, new in relabel.items():
         if not new.isdigit() or int(new) > 255:
@@ -113,12 +122,15 @@ def write_idx_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -
     return written
 
 
-def write_csv_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -> list[Path]:
+def write_csv_cleaned(
+    source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
+) -> list[Path]:
     """CSV: same header and columns; rows removed, ``label`` / ``target`` cells changed."""
     path = Path(source.path)
     header, data = read_csv_table(path)
     col, kind = target_column(header, path)
-    keep, relabel = plan([f"{path.name}#{i}" for i in range(len(data))], decisions, str(path))
+    ids = [f"{path.name}#{i}" for i in range(len(data))]
+    keep, relabel = plan(ids, decisions, str(path), unlisted)
     rows = []
     for i in keep:
         row = list(data[i][1])
@@ -131,7 +143,9 @@ def write_csv_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -
     return [out]
 
 
-def write_npz_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -> list[Path]:
+def write_npz_cleaned(
+    source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
+) -> list[Path]:
     """NPZ: every array with ``n`` rows loses the removed rows; ``y`` relabelled; dtypes kept."""
     path = Path(source.path)
     arrays = read_npz(path)
@@ -139,7 +153,7 @@ def write_npz_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -
         raise DataError(f"{path}: missing array X or y")
     n = len(arrays["X"])
     ids = [f"{path.name}#{i}" for i in range(n)]
-    keep, relabel = plan(ids, decisions, str(path))
+    keep, relabel = plan(ids, decisions, str(path), unlisted)
     y = arrays["y"].copy()
     for i, new in relabel.items():
         y[i] = _npz_value(new, y.dtype, ids[i])
@@ -153,14 +167,14 @@ def write_npz_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -
 
 
 def write_imagefolder_cleaned(
-    source: SourceInfo, decisions: Decisions, out_dir: Path
+    source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
 ) -> list[Path]:
     """Image folder: the same tree minus removed files; relabelled files moved to the new
     class folder (created; a ``-1``, ``-2``... suffix avoids name clashes)."""
     root = Path(source.path)
     entries = find_images(root)
     ids = [rel for rel, _ in entries]
-    keep, relabel = plan(ids, decisions, str(root))
+    keep, relabel = plan(ids, decisions, str(root), unlisted)
     targets: dict[int, PurePosixPath] = {}
     taken: set[PurePosixPath] = set()
     for i in keep:  # unchanged files first, so they keep their names
@@ -180,10 +194,12 @@ def write_imagefolder_cleaned(
     return written
 
 
-def write_toy_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -> list[Path]:
+def write_toy_cleaned(
+    source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
+) -> list[Path]:
     """toy-linear: its 20 training points as ``toy-linear.csv`` with columns ``x,target``."""
     train, _ = toy_linear(source.options.get("seed", 0))
-    keep, relabel = plan(train.ids, decisions, "toy-linear")
+    keep, relabel = plan(train.ids, decisions, "toy-linear", unlisted)
     rows = []
     for i in keep:
         target = target_value(relabel[i], train.ids[i]) if i in relabel else train.targets[i].item()
@@ -193,7 +209,7 @@ def write_toy_cleaned(source: SourceInfo, decisions: Decisions, out_dir: Path) -
     return [out]
 
 
-WRITERS: dict[str, Callable[[SourceInfo, Decisions, Path], list[Path]]] = {
+WRITERS: dict[str, Callable[[SourceInfo, Decisions, Path, str], list[Path]]] = {
     "idx": write_idx_cleaned,
     "csv": write_csv_cleaned,
     "npz": write_npz_cleaned,
