@@ -303,21 +303,19 @@ def check_fingerprint(run: dict, train: Dataset, test: Dataset) -> None:
     stored runs and decisions files)."""
     found = fingerprint(train, test)
     if found != run["data_fingerprint"]:
-        raise DataError(
-            f"run {run['id']}: the data changed since the run started (fingerprint "
-            f"{found[:12]}, the run has {run['data_fingerprint'][:12]}); start a new scan"
+        change = f"fingerprint {found[:12]}, the run has {run['data_fingerprint'][:12]}"
+    elif train.task != run["task"]:
+        change = f"a {train.task} task, the run has {run['task']}"
+    elif list(train.class_names or []) != list(run["class_names"] or []):
+        change = (
+            f"classes {_short_list(train.class_names)}, "
+            f"the run has {_short_list(run['class_names'])}"
         )
-    if train.task != run["task"]:
-        raise DataError(
-            f"run {run['id']}: the data changed since the run started (a {train.task} task, "
-            f"the run has {run['task']}); start a new scan"
-        )
-    if list(train.class_names or []) != list(run["class_names"] or []):
-        raise DataError(
-            f"run {run['id']}: the data changed since the run started (classes "
-            f"{_short_list(train.class_names)}, the run has {_short_list(run['class_names'])}); "
-            "start a new scan"
-        )
+    else:
+        return
+    raise DataError(
+        f"run {run['id']}: the data changed since the run started ({change}); start a new scan"
+    )
 
 
 def _short_list(names: list[str] | None, most: int = 5) -> str:
