@@ -29,6 +29,24 @@ class _Deferral:
     exit_after_interrupt = False  # this process exits once interrupted (the CLI)
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _set_handlers(handler) -> dict:
+    """Install ``handler`` for SIGINT and SIGTERM and return the handlers it replaced;
+    nothing (``{}``) outside the main thread, where Python cannot set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in _SIGNALS}
+
+
+def _restore(saved: dict) -> None:
+    """Reinstall the handlers :func:`_set_handlers` returned."""
+    for s, handler in saved.items():
+        # None: a handler installed outside Python; the default is the closest
+        signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
 def exit_after_interrupt(enabled: bool = True) -> None:
     """Declare that this process exits once interrupted: from the first interrupt on,
     SIGINT and SIGTERM stay ignored (the ``auditor`` command; not for library use)."""
@@ -38,9 +56,8 @@ def exit_after_interrupt(enabled: bool = True) -> None:
 def ignore_signals_until_exit() -> None:
     """After an interrupt in a process that then exits: ignore SIGINT and SIGTERM (only in
     the main thread, and only after :func:`exit_after_interrupt`)."""
-    if _Deferral.exit_after_interrupt and threading.current_thread() is threading.main_thread():
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)
+    if _Deferral.exit_after_interrupt:
+        _set_handlers(signal.SIG_IGN)
 
 
 @contextmanager
@@ -59,10 +76,7 @@ def deferred() -> Iterator[None]:
 @contextmanager
 def interruptible(run_id: int | None) -> Iterator[None]:
     """Turn Ctrl-C (and SIGTERM, in the main thread) into :class:`Interrupted`."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = (
-        {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    )
+    previous = _set_handlers(_on_signal)
     interrupted = False
     try:
         yield
@@ -72,9 +86,7 @@ def interruptible(run_id: int | None) -> Iterator[None]:
         raise Interrupted(f"interrupted; {where}", run_id=run_id) from None
     finally:
         _Deferral.pending = False
-        for s, handler in previous.items():
-            # None: a handler installed outside Python; the default is the closest
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        _restore(previous)
         if interrupted:
             ignore_signals_until_exit()
 
@@ -89,12 +101,8 @@ def _on_signal(_signum, _frame) -> None:
 @contextmanager
 def signals_ignored() -> Iterator[None]:
     """Let the bookkeeping after an interrupt finish even if Ctrl-C is pressed again."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    saved = _set_handlers(signal.SIG_IGN)
     try:
         yield
     finally:
-        for s, handler in saved.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        _restore(saved)

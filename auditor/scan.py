@@ -303,21 +303,19 @@ def check_fingerprint(run: dict, train: Dataset, test: Dataset) -> None:
     stored runs and decisions files)."""
     found = fingerprint(train, test)
     if found != run["data_fingerprint"]:
-        raise DataError(
-            f"run {run['id']}: the data changed since the run started (fingerprint "
-            f"{found[:12]}, the run has {run['data_fingerprint'][:12]}); start a new scan"
+        change = f"fingerprint {found[:12]}, the run has {run['data_fingerprint'][:12]}"
+    elif train.task != run["task"]:
+        change = f"a {train.task} task, the run has {run['task']}"
+    elif list(train.class_names or []) != list(run["class_names"] or []):
+        change = (
+            f"classes {_short_list(train.class_names)}, "
+            f"the run has {_short_list(run['class_names'])}"
         )
-    if train.task != run["task"]:
-        raise DataError(
-            f"run {run['id']}: the data changed since the run started (a {train.task} task, "
-            f"the run has {run['task']}); start a new scan"
-        )
-    if list(train.class_names or []) != list(run["class_names"] or []):
-        raise DataError(
-            f"run {run['id']}: the data changed since the run started (classes "
-            f"{_short_list(train.class_names)}, the run has {_short_list(run['class_names'])}); "
-            "start a new scan"
-        )
+    else:
+        return
+    raise DataError(
+        f"run {run['id']}: the data changed since the run started ({change}); start a new scan"
+    )
 
 
 def _short_list(names: list[str] | None, most: int = 5) -> str:
@@ -405,10 +403,10 @@ def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress
     )
 
     with phases("fit"):
-        fitted, outputs = comm.root_step(
+        fitted, outputs, state = comm.root_step(
             _fit_phase, engine, run_id, config, model, train, test, d, previous, warnings
-        ) or (None, None)
-        theta = _shared_theta(comm, fitted, model, config, d.x.device)
+        ) or (None, None, None)
+        theta = _shared_theta(comm, fitted, state, model, config, d.x.device)
     resumed = previous is not None
     plan = plan_blocks(comm, engine, run_id, len(test), config.score_chunk, resumed)
     with phases("gradients"):
@@ -479,8 +477,9 @@ def _solve_phase(comm: Comm, model, theta, d: _Data, config, train_grads, test_g
 def _fit_phase(engine, run_id, config, model, train, test, d: _Data, previous, warnings):
     """Rank 0: the fit the resumed run ``previous`` stored (or a new one, stored at once so
     that a resume continues from it), checked finite, and the test points written. Returns
-    the fit and the model's outputs on the training and test points. (The other ranks get
-    the parameters from rank 0: only it decodes the stored fit.)"""
+    the fit, the model's outputs on the training and test points, and the fitted state as
+    the run stores it (:func:`runs.theta_bytes`; the other ranks get the parameters from
+    it: only rank 0 decodes the stored fit)."""
     stored = None if previous is None else _stored_fit(previous, model, config)
     fit_kwargs = config.model.fit_kwargs()
     wd = config.model.weight_decay
@@ -503,25 +502,21 @@ def _fit_phase(engine, run_id, config, model, train, test, d: _Data, previous, w
     test_out = model_outputs(model, fitted.theta, d.x_test, d.y_test)
     with deferred():
         points.write_points(engine, run_id, "test", _point_rows(test, test_out))
-    if stored is None:
-        with deferred():
-            runs.update_run(
-                engine,
-                run_id,
-                theta=runs.theta_bytes(model.fitted_state(fitted.theta)),
-                metrics=fit_metrics(fitted),
-            )
-    return fitted, (train_out, test_out)
+    if stored is not None:
+        return fitted, (train_out, test_out), previous["theta"]
+    state = runs.theta_bytes(model.fitted_state(fitted.theta))
+    with deferred():
+        runs.update_run(engine, run_id, theta=state, metrics=fit_metrics(fitted))
+    return fitted, (train_out, test_out), state
 
 
-def _shared_theta(comm: Comm, fitted: FitResult | None, model, config, device) -> torch.Tensor:
-    """Rank 0's fitted parameters ``(p,)`` on every rank, bit for bit (with the model's
-    fitted state outside them, such as the CNN's frozen body)."""
-    if comm.world == 1:
-        return fitted.theta
-    blob = comm.broadcast(
-        runs.theta_bytes(model.fitted_state(fitted.theta)) if comm.is_root else None
-    )
+def _shared_theta(
+    comm: Comm, fitted: FitResult | None, state: bytes | None, model, config, device
+) -> torch.Tensor:
+    """Rank 0's fitted parameters ``(p,)`` on every rank, bit for bit, from the fitted
+    ``state`` rank 0 stored (with the model's fitted state outside them, such as the CNN's
+    frozen body)."""
+    blob = comm.broadcast(state)  # the identity in one process
     if comm.is_root:
         return fitted.theta
     return model.load_fitted_state(runs.theta_from_bytes(blob, config.model.dtype).to(device))

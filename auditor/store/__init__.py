@@ -146,8 +146,6 @@ def _switch_to_wal(cursor) -> None:
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    """Whether an sqlite3 error is SQLITE_BUSY ("database is locked")."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF == sqlite3.SQLITE_BUSY
-    return "database is locked" in str(exc)
+    """Whether an sqlite3 error is SQLITE_BUSY ("database is locked", or an extended code of
+    it); Python 3.11's sqlite3 sets ``sqlite_errorcode`` on every error it raises."""
+    return exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
