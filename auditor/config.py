@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
+from statistics import NormalDist
 
 from auditor.errors import ConfigError
-from auditor.ranking import FlagRule
-from auditor.solvers.base import SolverArgs
 
 
 @dataclass
@@ -88,8 +88,139 @@ class ModelArgs:
             raise ConfigError("--hidden and the iteration limit must be >= 1")
 
     def fit_kwargs(self) -> dict:
-        """The keyword arguments of :func:`auditor.training.fit` these options set."""
+        """The keyword arguments of :func:`auditor.models.fit.fit` these options set."""
         return {"max_iter": self.max_iter, "grad_tol": self.grad_tol}
+
+
+@dataclass
+class SolverArgs:
+    """How to solve ``(H + damping I) s = v``.
+
+    Attributes:
+        solver: ``lissa``, ``exact`` or ``cg``.
+        damping: Added to the Hessian's diagonal (all solvers), on top of the weight decay.
+        tol: Target relative residual ``||A s - v|| / ||v||`` (largest over columns).
+        scale: LiSSA's scale; ``None`` picks 1.1x (full batch) or 1.5x (minibatches) a
+            power-iteration estimate of the largest eigenvalue.
+        depth: LiSSA's most recursion steps (it stops early once ``tol`` is met).
+        repeats: LiSSA recursions averaged (only useful with minibatches).
+        batch_size: LiSSA's minibatch size; ``None`` or ``>= n`` uses every training point.
+        max_iter: CG's most iterations.
+        seed: Seeds minibatch sampling and the power iteration.
+        squaring: Let full-batch LiSSA compute its iterate by repeated squaring of the
+            dense ``I - A / scale`` when that takes fewer flops (same result).
+        self_influence: How the ranking's self-influences ``g_i^T A^{-1} g_i`` (one per
+            training point, on the full fit and on every refit) are solved: ``auto`` uses
+            the exact Cholesky factor whenever the dense Hessian is affordable (closed
+            form, at most 20,000 parameters) and ``solver`` otherwise; ``same`` always uses
+            ``solver``. ``solver`` always computes the test points' IHVPs (pair scores).
+    """
+
+    solver: str = "lissa"
+    damping: float = 0.0
+    tol: float = 1e-4
+    scale: float | None = None
+    depth: int = 5000
+    repeats: int = 1
+    batch_size: int | None = None
+    max_iter: int = 1000
+    seed: int = 0
+    self_influence: str = "auto"
+    squaring: bool = True
+
+    def __post_init__(self) -> None:
+        if self.self_influence not in ("auto", "same"):
+            raise ConfigError(f"--self-influence must be auto or same, got {self.self_influence!r}")
+        if self.solver not in ("lissa", "exact", "cg"):
+            raise ConfigError(f"unknown solver {self.solver!r}; choose lissa, exact or cg")
+        if self.damping < 0:
+            raise ConfigError(f"--damping must be >= 0, got {self.damping}")
+        if self.depth < 1 or self.repeats < 1 or self.max_iter < 1:
+            raise ConfigError("--depth, --repeats and the iteration limit must be >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.scale is not None and self.scale <= 0:
+            raise ConfigError(f"--scale must be > 0, got {self.scale}")
+        if not self.tol > 0:
+            raise ConfigError(f"--tol (the solver tolerance) must be > 0, got {self.tol}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FlagRule:
+    """Thresholds of the ranking rule (robust z-scores).
+
+    Attributes:
+        outlier_z: Flag ``outlier`` at or above this influence z; ``None`` (the default)
+            calibrates it to the number of training points ``n``: the z that the largest
+            of ``n`` standard normal draws exceeds with probability :data:`OUTLIER_ALPHA`
+            (2.81 for 20 points, 4.02 for 1,730, 4.37 for 8,000). See :meth:`resolved`.
+        mislabel_z: Flag ``mislabel`` at or above this z of the strongest test when the
+            prediction disagrees.
+        outlier_support_z: The strongest test's z an ``outlier`` must also reach; ``None``
+            (the default) is ``outlier_z`` itself, so the calibrated threshold alone
+            decides (runs stored before it existed keep their 4).
+        trim: Fraction left out in the concentration refits (0 turns refits off).
+        rounds: Most concentration refits.
+        influence_scale: ``log``: the influence z is of ``log|self-influence|``. ``sqrt``
+            (runs written before it existed): of the influence norm ``sqrt|self-influence|``,
+            whose robust z explodes on well-fitted networks (README, "Ranking and flags").
+    """
+
+    outlier_z: float | None = None
+    mislabel_z: float = 5.0
+    outlier_support_z: float | None = None
+    trim: float = 0.25
+    rounds: int = 3
+    influence_scale: str = "log"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.trim < 0.5:
+            raise ConfigError(f"--trim must lie in [0, 0.5), got {self.trim}")
+        if self.rounds < 0:
+            raise ConfigError(f"--rounds must be >= 0, got {self.rounds}")
+        if self.influence_scale not in INFLUENCE_SCALES:
+            raise ConfigError(f"influence_scale must be log or sqrt, got {self.influence_scale!r}")
+        for option, value in (("--outlier-z", self.outlier_z), ("--mislabel-z", self.mislabel_z)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{option} must be a positive finite number, got {value}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolved(self, n: int) -> FlagRule:
+        """This rule with ``outlier_z`` as a number for ``n`` training points."""
+        outlier_z = self.outlier_z
+        if outlier_z is None:
+            outlier_z = NormalDist().inv_cdf(1.0 - OUTLIER_ALPHA / max(n, 1))
+        support = outlier_z if self.outlier_support_z is None else self.outlier_support_z
+        return replace(self, outlier_z=outlier_z, outlier_support_z=support)
+
+    @classmethod
+    def from_dict(cls, d: dict, *, checked: bool = True) -> FlagRule:
+        """The rule a run stored; one stored before ``influence_scale`` existed used
+        ``sqrt`` (and its thresholds were stored with it).
+
+        ``checked=False`` keeps thresholds that are no longer accepted (a zero, negative
+        or non-finite ``outlier_z`` or ``mislabel_z`` stored before they were checked):
+        the run's flags were decided with them, so a report shows them as applied."""
+        fields = {"influence_scale": "sqrt", **d}
+        if checked:
+            return cls(**fields)
+        rule = cls(**{**fields, "outlier_z": None, "mislabel_z": cls.mislabel_z})
+        rule.outlier_z = fields.get("outlier_z")
+        rule.mislabel_z = fields.get("mislabel_z", cls.mislabel_z)
+        return rule
+
+
+INFLUENCE_SCALES = ("log", "sqrt")
+
+#: The chance that a scan of ``n`` clean points, with standard normal influence zs, flags
+#: one of them ``outlier`` under the default (calibrated) ``outlier_z``. Real influence zs
+#: have a heavier right tail than the normal, so expect somewhat more (README).
+OUTLIER_ALPHA = 0.05
 
 
 @dataclass

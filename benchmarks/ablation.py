@@ -23,14 +23,14 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from auditor.config import DataArgs  # noqa: E402
-from auditor.gradients import per_example_grads  # noqa: E402
-from auditor.hessian import HessianOperator  # noqa: E402
-from auditor.influence import self_influences  # noqa: E402
+from auditor.config import DataArgs, SolverArgs  # noqa: E402
+from auditor.influence.gradients import per_example_grads  # noqa: E402
+from auditor.influence.hessian import HessianOperator  # noqa: E402
+from auditor.influence.self_influence import self_influences  # noqa: E402
+from auditor.influence.solvers import solve  # noqa: E402
 from auditor.models import build_model  # noqa: E402
-from auditor.scan import dataset_tensors, load_data  # noqa: E402
-from auditor.solvers import SolverArgs, solve  # noqa: E402
-from auditor.training import fit  # noqa: E402
+from auditor.models.fit import fit  # noqa: E402
+from auditor.pipeline.scan import dataset_tensors, load_data  # noqa: E402
 
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 

@@ -22,7 +22,7 @@ Cases (each runs in its own subprocess, so its peak RSS is its own):
    scan (fit and ranking included) is shown next to it.
 5. (GPU-sized) synthetic logistic, 60,000 train x 10,000 test = 600 M pairs, exact solver.
 
-Every case drives the library call :func:`auditor.scan.scan` into a fresh SQLite file, so
+Every case drives the library call :func:`auditor.pipeline.scan.scan` into a fresh SQLite file, so
 phases (load, fit, gradients, ihvp, pair_scores, storage, ranking) are the product's own
 timings; ``report`` is ``auditor report`` (collect + render + write); ``read`` streams every
 stored pair back. A tiny warm-up scan first takes one-time library start-up out of the
@@ -143,11 +143,10 @@ def synthetic(dirname: Path, n_train: int, n_test: int, d: int = 100, seed: int 
 
 def run_scan_case(spec: dict, device: str, workdir: Path) -> dict:
     """One timed scan (+ report + read-back) in this process; returns the table row."""
-    from auditor.config import DataArgs, ScanConfig
+    from auditor.config import DataArgs, ScanConfig, SolverArgs
+    from auditor.pipeline.scan import scan
     from auditor.report.collect import collect
     from auditor.report.render import render_report
-    from auditor.scan import scan
-    from auditor.solvers.base import SolverArgs
     from auditor.store import open_db, pairs, runs
 
     if "synthetic" in spec:
@@ -196,9 +195,9 @@ def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:
 
     from auditor.config import DataArgs, ScanConfig
     from auditor.models import build_model
-    from auditor.scan import dataset_tensors, load_data, scan
+    from auditor.models.fit import risk
+    from auditor.pipeline.scan import dataset_tensors, load_data, scan
     from auditor.store import open_db, pairs, runs
-    from auditor.training import risk
 
     data = DataArgs(train=str(MNIST), classes=["1", "7"], test_split=0.2)
     engine = open_db(str(workdir / "bench.db"))
@@ -274,7 +273,7 @@ def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:
 def child(spec: dict, device: str) -> None:
     """Run one spec after a warm-up, print its row as JSON on the last line."""
     from auditor.config import DataArgs, ScanConfig
-    from auditor.scan import scan
+    from auditor.pipeline.scan import scan
     from auditor.store import open_db
 
     with tempfile.TemporaryDirectory(prefix="auditor-bench-") as tmp:

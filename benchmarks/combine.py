@@ -11,7 +11,7 @@ then scores each candidate rule against the best single ranking of that setting 
 AUROC and share found after checking 10% over the seeds). Prints, best first, how many
 settings a rule matches or beats the best single ranking in both, and its summed deficit
 (AUROC gaps weighted 10x). The product uses ``max(l, s) + 0.5 * ns(h)+``
-(:attr:`auditor.ranking.SuspicionTests.combined`).
+(:attr:`auditor.ranking.rule.SuspicionTests.combined`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from detection import MNIST, settings
 
-from auditor.detection import fraction_key
-from auditor.evaluate import detection_metrics, ranking_scores, scan_with_faults
-from auditor.ranking import suspicion_tests
+from auditor.evaluation.evaluate import detection_metrics, ranking_scores, scan_with_faults
+from auditor.evaluation.metrics import fraction_key
+from auditor.ranking.rule import suspicion_tests
 from auditor.store import open_db, points
 
 #: The single rankings, in :func:`suspicion_tests`'s argument order (loss, harmfulness,
@@ -36,7 +36,7 @@ SINGLE = ("training loss", "harmfulness", "self-influence")
 
 def cached_scan(name: str, seed: int, cache: Path, engine) -> dict[str, np.ndarray]:
     """One setting and seed: each single ranking's scores as ``auditor evaluate`` computes
-    them (:func:`auditor.evaluate.ranking_scores`) and the injected ``fault`` mask, ``(n,)``."""
+    them (:func:`auditor.evaluation.evaluate.ranking_scores`) and the injected ``fault`` mask, ``(n,)``."""
     path = cache / f"{name}-{seed}-scores.npz"
     if not path.exists():
         config, faults = settings(MNIST)[name]
@@ -65,7 +65,7 @@ def candidate_rules() -> dict:
 
 
 def tests(d: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
-    """The scan's tests (:func:`auditor.ranking.suspicion_tests`) as arrays ``(n,)``:
+    """The scan's tests (:func:`auditor.ranking.rule.suspicion_tests`) as arrays ``(n,)``:
     log-loss z, influence z, harmfulness z and harmfulness's normal score."""
     t = suspicion_tests(*(torch.from_numpy(d[k]) for k in SINGLE))
     return tuple(v.numpy() for v in (t.loss, t.influence, t.harm, t.harm_score))

@@ -19,11 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from auditor.config import DataArgs, ModelArgs, ScanConfig
-from auditor.detection import fraction_key
-from auditor.evaluate import RANKINGS, EvalArgs, evaluate
-from auditor.faults import FaultSpec
-from auditor.solvers.base import SolverArgs
+from auditor.config import DataArgs, ModelArgs, ScanConfig, SolverArgs
+from auditor.evaluation.evaluate import RANKINGS, EvalArgs, evaluate
+from auditor.evaluation.faults import FaultSpec
+from auditor.evaluation.metrics import fraction_key
 from auditor.store import open_db
 
 MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")

@@ -7,7 +7,7 @@ Run from the repository root (MNIST idx files in ../shared/data/mnist by default
 
 Prints the README's calibration table ("Ranking and flags"): per setting the flags by
 kind and how many of the injected faults they hold. ``--rule key=value`` overrides a
-:class:`~auditor.ranking.FlagRule` field (``influence_scale=sqrt`` with ``outlier_z=6``
+:class:`~auditor.ranking.rule.FlagRule` field (``influence_scale=sqrt`` with ``outlier_z=6``
 is the rule before the log scale).
 """
 
@@ -21,11 +21,9 @@ from pathlib import Path
 from detection import MNIST
 from detection import settings as detection_settings
 
-from auditor.config import DataArgs, ModelArgs, ScanConfig
-from auditor.evaluate import scan_with_faults
-from auditor.faults import FaultSpec
-from auditor.ranking import FlagRule
-from auditor.solvers.base import SolverArgs
+from auditor.config import DataArgs, FlagRule, ModelArgs, ScanConfig, SolverArgs
+from auditor.evaluation.evaluate import scan_with_faults
+from auditor.evaluation.faults import FaultSpec
 from auditor.store import open_db, points
 
 CLEAN = FaultSpec("none", 0.0)

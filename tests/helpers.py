@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor.config import DataArgs, ModelArgs, ScanConfig
+from auditor.config import DataArgs, FlagRule, ModelArgs, ScanConfig, SolverArgs
 from auditor.data import Dataset
-from auditor.ranking import FlagRule
-from auditor.scan import scan
-from auditor.solvers.base import SolverArgs
+from auditor.pipeline.scan import scan
 from auditor.store import open_db, pairs, points, runs
 
 

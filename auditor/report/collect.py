@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from sqlalchemy.engine import Engine
 
+from auditor.cleaning.exports import flag_rule, label_name, run_summary, train_records
+from auditor.config import FlagRule
 from auditor.errors import ConfigError
-from auditor.evaluate import RANKINGS
-from auditor.exports import flag_rule, label_name, run_summary, train_records
-from auditor.ranking import FlagRule
+from auditor.evaluation.evaluate import RANKINGS
 from auditor.report import charts
 from auditor.report.charts import INFLUENCE_LABELS
 from auditor.report.thumbnails import png_data_uri
@@ -106,7 +106,7 @@ def collect(
     Raises:
         ConfigError: A test index out of range or ``top < 1``.
         RunNotFound: No such run. The run must be complete: the CLI checks it
-            (:func:`auditor.cli_common.resolve_run`, which says how to finish it).
+            (:func:`auditor.cli.common.resolve_run`, which says how to finish it).
     """
     if top < 1:
         raise ConfigError("--top must be >= 1")

@@ -1,0 +1,1 @@
+"""The cleaning loop: export the ranking for review, apply decisions, compare runs."""

@@ -1,0 +1,204 @@
+"""The cleaning loop: apply a reviewer's decisions to the data, compare runs.
+
+A decisions file is what the report's "Download decisions" button writes::
+
+    {"run": 3, "data_fingerprint": "...",
+     "decisions": [{"index": 12, "id": "t10k-images-idx3-ubyte.gz#1207",
+                    "action": "relabel", "label": "7"},
+                   {"index": 40, "id": "...", "action": "remove"}]}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from auditor import sources
+from auditor.config import DataArgs, ScanConfig
+from auditor.data import SourceInfo
+from auditor.errors import DataError
+from auditor.pipeline.scan import check_fingerprint, load_data
+from auditor.sources.writers import Decisions, target_value, write_cleaned
+from auditor.store import points, runs
+
+ACTIONS = ("keep", "relabel", "remove")
+
+
+@dataclass
+class ApplyResult:
+    """What ``apply_decisions`` wrote and what to scan next.
+
+    Attributes:
+        written: The files written.
+        counts: How many decisions of each action were applied.
+        config: The run's configuration, for the rescan.
+        train, test: The rescan's data specs (``test`` ``None``: ``train`` holds both).
+    """
+
+    written: list[Path]
+    counts: dict[str, int]
+    config: ScanConfig
+    train: str
+    test: str | None
+
+
+def read_decisions(path: Path, run: dict, train_ids: list[str]) -> Decisions:
+    """Parse and check a decisions file against the run it was made for.
+
+    Raises:
+        DataError: unreadable JSON, another run's file, an index or id that does not
+            match the run's training points, an unknown action or class.
+    """
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read decisions file {path}: {exc}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("decisions"), list):
+        raise DataError(f"{path}: expected an object with a 'decisions' list")
+    if payload.get("run") not in (None, run["id"]) or isinstance(payload.get("run"), bool):
+        raise DataError(f"{path} holds decisions for run {payload['run']!r}, not run {run['id']}")
+    fp = payload.get("data_fingerprint")
+    if fp is not None and fp != run["data_fingerprint"]:
+        raise DataError(
+            f"{path} was made for other data (fingerprint differs from run {run['id']})"
+        )
+    decisions: Decisions = {}
+    first: dict[int, int] = {}  # index -> the decision that named it
+    for n, item in enumerate(payload["decisions"]):
+        where = f"{path}: decision {n + 1}"
+        if not isinstance(item, dict):
+            raise DataError(f"{where} is not an object")
+        index, point_id, action = item.get("index"), item.get("id"), item.get("action")
+        if not _is_index(index, len(train_ids)):
+            raise DataError(f"{where}: index {index!r} is not a training point of run {run['id']}")
+        if index in first:
+            raise DataError(
+                f"{where}: index {index} was already decided by decision {first[index]}"
+            )
+        first[index] = n + 1
+        if point_id is not None and point_id != train_ids[index]:
+            raise DataError(
+                f"{where}: id {point_id!r} is not training point {index} ({train_ids[index]!r})"
+            )
+        if action not in ACTIONS:
+            raise DataError(f"{where}: action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        label = None
+        if action == "relabel":
+            label = _check_label(str(item.get("label", "")).strip(), run, where)
+        decisions[train_ids[index]] = (action, label)
+    return decisions
+
+
+def _is_index(value: object, n: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n
+
+
+def apply_decisions(
+    engine: Engine, run_id: int, decisions_path: Path, out_dir: Path
+) -> ApplyResult:
+    """Write the cleaned training data of a run into ``out_dir`` in its own format.
+
+    The data is re-read first and must be what the run read (its fingerprint), since the
+    decisions name points by position. ``out_dir`` must be new or empty. With a
+    ``--test-split`` run the held-out test points are written beside it, unchanged, so
+    the next scan is evaluated on exactly the same test points; otherwise the rescan reads
+    the run's own test data. The run must be complete: the CLI checks it
+    (:func:`auditor.cli.common.resolve_run`, which says how to finish it).
+    """
+    run = runs.get_run(engine, run_id)
+    out_dir = Path(out_dir)
+    _check_empty(out_dir)
+    train_ids = [p["point_id"] for p in points.read_points(engine, run_id, "train")]
+    decisions = read_decisions(decisions_path, run, train_ids)
+    config = ScanConfig.from_dict(run["config"])
+    data = _as_read(run, config.data)
+    train, test = load_data(data)
+    check_fingerprint(run, train, test)
+    source = SourceInfo(**run["sources"]["train"])
+    if data.test_split is None:
+        written = write_cleaned(source, decisions, out_dir)
+        train_spec, test_spec = _spec(source, out_dir), _original_test(run)
+    else:
+        train_decisions = {**{i: ("remove", None) for i in test.ids}, **decisions}
+        test_decisions = {i: ("keep", None) for i in test.ids}  # the rest of the source goes
+        written = write_cleaned(source, train_decisions, out_dir / "train")
+        written += write_cleaned(source, test_decisions, out_dir / "test", unlisted="remove")
+        train_spec, test_spec = _spec(source, out_dir / "train"), _spec(source, out_dir / "test")
+    counts = {a: sum(1 for act, _ in decisions.values() if act == a) for a in ACTIONS}
+    return ApplyResult(written, counts, config, train_spec, test_spec)
+
+
+def _as_read(run: dict, data: DataArgs) -> DataArgs:
+    """``data`` naming the files the run read by their resolved paths (``apply`` may run
+    in another folder than the scan; a ``--download`` run read two idx files)."""
+    train, test = (run["sources"][part]["path"] for part in ("train", "test"))
+    if train is None:  # toy-linear
+        return data
+    separate = data.test is not None or (data.download and data.test_split is None)
+    return replace(data, train=train, test=test if separate else None, download=None)
+
+
+def _check_empty(out_dir: Path) -> None:
+    """Refuse an existing ``out_dir`` that holds anything (stale files would be read back
+    with the cleaned data) or that is not a folder."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DataError(f"{out_dir}: not an empty folder; give a new one for the cleaned data")
+
+
+def compare_runs(engine: Engine, run_a: int, run_b: int) -> str:
+    """A text table of test loss and accuracy for two complete runs (the CLI checks them,
+    :func:`auditor.cli.common.resolve_run`), and the change from A to B."""
+    a, b = runs.get_run(engine, run_a), runs.get_run(engine, run_b)
+    if a["task"] != b["task"]:
+        raise DataError(
+            f"run {run_a} is {a['task']} and run {run_b} is {b['task']}: their losses and "
+            "accuracies do not compare"
+        )
+    rows = [("training points", "n_train", "{:.0f}"), ("test points", "n_test", "{:.0f}")]
+    metric_rows = [("train loss", "train_loss", "{:.4f}"), ("test loss", "test_loss", "{:.4f}")]
+    if a["task"] == "classification":  # b's too: checked above
+        metric_rows += [("train accuracy", "train_accuracy", "{:.2%}"),
+                        ("test accuracy", "test_accuracy", "{:.2%}")]  # fmt: skip
+    lines = [f"{'':<16} {'run ' + str(a['id']):>12} {'run ' + str(b['id']):>12} {'change':>12}"]
+    for label, key, fmt in rows:
+        lines.append(_row(label, a[key], b[key], fmt))
+    for label, key, fmt in metric_rows:
+        lines.append(_row(label, a["metrics"][key], b["metrics"][key], fmt))
+    if a["metrics"].get("test_fingerprint") != b["metrics"].get("test_fingerprint"):
+        lines.append("note: the two runs were evaluated on different test points")
+    return "\n".join(lines)
+
+
+def _row(label: str, va: float, vb: float, fmt: str) -> str:
+    change = vb - va
+    sign = "+" if change >= 0 else "-"
+    return f"{label:<16} {fmt.format(va):>12} {fmt.format(vb):>12} {sign + fmt.format(abs(change)):>12}"
+
+
+def _check_label(label: str, run: dict, where: str) -> str:
+    if run["task"] == "classification":
+        if label not in run["class_names"]:
+            raise DataError(
+                f"{where}: unknown class {label!r}; classes are {', '.join(run['class_names'])}"
+            )
+        return label
+    target_value(label, where)
+    return label
+
+
+def _spec(source: SourceInfo, out_dir: Path) -> str:
+    """The data spec that reads back what ``write_cleaned`` wrote into ``out_dir``."""
+    if source.path is None:  # toy-linear
+        return str(out_dir / "toy-linear.csv")
+    path = Path(source.path)
+    return str(out_dir if path.is_dir() else out_dir / path.name)
+
+
+def _original_test(run: dict) -> str:
+    """The rescan's ``--test``: the test data the run read, by its resolved path (so the
+    command works from any folder, and for ``--download`` runs)."""
+    test = run["sources"]["test"]
+    return sources.TOY_LINEAR if test["format"] == "toy-linear" else test["path"]

@@ -1,0 +1,392 @@
+"""``auditor evaluate``: how well each ranking finds faults injected into the training data.
+
+For each seed: load the data (the split follows the seed), inject faults into the training
+part (:mod:`auditor.evaluation.faults`), run a normal scan on it, then score every ranking against the
+known faults (:mod:`auditor.evaluation.metrics`):
+
+- ``training loss``: each point's loss under the fitted model;
+- ``self-influence``: ``|self-influence|`` from the scan (after its masking refits);
+- ``harmfulness``: the sum of a point's influence over all test points;
+- ``combined``: the product's ranking, as stored by the scan (the ``rank`` column);
+- ``random``: a random order (the floor).
+
+The fix experiment: a reviewer checks the top ``k`` of the combined ranking and of a random
+order, and restores every fault among them to its original label (and features, for
+outliers); the model is retrained from scratch and its test loss and accuracy compared
+with the faulty and the clean model.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from sqlalchemy.engine import Engine
+
+from auditor.config import ScanConfig, check_seed
+from auditor.data import Dataset
+from auditor.errors import ConfigError
+from auditor.evaluation import metrics as detection
+from auditor.evaluation.faults import FaultSpec, inject
+from auditor.models.fit import fit
+from auditor.pipeline.distributed import torch_device
+from auditor.pipeline.scan import dataset_tensors, load_data, model_for, model_outputs, scan
+from auditor.store import evaluations, points, runs
+
+RANKINGS = ("training loss", "self-influence", "harmfulness", "combined", "random")
+FIX_RANKINGS = ("combined", "random")
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class EvalArgs:
+    """What to inject and measure.
+
+    Attributes:
+        faults: The faults injected into the training split.
+        seeds: One scan per seed; the seed fixes the split, the faults and the fit.
+        fractions: Shares of the data checked for "found after checking" and for the fix
+            experiment's ``k``.
+        fix: Run the fix experiment (retrains ``1 + 2 * len(fractions)`` models per seed).
+    """
+
+    faults: FaultSpec
+    seeds: list[int] = field(default_factory=lambda: [0])
+    fractions: tuple[float, ...] = (0.05, 0.1, 0.2)
+    fix: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("give at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError("--seeds must not repeat a seed")
+        for seed in self.seeds:
+            check_seed(seed, "--seeds")
+        if not self.fractions:
+            raise ConfigError("give at least one --checked fraction")
+        if not all(0.0 < f <= 1.0 for f in self.fractions):
+            raise ConfigError("the checked fractions must lie in (0, 1]")
+        names = [detection.fraction_key(f) for f in self.fractions]  # the results' keys
+        if len(set(names)) != len(names):
+            raise ConfigError(f"--checked must not repeat a fraction, got {', '.join(names)}")
+
+
+@dataclass
+class Evaluation:
+    """A finished evaluation: its id, one result row per (seed, ranking), the summary
+    ``{ranking: {metric: [mean, spread]}}``, and each seed's scan warnings by run id."""
+
+    id: int
+    args: EvalArgs
+    results: list[dict]
+    summary: dict[str, dict[str, list[float]]]
+    timings: dict[str, float]
+    warnings: dict[int, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class FaultyScan:
+    """One seed's scan of faulty data (:func:`scan_with_faults`).
+
+    Attributes:
+        config: The configuration as scanned, seeded (split, fit, solver).
+        clean, faulty, test: The training split before and after the injection, and the
+            test split.
+        run_id: The scan's run.
+        is_fault: Which training points were injected ``(n,)``.
+        warnings: The scan's warnings (as stored with its run).
+    """
+
+    config: ScanConfig
+    clean: Dataset
+    faulty: Dataset
+    test: Dataset
+    run_id: int
+    is_fault: np.ndarray
+    warnings: list[str]
+
+
+def scan_with_faults(
+    engine: Engine,
+    config: ScanConfig,
+    faults: FaultSpec,
+    seed: int,
+    progress: Progress | None = None,
+) -> FaultyScan:
+    """Seed ``config`` (its split and solver), inject ``faults`` into the training split
+    with the same seed, and scan it: one seed of an evaluation."""
+    config = replace(config, data=replace(config.data, seed=seed))
+    config.solver = replace(config.solver, seed=seed)
+    clean, test = load_data(config.data)
+    faulty, fault_index = inject(clean, faults, seed)
+    result = scan(engine, config, progress, datasets=(faulty, test))
+    is_fault = np.zeros(len(faulty), dtype=bool)
+    is_fault[fault_index] = True
+    return FaultyScan(config, clean, faulty, test, result.run_id, is_fault, result.warnings)
+
+
+def ranking_scores(train_points: list[dict], seed: int) -> dict[str, np.ndarray]:
+    """Each ranking's suspicion score ``(n,)`` (higher = checked earlier) from a run's stored
+    training points."""
+    n = len(train_points)
+    loss = np.array([p["loss"] for p in train_points], dtype=np.float64)
+    si = np.array([p["self_influence"] for p in train_points], dtype=np.float64)
+    harm = np.array([p["harmfulness"] for p in train_points], dtype=np.float64)
+    rank = np.array([p["rank"] for p in train_points], dtype=np.float64)
+    rng = np.random.default_rng(seed + 7919)
+    return {
+        "training loss": loss,
+        "self-influence": np.abs(si),
+        "harmfulness": harm,
+        "combined": -rank,
+        "random": rng.permutation(n).astype(np.float64),
+    }
+
+
+def detection_metrics(scores: np.ndarray, is_fault: np.ndarray, fractions) -> dict:
+    """AUROC, average precision, share found after each fraction, and the curve."""
+    shares, found = detection.detection_curve(scores, is_fault)
+    return {
+        "auroc": detection.auroc(scores, is_fault),
+        "average_precision": detection.average_precision(scores, is_fault),
+        "found": {
+            detection.fraction_key(f): detection.found_after(scores, is_fault, f) for f in fractions
+        },
+        "curve": [[round(s, 4), round(v, 5)] for s, v in zip(shares, found, strict=True)],
+    }
+
+
+def evaluate(
+    engine: Engine, config: ScanConfig, args: EvalArgs, progress: Progress | None = None
+) -> Evaluation:
+    """Inject faults, scan and score every ranking for each seed; store and return it."""
+    progress = progress or (lambda phase, done, total: None)
+    results: list[dict] = []
+    warnings: dict[int, list[str]] = {}
+    timings = {"scan": 0.0, "fix": 0.0}
+    for seed in args.seeds:
+        start = time.perf_counter()
+        done = scan_with_faults(engine, config, args.faults, seed, progress)
+        warnings[done.run_id] = done.warnings
+        timings["scan"] += time.perf_counter() - start
+        is_fault = done.is_fault
+        scores = ranking_scores(points.read_points(engine, done.run_id, "train"), seed)
+        fixes: dict[str, list[dict]] = {}
+        if args.fix and is_fault.any():
+            start = time.perf_counter()
+            fixes = fix_experiment(
+                done.config,
+                runs.get_run(engine, done.run_id),
+                done.clean,
+                done.faulty,
+                done.test,
+                {r: scores[r] for r in FIX_RANKINGS},
+                is_fault,
+                args.fractions,
+            )
+            timings["fix"] += time.perf_counter() - start
+        for name in RANKINGS:
+            results.append(
+                {
+                    "seed": seed,
+                    "ranking": name,
+                    "run_id": done.run_id,
+                    "n_train": len(done.faulty),
+                    "n_faults": int(is_fault.sum()),
+                    **detection_metrics(scores[name], is_fault, args.fractions),
+                    "fix": fixes.get(name),
+                }
+            )
+        progress("seeds", args.seeds.index(seed) + 1, len(args.seeds))
+    summary = summarize(results, args.fractions)
+    eval_id = evaluations.write_evaluation(
+        engine,
+        results,
+        config=config.to_dict(),
+        faults=args.faults.to_dict(),
+        seeds=list(args.seeds),
+        summary=summary,
+        timings=timings,
+    )
+    return Evaluation(eval_id, args, results, summary, timings, warnings)
+
+
+def fix_experiment(
+    config: ScanConfig,
+    run: dict,
+    clean: Dataset,
+    faulty: Dataset,
+    test: Dataset,
+    scores: dict[str, np.ndarray],
+    is_fault: np.ndarray,
+    fractions,
+) -> dict[str, list[dict]]:
+    """Retrain after restoring the faults among each ranking's top ``k`` points.
+
+    Returns ``{ranking: [{fraction, k, fixed, test_loss, test_accuracy, loss_recovered,
+    accuracy_recovered}]}``; ``*_recovered`` is the share of the gap between the faulty
+    and the clean model that the fix closes (NaN when there is no gap).
+    """
+    base = _retrain(config, clean, test)
+    worst = {
+        "test_loss": run["metrics"]["test_loss"],
+        "test_accuracy": run["metrics"].get("test_accuracy"),
+    }
+    out: dict[str, list[dict]] = {}
+    for name, score in scores.items():
+        order = detection.top_order(score)
+        rows = []
+        for f in fractions:
+            k = detection.checked_count(f, len(faulty))
+            checked = order[:k]
+            fixed = checked[is_fault[checked]]
+            metrics = _retrain(config, _restore(faulty, clean, fixed), test)
+            rows.append(
+                {
+                    "fraction": f,
+                    "k": int(k),
+                    "fixed": int(len(fixed)),
+                    **metrics,
+                    "clean_test_loss": base["test_loss"],
+                    "clean_test_accuracy": base["test_accuracy"],
+                    "faulty_test_loss": worst["test_loss"],
+                    "faulty_test_accuracy": worst["test_accuracy"],
+                    "loss_recovered": _share(
+                        worst["test_loss"], metrics["test_loss"], base["test_loss"]
+                    ),
+                    "accuracy_recovered": _share(
+                        worst["test_accuracy"], metrics["test_accuracy"], base["test_accuracy"]
+                    ),
+                }
+            )
+        out[name] = rows
+    return out
+
+
+def _restore(faulty: Dataset, clean: Dataset, index: np.ndarray) -> Dataset:
+    """``faulty`` with the points at ``index`` put back as they were in ``clean``."""
+    idx = torch.from_numpy(np.asarray(index, dtype=np.int64))
+    features, targets = faulty.features.clone(), faulty.targets.clone()
+    features[idx], targets[idx] = clean.features[idx], clean.targets[idx]
+    images = None
+    if faulty.images is not None:
+        images = faulty.images.clone()
+        images[idx] = clean.images[idx]
+    return replace(faulty, features=features, targets=targets, images=images)
+
+
+def _retrain(config: ScanConfig, train: Dataset, test: Dataset) -> dict:
+    """Fit a fresh model on ``train`` as the scan would; its test loss and accuracy."""
+    dtype, device = getattr(torch, config.model.dtype), torch_device(config.device)
+    model = model_for(config, train)
+    x, y = dataset_tensors(train, device, dtype)
+    x_test, y_test = dataset_tensors(test, device, dtype)
+    wd = config.model.weight_decay
+    fitted = fit(model, x, y, wd, seed=config.data.seed, **config.model.fit_kwargs())
+    out = model_outputs(model, fitted.theta, x_test, y_test)
+    accuracy = None
+    if test.task == "classification":
+        accuracy = float((out["predicted"] == y_test).double().mean())
+    return {"test_loss": float(out["loss"].mean()), "test_accuracy": accuracy}
+
+
+def _share(worst: float | None, value: float | None, best: float | None) -> float:
+    if worst is None or value is None or best is None or worst == best:
+        return math.nan
+    return (value - worst) / (best - worst)
+
+
+def summarize(results: list[dict], fractions) -> dict[str, dict[str, list[float]]]:
+    """``{ranking: {metric: [mean, spread]}}`` over seeds; metrics ``auroc``,
+    ``average_precision``, ``found@F`` and, for the fix rankings, ``accuracy@F`` and
+    ``loss@F`` (test accuracy and loss after the fix)."""
+    summary: dict[str, dict[str, list[float]]] = {}
+    for name in RANKINGS:
+        rows = [r for r in results if r["ranking"] == name]
+        s = {
+            "auroc": list(detection.mean_spread([r["auroc"] for r in rows])),
+            "average_precision": list(
+                detection.mean_spread([r["average_precision"] for r in rows])
+            ),
+        }
+        for f in fractions:
+            key = detection.fraction_key(f)
+            s[f"found@{key}"] = list(detection.mean_spread([r["found"][key] for r in rows]))
+        fix_rows = [fx for r in rows for fx in (r["fix"] or [])]
+        for f in fractions:
+            key = detection.fraction_key(f)
+            at = [fx for fx in fix_rows if fx["fraction"] == f]
+            if at:
+                s[f"accuracy@{key}"] = list(
+                    detection.mean_spread([_nan(fx["test_accuracy"]) for fx in at])
+                )
+                s[f"loss@{key}"] = list(detection.mean_spread([fx["test_loss"] for fx in at]))
+        summary[name] = s
+    return summary
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def format_table(evaluation: Evaluation) -> str:
+    """The summary as a plain-text table: one row per ranking, ``mean ± spread`` cells."""
+    fr = evaluation.args.fractions
+    keys = [detection.fraction_key(f) for f in fr]
+    seeds = ",".join(str(s) for s in evaluation.args.seeds)
+    n_faults = [r["n_faults"] for r in evaluation.results if r["ranking"] == "random"]
+    head = (
+        f"evaluation {evaluation.id}: {evaluation.args.faults.label()}, seeds {seeds}, "
+        f"{n_faults[0] if n_faults else 0} faults of {evaluation.results[0]['n_train']} "
+        "training points (first seed)"
+    )
+    cols = ["AUROC", "AP", *(f"found@{f:.0%}" for f in fr)]
+    lines = [head, f"{'ranking':<16}" + "".join(f"{c:>17}" for c in cols)]
+    for name in RANKINGS:
+        s = evaluation.summary[name]
+        cells = [s["auroc"], s["average_precision"], *(s[f"found@{key}"] for key in keys)]
+        lines.append(f"{name:<16}" + "".join(f"{_pm(c):>17}" for c in cells))
+    if any(f"accuracy@{key}" in evaluation.summary["combined"] for key in keys):
+        lines.append("")
+        lines.append("fix experiment: faults among the top k restored, model retrained")
+        lines.append(f"{'checked':<10}{'ranking':<11}{'test accuracy':>19}{'test loss':>19}")
+        for f, key in zip(fr, keys, strict=True):
+            for name in FIX_RANKINGS:
+                s = evaluation.summary[name]
+                if f"accuracy@{key}" in s:
+                    lines.append(
+                        f"{f:<10.0%}{name:<11}{_pm(s[f'accuracy@{key}']):>19}{_pm(s[f'loss@{key}']):>19}"
+                    )
+        first = next(r["fix"][0] for r in evaluation.results if r["fix"])
+        lines.append(
+            f"(first seed: faulty model {_num(first['faulty_test_accuracy'])} accuracy, "
+            f"{first['faulty_test_loss']:.4f} loss; clean {_num(first['clean_test_accuracy'])}, "
+            f"{first['clean_test_loss']:.4f})"
+        )
+    return "\n".join(lines)
+
+
+def _pm(pair: list[float]) -> str:
+    mean, spread = pair
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.4f} ± {spread:.4f}"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def evaluation_dict(evaluation: Evaluation) -> dict:
+    """A JSON-ready dict of the evaluation (without the curves)."""
+    return {
+        "id": evaluation.id,
+        "args": asdict(evaluation.args),
+        "summary": evaluation.summary,
+        "timings": evaluation.timings,
+    }

@@ -1,0 +1,275 @@
+"""Whether influence is well-posed at the fit: two cheap checks of the damped Hessian.
+
+Influence needs ``A = H + (weight_decay + damping) I`` to be safely invertible at an optimum
+of the risk. Two ways it is not, both measured on every scan whatever the solver:
+
+1. **Nearly singular A.** Its condition number ``lambda_max / lambda_min`` is at least
+   :data:`ILL_CONDITIONED`. Scores then follow A's flattest directions, where the fit and
+   the float32 solve are least accurate (``cond(A) * 6e-8`` relative at best).
+2. **No optimum.** With separable classes and no weight decay the risk has no minimum: the
+   fit stops where the gradient is small only because the curvature is as small, and
+   H is about 0 everywhere, however well conditioned. The share of the risk ``R`` that one
+   exact line-search step along the gradient ``g`` would still remove on the quadratic
+   model, ``|g|^2 / (2 (u^T H_R u) R)`` (``u = g / |g|``, ``H_R = A - damping I`` the risk's
+   own Hessian), does not depend on the scale of the loss or of the parameters and is at
+   most the Newton decrement's estimate of ``R - min R`` over ``R``. At an optimum it is
+   about ``grad_tol^2 / (2 lambda R)`` (below 1e-7 on every healthy setting measured); at
+   least :data:`NOT_AN_OPTIMUM` the fit is not at one. Damping does not change it:
+   it changes the solve, not the fit.
+
+The extreme eigenvalues come from Lanczos (:data:`LANCZOS_STEPS` steps, full
+reorthogonalisation) started from a random combination of the training gradients, the
+directions influence uses (pair scores and self-influences live in their span). Rounding
+may bring in others, but not reliably: without the factor (below), a singular direction
+outside the span, such as a duplicated feature column's, can go unseen (a regression with
+one: condition number 1.9 after 3 steps, while ``--solver exact`` refuses its A);
+``lambda_max`` from Lanczos on ``A``, ``lambda_min`` from Lanczos on ``A^{-1}`` through the
+Cholesky factor when the scan already holds one (``--solver exact``, or the ranking's
+self-influences from the factor: the default for every model with a closed-form Hessian up
+to 20,000 parameters), and otherwise (CG or LiSSA on an MLP, a CNN with ``--params all``,
+more parameters, or ``--self-influence same``) from Lanczos on ``A`` too, which only bounds
+it from above (the condition number from below: a warning is then never false, but may be
+missed). Cost: 11 to 25 ms per scan on the benchmark's logistic regression and CNN.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import torch
+
+from auditor.influence.hessian import HessianOperator
+
+#: Condition number of A at and above which a run is warned. The healthy settings of
+#: benchmarks/detection.py reach at most 8.3e3 (10-class CNN, 30% class flips; 1-vs-7
+#: logistic regression at most 1.7e2); 1-vs-7 with 10% flips reaches 1.1e5 at weight
+#: decay 1e-6 (harmfulness AUROC 0.79 against 0.997 at 1e-3) and 5e7 or more without.
+ILL_CONDITIONED = 1e5
+#: Condition number the damping advice aims at (a factor 100 below the warning).
+TARGET_CONDITION = 1e3
+#: Share of the risk a gradient step would still remove at and above which the fit is not
+#: at an optimum. Healthy settings measure 1e-11 to 1e-7; separable data without weight
+#: decay 0.03 to 0.5 (MNIST 1-vs-7, toys).
+NOT_AN_OPTIMUM = 1e-3
+#: Weight decay advised when the fit has no optimum and the weight decay is below it.
+ADVISED_WEIGHT_DECAY = 0.01
+#: Lanczos steps for each extreme eigenvalue.
+LANCZOS_STEPS = 30
+
+Matvec = Callable[[torch.Tensor], torch.Tensor]
+
+
+def lanczos_extremes(
+    matvec: Matvec, start: torch.Tensor, steps: int = LANCZOS_STEPS, breakdown: float = 1e-12
+):
+    """The smallest and largest Ritz values of the symmetric operator ``matvec`` after
+    ``steps`` Lanczos steps from ``start`` ``(p,)`` (fewer once the Krylov space closes:
+    a new direction shorter than ``breakdown`` times the largest Ritz value so far, the
+    operator's own rounding), and the steps taken. Vectors are kept in float64 and fully
+    reorthogonalised; ``matvec`` takes and returns ``(p, 1)`` float64 columns. The Ritz
+    values lie inside the spectrum (restricted to the Krylov space of ``start``): the
+    smallest bounds the smallest eigenvalue from above, the largest the largest from below,
+    and the largest converges within a few steps."""
+    q = start.detach().to(torch.float64).reshape(-1, 1)
+    steps = min(steps, q.shape[0])
+    basis = q.new_empty(q.shape[0], steps)  # orthonormal Lanczos vectors, by column
+    basis[:, :1] = q / q.norm()
+    alphas: list[float] = []
+    betas: list[float] = []
+    for step in range(steps):
+        current = basis[:, step : step + 1]
+        w = matvec(current)
+        alphas.append(float((current * w).sum()))
+        known = basis[:, : step + 1]
+        for _ in range(2):  # twice is enough (Kahan, Parlett)
+            w = w - known @ (known.T @ w)
+        beta = float(w.norm())
+        if step == steps - 1 or not beta > breakdown * max(abs(a) for a in alphas):
+            break
+        betas.append(beta)
+        basis[:, step + 1 : step + 2] = w / beta
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if betas:
+        off = torch.tensor(betas, dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    ritz = torch.linalg.eigvalsh(t)
+    return float(ritz[0]), float(ritz[-1]), len(alphas)
+
+
+def float64_matvec(op: HessianOperator) -> Matvec:
+    """``A v`` as :func:`lanczos_extremes` takes it: ``v`` ``(p, 1)`` in float64, applied in
+    the parameters' dtype, returned in float64."""
+    return lambda v: op.matvec(v.to(op.theta.dtype)).to(torch.float64)
+
+
+def extreme_eigenvalues(
+    op: HessianOperator, start: torch.Tensor, steps: int = LANCZOS_STEPS
+) -> dict:
+    """``lambda_min``, ``lambda_max`` and ``condition`` of ``A`` (``None`` when ``lambda_min``
+    is not positive: singular or indefinite; JSON, which the run is stored as, has no
+    infinity) from Lanczos started at ``start`` ``(p,)``, with ``method``: ``factor``
+    (``lambda_min`` through the cached Cholesky factor) or ``lanczos`` (an upper bound)."""
+    low, high, taken = lanczos_extremes(float64_matvec(op), start, steps, _rounding(op.theta.dtype))
+    factor = op.cached_cholesky()
+    method = "lanczos"
+    if factor is not None:
+
+        def a_inverse_times(v: torch.Tensor) -> torch.Tensor:
+            return torch.cholesky_solve(v.to(factor.dtype), factor).to(torch.float64)
+
+        _, inverse_high, inverse_taken = lanczos_extremes(
+            a_inverse_times, start, steps, _rounding(factor.dtype)
+        )
+        taken += inverse_taken
+        if inverse_high > 0:
+            low, method = 1.0 / inverse_high, "factor"
+    condition = high / low if low > 0 and high > 0 else None
+    return {
+        "lambda_min": _finite(low),
+        "lambda_max": _finite(high),
+        "condition": condition,
+        "method": method,
+        "steps": taken,
+    }
+
+
+def relative_decrease(op: HessianOperator, grad: torch.Tensor, risk: float) -> float | None:
+    """The share of the risk ``risk`` that an exact line-search step along the gradient
+    ``grad`` ``(p,)`` would still remove on the quadratic model (module docstring); 0 for
+    a zero gradient or risk, ``None`` when the curvature along the gradient is not positive
+    (the condition number and the solvers report an indefinite Hessian)."""
+    g = grad.detach().to(torch.float64)
+    norm = float(g.norm())
+    if norm == 0 or not risk > 0:
+        return 0.0
+    u = (g / norm).reshape(-1, 1)
+    curvature = float((u * float64_matvec(op)(u)).sum())
+    curvature -= op.damping  # the risk's own Hessian: damping changes the solve, not the fit
+    if not curvature > 0:
+        return None
+    return norm**2 / (2 * curvature * risk)
+
+
+def risk_gradient(train_grads: torch.Tensor, theta: torch.Tensor, weight_decay: float):
+    """``grad R = mean_i grad L_i + weight_decay * theta`` ``(p,)`` in float64, from the
+    per-example gradients ``(n, p)`` the scan holds anyway (summed in blocks, in float64:
+    at an optimum the mean is many orders of magnitude below the terms)."""
+    total = torch.zeros(theta.shape[0], dtype=torch.float64, device=theta.device)
+    for start in range(0, train_grads.shape[0], 256):
+        total += train_grads[start : start + 256].to(torch.float64).sum(dim=0)
+    return total / max(train_grads.shape[0], 1) + weight_decay * theta.to(torch.float64)
+
+
+def check_conditioning(
+    op: HessianOperator,
+    train_grads: torch.Tensor,
+    risk: float,
+    seed: int = 0,
+    task: str = "classification",
+) -> dict:
+    """What the run stores under ``solver.conditioning``: the extreme eigenvalues and
+    condition number of ``A``, the share of the risk a gradient step would still remove
+    (classification only, ``None`` for regression: a squared loss is bounded below by a
+    quadratic, so its risk has a minimum, and a risk near 0 there, a noiseless target, is
+    an optimum whose share is rounding over rounding), what they were measured with and
+    the seconds it took."""
+    start_time = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    weights = torch.randn(train_grads.shape[0], generator=gen, dtype=train_grads.dtype)
+    start = (train_grads.T @ weights.to(train_grads.device)).to(torch.float64)
+    if not float(start.norm()) > 0:  # every gradient is 0: any direction will do
+        start = torch.randn(op.p, generator=gen, dtype=torch.float64).to(train_grads.device)
+    record = extreme_eigenvalues(op, start)
+    grad = risk_gradient(train_grads, op.theta, op.weight_decay)
+    record.update(
+        decrease=relative_decrease(op, grad, risk) if task == "classification" else None,
+        risk=risk,
+        theta_norm=float(op.theta.norm()),
+        weight_decay=op.weight_decay,
+        damping=op.damping,
+        seconds=time.perf_counter() - start_time,
+    )
+    return record
+
+
+def conditioning_warnings(c: dict | None) -> list[str]:
+    """One line per check that failed, saying what is wrong and which option fixes it.
+    Without an optimum only weight decay helps (damping changes the solve, not the fit),
+    so the condition number's advice then names weight decay alone."""
+    if not c:
+        return []
+    lo, hi, wd, damping = c["lambda_min"], c["lambda_max"], c["weight_decay"], c["damping"]
+    if lo is None or hi is None:  # the operator gave non-finite values: the solve says so
+        return []
+    decrease = c.get("decrease")
+    no_optimum = decrease is not None and decrease >= NOT_AN_OPTIMUM
+    advised = max(ADVISED_WEIGHT_DECAY, 10 * wd)
+    warnings = []
+    condition = c["condition"]
+    if condition is None or condition >= ILL_CONDITIONED:
+        if condition is not None:
+            what = f"nearly singular (condition number {condition:.2g}: λ_min {lo:.2g}"
+        else:
+            what = f"singular or indefinite (λ_min {lo:.2g}"
+        if no_optimum:
+            advice = f"--weight-decay ≥ {max(advised, advised_shift(lo, hi, wd)):g}"
+        else:
+            advice = (
+                f"--damping ≥ {advised_shift(lo, hi, damping):g} (keeps the fit) or "
+                f"--weight-decay ≥ {advised_shift(lo, hi, wd):g} (refits)"
+            )
+        warnings.append(
+            f"the Hessian is {what}, λ_max {hi:.2g}, with --weight-decay {wd:g} and "
+            f"--damping {damping:g}): influence scores are dominated by noise; use {advice}"
+        )
+    if no_optimum:
+        warnings.append(
+            f"the fit is not at an optimum and the Hessian there is nearly zero (λ_max "
+            f"{hi - damping:.2g}, |θ| {c['theta_norm']:.3g}): a step along the gradient would still "
+            f"remove {100 * min(decrease, 1.0):.2g}% of the risk {c['risk']:.2g}, as with "
+            f"separable classes and --weight-decay {wd:g}, so influence scores are noise; "
+            f"use --weight-decay ≥ {advised:g}"
+        )
+    return warnings
+
+
+def advised_shift(lo: float, hi: float, current: float) -> float:
+    """``current`` damping (or weight decay) plus the shift ``s`` that gives ``A``, with
+    extreme eigenvalues ``lo`` and ``hi`` (``lo`` may be 0 or negative), the condition
+    number ``(hi + s) / (lo + s)`` = :data:`TARGET_CONDITION`, rounded up to one digit.
+    Merely positive definite is not enough: influence would still follow A's flattest
+    directions (:data:`ILL_CONDITIONED`)."""
+    extra = max(hi - TARGET_CONDITION * lo, 0.0) / (TARGET_CONDITION - 1)
+    return _round_up(current + extra)
+
+
+def not_positive_definite(lo: float, hi: float, damping: float, bound: bool = False) -> str:
+    """The solvers' error when ``A`` (extreme eigenvalues ``lo`` <= 0 and ``hi``; with
+    ``bound``, ``lo`` is only known from above) cannot be inverted: the damping that makes
+    it well conditioned, and weight decay for a fit without an optimum (separable
+    classes), which damping cannot give one."""
+    return (
+        f"the Hessian is not positive definite (smallest eigenvalue "
+        f"{'at most ' if bound else ''}{lo:.3g}, largest "
+        f"{hi:.3g}); raise --damping to at least {advised_shift(lo, hi, damping):g} "
+        "(keeps the fit) or --weight-decay (refits; the only fix when the classes are "
+        "separable and the fit has no optimum)"
+    )
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _rounding(dtype: torch.dtype) -> float:
+    return 10 * torch.finfo(dtype).eps
+
+
+def _round_up(value: float) -> float:
+    """``value`` rounded up to one significant digit (``1.1e-4`` -> ``2e-4``)."""
+    if not value > 0:
+        return 0.0
+    unit = 10.0 ** math.floor(math.log10(value))
+    return math.ceil(value / unit * (1 - 1e-12)) * unit

@@ -1,0 +1,58 @@
+"""Inverse-Hessian-vector products for many right-hand sides at once.
+
+Every solver takes a :class:`~auditor.influence.hessian.HessianOperator` ``A`` and a matrix ``V``
+``(p, m)`` whose columns are gradients, and returns ``A^{-1} V`` ``(p, m)`` with
+:class:`SolveDiagnostics`. Adding a solver means one file here and one line in ``SOLVERS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from auditor.config import SolverArgs
+from auditor.influence.hessian import HessianOperator
+from auditor.influence.solvers.base import SolveDiagnostics
+from auditor.influence.solvers.cg import cg_ihvp
+from auditor.influence.solvers.exact import exact_ihvp
+from auditor.influence.solvers.lissa import lissa_ihvp
+
+SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolveDiagnostics]]] = {
+    "lissa": lissa_ihvp,
+    "exact": exact_ihvp,
+    "cg": cg_ihvp,
+}
+
+
+def solve(
+    op: HessianOperator, v: torch.Tensor, args: SolverArgs
+) -> tuple[torch.Tensor, SolveDiagnostics]:
+    """``A^{-1} V`` with the solver named in ``args.solver``.
+
+    ``V`` without columns (``(p, 0)``: a rank whose share of the points is empty) gives an
+    empty ``(p, 0)`` result, converged in 0 iterations; the solvers need at least one.
+    """
+    if v.shape[1] == 0:
+        empty = SolveDiagnostics(
+            solver=args.solver,
+            converged=True,
+            residual_max=0.0,
+            residual_mean=0.0,
+            iterations=0,
+            seconds=0.0,
+            tol=args.tol,
+        )
+        return v.new_zeros((op.p, 0)), empty
+    return SOLVERS[args.solver](op, v, args)
+
+
+__all__ = [
+    "SOLVERS",
+    "SolveDiagnostics",
+    "SolverArgs",
+    "solve",
+    "cg_ihvp",
+    "exact_ihvp",
+    "lissa_ihvp",
+]

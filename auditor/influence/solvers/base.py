@@ -1,0 +1,46 @@
+"""Solver settings and diagnostics, shared by every solver."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from auditor.config import SolverArgs
+
+__all__ = ["SolveDiagnostics", "SolverArgs", "TOL_SLACK", "within_tol"]
+
+
+@dataclass
+class SolveDiagnostics:
+    """What a solve did and how well it converged.
+
+    Attributes:
+        residual_max / residual_mean: relative residual ``||A s - v|| / ||v||`` over columns,
+            measured with the full-data Hessian after the solve.
+        history: ``[step, max relative residual]`` pairs recorded while iterating.
+        reached_tol: CG only: its iteration met the tolerance (by the residual it updates),
+            so a true residual above ``tol`` is rounding, not too few steps.
+    """
+
+    solver: str
+    converged: bool
+    residual_max: float
+    residual_mean: float
+    iterations: int
+    seconds: float
+    tol: float
+    scale: float | None = None
+    lambda_max: float | None = None
+    history: list[list[float]] = field(default_factory=list)
+    reached_tol: bool | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: Slack on ``tol`` for float rounding in the residual measured after a solve.
+TOL_SLACK = 1.01
+
+
+def within_tol(residual, tol: float) -> bool:
+    """Whether every column's measured relative residual ``(m,)`` is within ``tol``."""
+    return bool(residual.max() <= tol * TOL_SLACK)

@@ -1,0 +1,102 @@
+"""The model seam: a :class:`ModelTask` is all the influence machinery knows of a model.
+
+A :class:`ModelTask` maps a flat parameter vector ``theta`` of shape ``(p,)`` and features
+``x`` of shape ``(n, d)`` to outputs ``(n, k)`` and per-example losses ``(n,)``. Everything
+downstream (fitting, gradients, Hessians, solvers) works on ``theta`` alone, so adding a
+model is one file in this package and one line in its registry.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from auditor.data import Task
+
+
+class ModelTask(ABC):
+    """A model's forward pass and per-example loss over a flat parameter vector."""
+
+    name: str
+    n_params: int
+
+    def __init__(self, n_features: int, n_outputs: int) -> None:
+        self.n_features = n_features
+        self.n_outputs = n_outputs
+
+    def init_params(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """Starting parameters ``(p,)``; zeros suit the convex models."""
+        return torch.zeros(self.n_params, dtype=dtype)
+
+    @abstractmethod
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs ``(n, k)`` (values, logits) for features ``x`` ``(n, d)``."""
+
+    @abstractmethod
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example loss ``(n,)`` from outputs ``(n, k)`` and targets ``(n,)``."""
+
+    @abstractmethod
+    def predict(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions ``(n,)`` and the probability of each prediction ``(n,)`` (NaN for
+        regression)."""
+
+    def example_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of one example: ``x`` ``(d,)``, ``y`` scalar -> scalar (for ``vmap(grad)``)."""
+        return self.loss(self.outputs(theta, x[None]), y[None])[0]
+
+    def hvp(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor):
+        """Hessian of the mean loss over ``(x, y)`` times ``v`` ``(p, m)``, or ``None`` when the
+        model has no closed form (autograd is used then)."""
+        return None
+
+    def loss_hessian(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+        """Hessian ``(p, p)`` of the mean loss over ``(x, y)``, or ``None`` without a closed
+        form."""
+        return None
+
+    @property
+    def has_closed_form_hessian(self) -> bool:
+        """Whether :meth:`loss_hessian` is implemented (cheap dense Hessians)."""
+        return type(self).loss_hessian is not ModelTask.loss_hessian
+
+    def pretrain(self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int):
+        """Starting point ``(p,)`` of the L-BFGS fit from minibatch training, or ``None``
+        (the default) to start from :meth:`init_params`. Deep models override it."""
+        return None
+
+    def fitted_state(self, theta: torch.Tensor) -> torch.Tensor:
+        """Everything a fit determined, as one vector: the run stores it and torchrun
+        ranks receive it. ``theta`` itself, unless the model keeps fitted state outside
+        it (the CNN's frozen body and input scale)."""
+        return theta
+
+    def load_fitted_state(self, state: torch.Tensor) -> torch.Tensor | None:
+        """Adopt a :meth:`fitted_state` vector and return ``theta`` ``(p,)``, or ``None``
+        when ``state`` does not belong to this model (then fit again)."""
+        return state if state.numel() == self.n_params else None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model builder needs to know of the data and the options.
+
+    Attributes:
+        task: ``classification`` or ``regression``.
+        n_features: Features per point ``d``.
+        n_classes: Classes ``k`` (1 for regression).
+        hidden: Hidden units (MLP, CNN).
+        image_shape: ``(C, H, W)`` of image data, else ``None``.
+        params: Parameters influence is taken over (``last`` or ``all``; CNN).
+        epochs: Adam epochs before the polish (CNN).
+    """
+
+    task: Task
+    n_features: int
+    n_classes: int
+    hidden: int = 32
+    image_shape: tuple[int, ...] | None = None
+    params: str = "last"
+    epochs: int = 8

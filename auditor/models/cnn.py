@@ -1,0 +1,231 @@
+"""A small convolutional network for images, as a :class:`~auditor.models.ModelTask`.
+
+Architecture (smooth everywhere, so the Hessian exists): ``conv 5x5 (c1) -> tanh ->
+avg-pool 2 -> conv 5x5 (c2) -> tanh -> avg-pool 2 -> linear (hidden) -> tanh -> linear
+(k logits, or 1 for two classes)``. It is trained by minibatch Adam on the same L2-
+regularised risk as every other model (:meth:`CNN.pretrain`), then the parameters that
+influence is taken over are polished by L-BFGS to a true optimum.
+
+``params`` chooses those parameters:
+
+- ``last``: only the final linear layer. The body is frozen after training, the head is a
+  (binary or multinomial) logistic regression on the body's embeddings: convex, with a
+  closed-form Hessian, so the exact solver applies. Fast; the default.
+- ``all``: every weight. The Hessian comes from autograd and may be indefinite away from
+  an optimum (add ``--damping``); use ``--solver cg`` or ``lissa``. Costly: for small data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from auditor.errors import ConfigError
+from auditor.models.base import ModelSpec, ModelTask
+from auditor.models.fit import risk
+from auditor.models.glm import BinaryLogistic, MultinomialLogistic
+
+PARAM_CHOICES = ("all", "last")
+
+
+class CNN(ModelTask):
+    """Two conv + pooling layers, a hidden linear layer and a linear head.
+
+    Args:
+        image_shape: ``(C, H, W)`` of the images; features ``(n, C*H*W)`` are reshaped to it.
+        n_outputs: Number of classes.
+        params: ``last`` or ``all`` (see the module docstring).
+        channels: Output channels of the two conv layers.
+        hidden: Units of the hidden linear layer (the embedding the head sees).
+        epochs: Adam epochs of :meth:`pretrain`.
+    """
+
+    name = "cnn"
+    batch_size = 64
+    lr = 2e-3
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        n_outputs: int,
+        params: str = "last",
+        channels: tuple[int, int] = (16, 32),
+        hidden: int = 64,
+        epochs: int = 8,
+    ) -> None:
+        c, h, w = image_shape
+        super().__init__(c * h * w, n_outputs)
+        if params not in PARAM_CHOICES:
+            raise ConfigError(f"--params must be all or last, got {params!r}")
+        side_h, side_w = ((h - 4) // 2 - 4) // 2, ((w - 4) // 2 - 4) // 2
+        if side_h < 1 or side_w < 1:
+            raise ConfigError(f"--model cnn needs images of at least 16x16, got {h}x{w}")
+        self.image_shape = (c, h, w)
+        self.params = params
+        self.epochs = epochs
+        self.hidden = hidden
+        c1, c2 = channels
+        self.shapes = {
+            "conv1.w": (c1, c, 5, 5),
+            "conv1.b": (c1,),
+            "conv2.w": (c2, c1, 5, 5),
+            "conv2.b": (c2,),
+            "fc.w": (c2 * side_h * side_w, hidden),
+            "fc.b": (hidden,),
+        }
+        self.n_body = sum(math.prod(s) for s in self.shapes.values())
+        self.head = (
+            BinaryLogistic(hidden) if n_outputs == 2 else MultinomialLogistic(hidden, n_outputs)
+        )
+        self.n_head = self.head.n_params
+        self.n_params = self.n_head if params == "last" else self.n_body + self.n_head
+        self.input_scale = 1.0
+        self.body_theta: torch.Tensor | None = None  # the frozen body of ``params="last"``
+        self._cache: tuple | None = None
+
+    @property
+    def max_polish_iter(self) -> int:
+        """Most L-BFGS iterations (full-batch passes are costly for the whole network)."""
+        return 100 if self.params == "all" else 10_000
+
+    # --- the network -------------------------------------------------------------------
+    def embed(self, body: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Hidden activations ``(n, hidden)`` of features ``x`` ``(n, d)`` under the body
+        parameters ``body`` ``(n_body,)``."""
+        p = dict(
+            zip(
+                self.shapes,
+                torch.split(body, [math.prod(s) for s in self.shapes.values()]),
+                strict=True,
+            )
+        )
+        p = {k: v.reshape(self.shapes[k]) for k, v in p.items()}
+        a = (x * self.input_scale).reshape(x.shape[0], *self.image_shape)
+        a = F.avg_pool2d(torch.tanh(F.conv2d(a, p["conv1.w"], p["conv1.b"])), 2)
+        a = F.avg_pool2d(torch.tanh(F.conv2d(a, p["conv2.w"], p["conv2.b"])), 2)
+        return torch.tanh(a.flatten(1) @ p["fc.w"] + p["fc.b"])
+
+    def _split(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.params == "all":
+            return theta[: self.n_body], theta[self.n_body :]
+        if self.body_theta is None:
+            raise RuntimeError("the CNN's body is not trained yet: call pretrain first")
+        return self.body_theta.to(theta.dtype), theta
+
+    def outputs(self, theta, x):
+        body, head = self._split(theta)
+        return self.head.outputs(
+            head, self._frozen_embed(body, x) if self.params == "last" else self.embed(body, x)
+        )
+
+    def _frozen_embed(self, body: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings under the frozen body, remembered for the last ``x`` seen: the L-BFGS
+        polish and the solvers pass the same training tensor again and again."""
+        cached = self._cache
+        if cached is not None and cached[0] is x and cached[1] is self.body_theta:
+            return cached[2]
+        with torch.no_grad():
+            z = self.embed(body, x)
+        if not torch._C._functorch.is_batchedtensor(x):
+            self._cache = (x, self.body_theta, z)
+        return z
+
+    def loss(self, outputs, y):
+        return self.head.loss(outputs, y)
+
+    def predict(self, outputs):
+        return self.head.predict(outputs)
+
+    # --- closed forms when only the head counts ----------------------------------------
+    def hvp(self, theta, x, y, v):
+        if self.params == "all":
+            return None
+        return self.head.hvp(theta, self._frozen_embed(self.body_theta.to(theta.dtype), x), y, v)
+
+    def loss_hessian(self, theta, x, y):
+        if self.params == "all":
+            return None
+        z = self._frozen_embed(self.body_theta.to(theta.dtype), x)
+        return self.head.loss_hessian(theta, z, y)
+
+    # --- training ----------------------------------------------------------------------
+    def _init_body_and_head(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """Random starting parameters of the whole network ``(n_body + n_head,)``."""
+        parts = []
+        for key, shape in self.shapes.items():
+            if key.endswith(".b"):
+                parts.append(torch.zeros(math.prod(shape), dtype=dtype))
+            else:
+                fan_in = math.prod(shape[1:]) if key.startswith("conv") else shape[0]
+                parts.append(
+                    torch.randn(math.prod(shape), generator=generator, dtype=dtype)
+                    / math.sqrt(fan_in)
+                )
+        head = torch.randn(self.n_head, generator=generator, dtype=dtype) / math.sqrt(self.hidden)
+        return torch.cat([*parts, head])
+
+    @property
+    def has_closed_form_hessian(self) -> bool:
+        """Only the head's Hessian has a closed form (``params="last"``)."""
+        return self.params == "last"
+
+    def fitted_state(self, theta: torch.Tensor) -> torch.Tensor:
+        """``[input_scale, body (params="last" only), theta]``: a resumed run or another
+        rank rebuilds the same network from it."""
+        body = self.body_theta if self.params == "last" else theta[:0]
+        return torch.cat([theta.new_tensor([self.input_scale]), body.to(theta), theta])
+
+    def load_fitted_state(self, state: torch.Tensor) -> torch.Tensor | None:
+        body = self.n_body if self.params == "last" else 0
+        if state.numel() != 1 + body + self.n_params:
+            return None
+        self.input_scale = float(state[0])
+        if body:
+            self.body_theta = state[1 : 1 + body].clone()
+        return state[1 + body :].clone()
+
+    def pretrain(
+        self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int
+    ) -> torch.Tensor:
+        """Train the whole network by minibatch Adam on the regularised risk; return the
+        starting point ``(p,)`` of the L-BFGS polish (the head only for ``params="last"``,
+        whose body is frozen here)."""
+        gen = torch.Generator().manual_seed(seed)
+        std = float(x.std())
+        # rounded to the data's dtype, in which it scales them anyway: the stored state
+        # (in that dtype) then rebuilds the network bit for bit
+        self.input_scale = float(torch.tensor(1.0 / std if std > 0 else 1.0, dtype=x.dtype))
+        theta = self._init_body_and_head(gen, x.dtype).to(x.device).requires_grad_(True)
+        saved, self.params = self.params, "all"
+        optimizer = torch.optim.Adam([theta], lr=self.lr)
+        n = x.shape[0]
+        steps = self.epochs * math.ceil(n / self.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        try:
+            for _ in range(self.epochs):
+                order = torch.randperm(n, generator=gen).to(x.device)
+                for start in range(0, n, self.batch_size):
+                    b = order[start : start + self.batch_size]
+                    optimizer.zero_grad()
+                    risk(self, theta, x[b], y[b], weight_decay).backward()
+                    optimizer.step()
+                    schedule.step()
+        finally:
+            self.params = saved
+        theta = theta.detach()
+        if self.params == "last":
+            self.body_theta = theta[: self.n_body].clone()
+            return theta[self.n_body :].clone()
+        return theta
+
+
+def build_cnn(spec: ModelSpec) -> ModelTask:
+    """The CNN for labelled images of ``spec.image_shape``."""
+    if spec.task != "classification" or spec.image_shape is None:
+        raise ConfigError("--model cnn needs labelled images (idx, image folder, image NPZ)")
+    c, h, w = spec.image_shape
+    return CNN(
+        (c, h, w), spec.n_classes, params=spec.params, hidden=spec.hidden, epochs=spec.epochs
+    )

@@ -1,0 +1,109 @@
+"""Fit a model to the regularised empirical risk and record how close it got to an optimum.
+
+R(theta) = mean_i L(z_i, theta) + (weight_decay / 2) * ||theta||^2. Influence functions
+assume grad R = 0, so the final gradient norm is recorded and checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from auditor.errors import SolverError
+from auditor.models.base import ModelTask
+
+
+@dataclass
+class FitResult:
+    """The fitted parameters ``theta`` ``(p,)`` and how the fit ended."""
+
+    theta: torch.Tensor
+    risk: float
+    grad_norm: float
+    iterations: int
+    converged: bool
+
+
+def risk(
+    model: ModelTask, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weight_decay: float
+) -> torch.Tensor:
+    """Regularised empirical risk (scalar) over ``x`` ``(n, d)`` and ``y`` ``(n,)``."""
+    return model.loss(model.outputs(theta, x), y).mean() + 0.5 * weight_decay * theta.dot(theta)
+
+
+def fit(
+    model: ModelTask,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight_decay: float,
+    *,
+    seed: int = 0,
+    max_iter: int = 2000,
+    grad_tol: float = 1e-5,
+    theta0: torch.Tensor | None = None,
+) -> FitResult:
+    """Minimise the risk with full-batch L-BFGS (strong Wolfe line search).
+
+    Args:
+        model: The model.
+        x: ``(n, d)`` features.
+        y: ``(n,)`` targets.
+        weight_decay: L2 coefficient (lambda above).
+        seed: Seeds the starting point of non-convex models (and their minibatch
+            :meth:`~auditor.models.ModelTask.pretrain`, run first when ``theta0`` is None).
+        max_iter: Most L-BFGS iterations.
+        grad_tol: Stop when ``||grad R|| <= grad_tol``; ``converged`` records whether it did.
+        theta0: Optional warm start ``(p,)``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if theta0 is None:
+        theta0 = model.pretrain(x, y, weight_decay, seed)
+    theta = model.init_params(gen, x.dtype).to(x.device) if theta0 is None else theta0.clone()
+    max_iter = min(max_iter, getattr(model, "max_polish_iter", max_iter))
+    theta.requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [theta],
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        tolerance_grad=grad_tol / theta.numel() ** 0.5,  # L-BFGS checks the max-norm
+        tolerance_change=0.0,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = risk(model, theta, x, y, weight_decay)
+        value.backward()
+        return value
+
+    # L-BFGS can stop early on a stalled line search; a restart from there often goes on.
+    try:
+        for _ in range(3):
+            optimizer.step(closure)
+            grad_norm = _grad_norm(model, theta, x, y, weight_decay)
+            if grad_norm <= grad_tol:
+                break
+    except RuntimeError as exc:  # torch refuses a step that overflows float32/float64
+        if "overflow" not in str(exc):
+            raise
+        raise SolverError(
+            f"the fit overflowed ({exc}); the feature or target values are too large: "
+            "scale them, or use --dtype float64"
+        ) from None
+    theta = theta.detach()
+    iterations = optimizer.state[optimizer._params[0]].get("n_iter", 0)
+    return FitResult(
+        theta=theta,
+        risk=float(risk(model, theta, x, y, weight_decay)),
+        grad_norm=grad_norm,
+        iterations=int(iterations),
+        converged=grad_norm <= grad_tol,
+    )
+
+
+def _grad_norm(model, theta, x, y, weight_decay) -> float:
+    t = theta.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(risk(model, t, x, y, weight_decay), t)
+    return float(g.norm())

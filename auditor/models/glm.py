@@ -1,0 +1,153 @@
+"""Generalised linear models: linear regression, binary and multinomial logistic
+regression, with their Hessian and Hessian-vector products in closed form (much faster
+than autograd)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from auditor.errors import ConfigError
+from auditor.models.base import ModelSpec, ModelTask
+
+
+def _with_bias(x: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
+
+
+class _GeneralizedLinear(ModelTask):
+    """One linear output ``w.x + b``; ``theta = [w, b]``. The loss Hessian is
+    ``X~^T diag(c) X~ / n`` with the per-example curvature ``c`` of the subclass."""
+
+    def __init__(self, n_features: int, n_outputs: int) -> None:
+        super().__init__(n_features, n_outputs)
+        self.n_params = n_features + 1
+
+    def outputs(self, theta, x):
+        return x @ theta[:-1, None] + theta[-1]
+
+    def _curvature(self, theta, x) -> torch.Tensor:
+        """Second derivative of the loss in the output, per example: ``(n,)``."""
+        return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+
+    def hvp(self, theta, x, y, v):
+        xb = _with_bias(x)
+        return xb.T @ (self._curvature(theta, x)[:, None] * (xb @ v)) / x.shape[0]
+
+    def loss_hessian(self, theta, x, y):
+        xb = _with_bias(x)
+        return (xb * self._curvature(theta, x)[:, None]).T @ xb / x.shape[0]
+
+
+class LinearRegression(_GeneralizedLinear):
+    """``y = w.x + b`` with loss ``(y_hat - y)^2 / 2`` (curvature 1)."""
+
+    name = "linear"
+
+    def __init__(self, n_features: int, n_outputs: int = 1) -> None:
+        super().__init__(n_features, 1)
+
+    def loss(self, outputs, y):
+        return 0.5 * (outputs[:, 0] - y) ** 2
+
+    def predict(self, outputs):
+        return outputs[:, 0], torch.full_like(outputs[:, 0], math.nan)
+
+
+class BinaryLogistic(_GeneralizedLinear):
+    """``p(y=1) = sigmoid(w.x + b)`` with the log loss (curvature ``p (1 - p)``)."""
+
+    name = "logistic"
+
+    def __init__(self, n_features: int, n_outputs: int = 2) -> None:
+        super().__init__(n_features, 2)
+
+    def loss(self, outputs, y):
+        return F.binary_cross_entropy_with_logits(
+            outputs[:, 0], y.to(outputs.dtype), reduction="none"
+        )
+
+    def predict(self, outputs):
+        p1 = torch.sigmoid(outputs[:, 0])
+        pred = (p1 >= 0.5).long()
+        return pred, torch.where(pred == 1, p1, 1 - p1)
+
+    def _curvature(self, theta, x):
+        p1 = torch.sigmoid(self.outputs(theta, x)[:, 0])
+        return p1 * (1 - p1)
+
+
+class MultinomialLogistic(ModelTask):
+    """Softmax regression over ``k`` classes; ``theta`` is the ``(d + 1, k)`` weight matrix
+    (last row the biases) flattened row-major."""
+
+    name = "logistic"
+
+    def __init__(self, n_features: int, n_outputs: int) -> None:
+        super().__init__(n_features, n_outputs)
+        self.n_params = (n_features + 1) * n_outputs
+
+    def _weights(self, theta):
+        return theta.reshape(self.n_features + 1, self.n_outputs)
+
+    def outputs(self, theta, x):
+        w = self._weights(theta)
+        return x @ w[:-1] + w[-1]
+
+    def loss(self, outputs, y):
+        return F.cross_entropy(outputs, y, reduction="none")
+
+    def predict(self, outputs):
+        prob, pred = torch.softmax(outputs, dim=1).max(dim=1)
+        return pred, prob
+
+    def hvp(self, theta, x, y, v):
+        # H v for softmax regression: X^T (S.Z - s (s^T Z)) / n with Z = X V, per column of v.
+        xb = _with_bias(x)
+        k, m = self.n_outputs, v.shape[1]
+        s = torch.softmax(self.outputs(theta, x), dim=1)  # (n, k)
+        vw = v.T.reshape(m, xb.shape[1], k)  # (m, d+1, k)
+        z = torch.einsum("nd,mdk->mnk", xb, vw)  # (m, n, k)
+        mz = s * z - s * (s * z).sum(dim=2, keepdim=True)
+        hv = torch.einsum("nd,mnk->mdk", xb, mz) / x.shape[0]
+        return hv.reshape(m, -1).T
+
+    def loss_hessian(self, theta, x, y):
+        # Block (a, b) of size (d+1)^2 is X^T diag(s_a (delta_ab - s_b)) X / n. The weights
+        # of a row of blocks sum to zero (s sums to one), so the last class's blocks are
+        # minus the sum of the others: k(k-1)/2 products instead of k(k+1)/2.
+        xb = _with_bias(x)
+        n, d1 = xb.shape
+        k = self.n_outputs
+        s = torch.softmax(self.outputs(theta, x), dim=1)
+        h = torch.empty(d1, k, d1, k, dtype=x.dtype, device=x.device)
+        last = k - 1
+        for a in range(last):
+            for b in range(a, last):
+                w = s[:, a] * ((1.0 if a == b else 0.0) - s[:, b])
+                block = (xb * w[:, None]).T @ xb / n
+                h[:, a, :, b] = block
+                h[:, b, :, a] = block.T
+        for a in range(last):
+            h[:, a, :, last] = -h[:, a, :, :last].sum(dim=2)
+            h[:, last, :, a] = h[:, a, :, last].T
+        h[:, last, :, last] = -h[:, last, :, :last].sum(dim=2)
+        return h.reshape(d1 * k, d1 * k)
+
+
+def build_linear(spec: ModelSpec) -> ModelTask:
+    """Least squares on a numeric target."""
+    if spec.task != "regression":
+        raise ConfigError("--model linear is a regression model; the data has class labels")
+    return LinearRegression(spec.n_features)
+
+
+def build_logistic(spec: ModelSpec) -> ModelTask:
+    """Binary logistic regression for two classes, multinomial for more."""
+    if spec.task != "classification":
+        raise ConfigError("--model logistic needs class labels; the data has a numeric target")
+    if spec.n_classes == 2:
+        return BinaryLogistic(spec.n_features)
+    return MultinomialLogistic(spec.n_features, spec.n_classes)

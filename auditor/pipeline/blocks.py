@@ -1,0 +1,142 @@
+"""The test points' blocks: which rank scores which, scoring, and one commit per block.
+
+A scan cuts the test points into blocks of ``--chunk`` (:func:`auditor.pipeline.distributed.test_blocks`);
+each block's pair scores are computed, checked finite and committed in one transaction, so
+an interrupted run holds whole blocks only and a resume scores just the missing ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from auditor.errors import SolverError, StoreError
+from auditor.influence.scores import pair_score_chunks
+from auditor.pipeline.distributed import Block, Comm, missing_runs, shard, test_blocks
+from auditor.pipeline.interrupts import deferred
+from auditor.store import pairs, runs
+
+
+@dataclass
+class BlockPlan:
+    """This rank's share of the test blocks.
+
+    Attributes:
+        done: Test indexes with stored scores when the scan started (a resume).
+        pending: The blocks of all ranks with at least one test point not in ``done``.
+        mine: This rank's blocks, sorted: its share of ``pending`` and, on rank 0, the
+            blocks stored before (read back for harmfulness).
+        to_solve: The blocks of ``mine`` that are pending (solved and scored here).
+    """
+
+    done: set[int]
+    pending: list[Block]
+    mine: list[Block]
+    to_solve: list[Block]
+
+
+def plan_blocks(
+    comm: Comm, engine, run_id: int, n_test: int, chunk: int, resumed: bool
+) -> BlockPlan:
+    """Split the ``n_test`` test points into blocks of ``chunk`` and deal the pending ones
+    out over the ranks; a ``resumed`` run's stored blocks (rank 0 reads which) are done."""
+    done = comm.broadcast(
+        pairs.stored_test_indexes(engine, run_id) if comm.is_root and resumed else set()
+    )
+    blocks = test_blocks(n_test, chunk)
+    pending = [b for b in blocks if not all(j in done for j in range(*b))]
+    mine = shard(pending, comm.rank, comm.world)
+    is_pending = set(pending)
+    if comm.is_root:
+        mine = sorted(mine + [b for b in blocks if b not in is_pending])
+    return BlockPlan(done, pending, mine, [b for b in mine if b in is_pending])
+
+
+def score_and_store(
+    engine, run_id, train_grads, test_ihvps, plan: BlockPlan, phases, progress
+) -> np.ndarray:
+    """Score and commit this rank's blocks (``plan.mine``): the pending ones from
+    ``test_ihvps`` (their columns in order), the others read back. Returns the float64 sum
+    of the scores per training point ``(n,)``.
+
+    Scores and storage are timed apart ("pair_scores" and "storage") so that the
+    benchmark shows where time goes."""
+    harm = np.zeros(train_grads.shape[0], dtype=np.float64)
+    total = sum(j1 - j0 for j0, j1 in plan.mine)
+    scored = 0
+    blocks = score_blocks(engine, run_id, train_grads, test_ihvps, plan.mine, set(plan.to_solve))
+    for j0, scores, fresh in phases.timed_iter("pair_scores", blocks):
+        if fresh:
+            with phases("storage", mark=False):
+                store_block(engine, run_id, plan.done, j0, scores)
+        harm += scores.sum(axis=0, dtype=np.float64)
+        scored += scores.shape[0]
+        progress("pair scores", scored, total)
+    return harm
+
+
+def check_all_stored(engine: Engine, run_id: int, n_test: int) -> None:
+    """Refuse to complete a run with a test point lacking its stored scores."""
+    stored = len(pairs.stored_test_indexes(engine, run_id))
+    if stored != n_test:
+        raise StoreError(
+            f"only {stored} of {n_test} test points have stored scores after every rank "
+            f"finished; run {run_id} is incomplete",
+            run_id,
+        )
+
+
+def score_blocks(
+    engine: Engine,
+    run_id: int,
+    train_grads: torch.Tensor,
+    test_ihvps: torch.Tensor,
+    blocks: list[Block],
+    to_solve: set[Block],
+) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """``(j0, scores, fresh)`` per block ``[j0, j1)`` of ``blocks``: ``scores`` is the
+    ``(c, n_train)`` float32 block, computed from the next ``c`` columns of ``test_ihvps``
+    and checked finite for a block of ``to_solve`` (``fresh``), read back otherwise."""
+    column = 0
+    for j0, j1 in blocks:
+        if (j0, j1) not in to_solve:
+            with deferred():
+                stored = pairs.read_test_range(engine, run_id, j0, j1)
+            yield j0, stored, False
+            continue
+        c = j1 - j0
+        _, block = next(pair_score_chunks(train_grads, test_ihvps, c, start=column))
+        column += c
+        scores = block.to(torch.float32).cpu().numpy()
+        check_finite(scores, f"pair scores of test points {j0}..{j1 - 1}")
+        yield j0, scores, True
+
+
+def store_block(engine: Engine, run_id: int, done: set[int], j0: int, scores: np.ndarray) -> None:
+    """Commit the rows of one block that are not stored yet, in one transaction."""
+    j1 = j0 + scores.shape[0]
+    try:
+        with deferred(), engine.begin() as conn:
+            for k0, k1 in missing_runs(done, j0, j1):
+                pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
+            runs.heartbeat(conn, run_id)
+    except IntegrityError:
+        raise StoreError(
+            f"run {run_id}: scores of test points {j0}..{j1 - 1} appeared while "
+            "this scan computed them; is another scan resuming the same run?"
+        ) from None
+
+
+def check_finite(values: np.ndarray, what: str) -> None:
+    """Refuse to store NaN or infinite scores: fail the run with a clear error instead."""
+    if not np.isfinite(values).all():
+        bad = int((~np.isfinite(values)).sum())
+        raise SolverError(
+            f"{bad} non-finite {what} (NaN, inf or beyond float32's range); none of them was "
+            "stored. Scale the features and targets, or raise --damping or --weight-decay"
+        )

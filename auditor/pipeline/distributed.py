@@ -1,0 +1,325 @@
+"""What is genuinely distributed in a sharded scan: ``torchrun --nproc-per-node N -m auditor scan``.
+
+torchrun starts N processes (ranks) and sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
+``MASTER_ADDR`` and ``MASTER_PORT``. :func:`auditor.pipeline.scan.scan` and
+:func:`auditor.pipeline.scan.resume` are one code path for one process and for N ranks; this module
+holds only what differs between the two: joining the process group (gloo on CPUs, nccl
+with ``--device cuda``, one GPU per local rank), the collectives (:class:`Comm`, the
+identity in one process), the assignment of test blocks and training points to ranks,
+the Hessian computed once on rank 0 and shared (:func:`shared_operator`), and the merge of
+the ranks' solve diagnostics.
+
+The scan, sharded:
+
+1. Rank 0 opens (and migrates) the database first, creates the run, fits the model and
+   stores the fitted parameters and the test points; it broadcasts the run id and the
+   parameters. Every rank loads the data itself.
+2. What the whole solve shares is computed once, on rank 0, and broadcast: the dense loss
+   Hessian when a solve or the self-influences use it, the largest eigenvalue (LiSSA's
+   scale) for ``--solver lissa``.
+3. The test points are cut into the blocks a one-process scan commits (``score_chunk``
+   points each); the blocks still missing go to rank k mod N. Each rank solves the IHVPs
+   of its blocks and the self-influences of its contiguous slice of the training points,
+   scores its blocks against every training point and commits each block in its own
+   transaction.
+4. Every rank sends rank 0 its self-influences and partial harmfulness sums (this is also
+   the barrier). Rank 0 checks that every test point's block is stored, ranks the training
+   points (the refits run on rank 0 alone) and marks the run complete, the last write.
+
+Equality with a one-process scan: every column is solved against the same operator and
+scored in a block of the same shape. With ``--solver exact`` the pair scores equal the
+one-process ones bit for bit (tests/test_distributed.py). CG and LiSSA stop once the worst
+column solved *together* reaches ``--tol``, so a rank's columns may stop a few steps
+earlier or later than in one process: their pair scores agree to about ``cond(A) * tol``
+relative; pass a tight ``--tol`` for near equality. Harmfulness sums each rank's blocks
+first, so with more than two blocks per rank it can differ in the last float64 bits.
+
+A killed rank leaves the run ``running`` (or ``failed``) with some blocks missing;
+``auditor scan --resume RUN`` (under torchrun or not) computes only the missing blocks,
+spread over its own ranks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from sqlalchemy.engine import Engine
+
+from auditor.config import SolverArgs
+from auditor.errors import AuditorError, ConfigError
+from auditor.influence.hessian import HessianOperator
+from auditor.influence.self_influence import self_influence_from_factor
+from auditor.influence.solvers.exact import exact_affordable
+from auditor.store import open_db
+
+Block = tuple[int, int]
+
+
+class PeerLost(Exception):
+    """A collective failed because a rank of the job died (killed, out of memory, a lost
+    machine). torch raises ``DistError`` or, from gloo, a plain ``RuntimeError``."""
+
+
+def world_size() -> int:
+    """Processes in this job: ``WORLD_SIZE`` as torchrun sets it, 1 outside torchrun."""
+    value = os.environ.get("WORLD_SIZE", "1")
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"WORLD_SIZE must be an integer, got {value!r}") from None
+
+
+def rank() -> int:
+    """This process's rank (``RANK``), 0 outside torchrun."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def active() -> bool:
+    """Whether this process is one rank of a multi-process torchrun job."""
+    return world_size() > 1
+
+
+class PeerFailed(AuditorError):
+    """Another rank of the job stopped with an error; this rank stops too."""
+
+
+@dataclass
+class Comm:
+    """This process's place in the job and the collectives a sharded scan uses.
+
+    With ``world == 1`` every collective is the identity, so the same code runs in one
+    process without a process group.
+    """
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (pickled; for small objects)."""
+        if self.world == 1:
+            return obj
+        box = [obj if self.is_root else None]
+        with _peers_alive():
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def broadcast_tensor(
+        self, tensor: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Rank 0's ``tensor`` (``shape``, ``dtype``, on this rank's device) on every rank."""
+        if self.world == 1:
+            assert tensor is not None
+            return tensor
+        if self.is_root:
+            assert tensor is not None
+            buffer = tensor.contiguous()
+        else:
+            buffer = torch.empty(shape, dtype=dtype, device=self.device)
+        with _peers_alive():
+            dist.broadcast(buffer, src=0)
+        return buffer
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (a barrier as well)."""
+        if self.world == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        with _peers_alive():
+            dist.all_gather_object(out, obj)
+        return out
+
+    def agree(self, error: AuditorError | None) -> None:
+        """Raise on every rank if any rank failed: its own error, or :class:`PeerFailed`."""
+        reports = self.gather(None if error is None else str(error))
+        if error is not None:
+            raise error
+        for peer, report in enumerate(reports):
+            if report is not None:
+                raise PeerFailed(f"rank {peer} stopped: {report}")
+
+    def root_step(self, func: Callable[..., Any], *args: Any) -> Any:
+        """:meth:`step` with ``func`` run on rank 0 only; ``None`` on the other ranks."""
+        return self.step(func if self.is_root else _nothing, *args)
+
+    def step(self, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(*args)`` on this rank, then :meth:`agree` on whether every rank succeeded
+        (so that no rank waits forever in a collective for a rank that failed)."""
+        result, error = None, None
+        try:
+            result = func(*args)
+        except AuditorError as exc:
+            error = exc
+        self.agree(error)
+        return result
+
+
+@contextmanager
+def _peers_alive() -> Iterator[None]:
+    """Turn a collective's failure into :class:`PeerLost` (so that rank 0 marks the run
+    failed instead of dying with a traceback)."""
+    try:
+        yield
+    except RuntimeError as exc:  # dist.DistError is one
+        raise PeerLost(str(exc)) from None
+
+
+def _nothing(*_args: Any) -> None:
+    return None
+
+
+@contextmanager
+def process_group(device_name: str) -> Iterator[Comm]:
+    """Join the torchrun job (gloo on CPUs, nccl on GPUs) and leave it at the end.
+
+    Outside torchrun (``WORLD_SIZE`` unset or 1) this yields a one-rank :class:`Comm`.
+    """
+    device = torch_device(device_name)
+    world = world_size()
+    if world == 1:
+        yield Comm(0, 1, device)
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"local rank {local_rank} has no GPU of its own ({torch.cuda.device_count()} "
+                "visible): --nproc-per-node must not exceed the GPUs per machine"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Comm(dist.get_rank(), dist.get_world_size(), device)
+    finally:
+        dist.destroy_process_group()
+
+
+@contextmanager
+def joined(comm: Comm | None, device_name: str) -> Iterator[Comm]:
+    """``comm`` if the caller already joined the job, else :func:`process_group`."""
+    if comm is not None:
+        yield comm
+        return
+    with process_group(device_name) as comm:
+        yield comm
+
+
+def test_blocks(n_test: int, chunk: int) -> list[Block]:
+    """The ``[j0, j1)`` blocks of test points a one-process scan commits one by one."""
+    return [(j0, min(j0 + chunk, n_test)) for j0 in range(0, n_test, chunk)]
+
+
+def shard(blocks: Sequence[Block], rank: int, world: int) -> list[Block]:
+    """The blocks of ``rank``: every ``world``-th block, starting at ``rank`` (balanced)."""
+    return list(blocks[rank::world])
+
+
+def train_slice(n: int, rank: int, world: int) -> slice:
+    """``rank``'s contiguous slice of ``n`` training points (sizes differ by at most 1)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def missing_runs(done: set[int], j0: int, j1: int) -> list[Block]:
+    """The ``[k0, k1)`` stretches of ``j0 .. j1 - 1`` not in ``done``."""
+    out: list[Block] = []
+    for j in range(j0, j1):
+        if j in done:
+            continue
+        if out and out[-1][1] == j:
+            out[-1] = (out[-1][0], j + 1)
+        else:
+            out.append((j, j + 1))
+    return out
+
+
+def torch_device(name: str) -> torch.device:
+    """The torch device ``--device`` names: ``cpu`` or ``cuda[:k]``; :class:`ConfigError`
+    for another, or a GPU that is not here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown --device {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name}: auditor runs on cpu or cuda[:k]")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
+    return device
+
+
+def open_in_order(comm: Comm, db: str) -> Engine:
+    """Open ``db`` on rank 0 first (it creates and migrates the schema), then elsewhere."""
+    engine = comm.root_step(open_db, db)
+    return engine if comm.is_root else open_db(db, create=False)
+
+
+def shared_operator(
+    comm: Comm,
+    model,
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight_decay: float,
+    args: SolverArgs,
+) -> HessianOperator:
+    """The damped Hessian operator of the scan. With several ranks, what the solver needs
+    from the whole data is computed on rank 0 only and broadcast: the dense loss Hessian
+    when the matvecs, the exact solve or the self-influences use it, the largest
+    eigenvalue for LiSSA. In one process this is the plain operator."""
+    op = HessianOperator(model, theta, x, y, weight_decay, args.damping)
+    if comm.world == 1:
+        return op
+    exact = args.solver == "exact" and exact_affordable(op)
+    if op.dense_matvec or exact or self_influence_from_factor(op, args):
+        h = comm.root_step(op.loss_hessian)  # rank 0 keeps it in its own cache
+        h = comm.broadcast_tensor(h, (op.p, op.p), theta.dtype)
+        op.use_loss_hessian(h)
+    if args.solver == "lissa":
+        value = comm.root_step(lambda: op.max_eigenvalue(seed=args.seed))
+        op.use_max_eigenvalue(comm.broadcast(value), seed=args.seed)
+    return op
+
+
+def combine_diagnostics(parts: list[tuple[dict | None, int]]) -> dict | None:
+    """One solve record from every rank's ``(diagnostics, columns)``: worst residual,
+    slowest rank, column-weighted mean residual; ``None`` when no rank solved anything."""
+    parts = [(d, c) for d, c in parts if d is not None and c > 0]
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return parts[0][0]
+    columns = sum(c for _, c in parts)
+    combined = dict(parts[0][0])
+    combined.update(
+        converged=all(d["converged"] for d, _ in parts),
+        reached_tol=None
+        if any(d.get("reached_tol") is None for d, _ in parts)
+        else all(d["reached_tol"] for d, _ in parts),
+        residual_max=max(d["residual_max"] for d, _ in parts),
+        residual_mean=sum(d["residual_mean"] * c for d, c in parts) / columns,
+        iterations=max(d["iterations"] for d, _ in parts),
+        seconds=max(d["seconds"] for d, _ in parts),
+    )
+    return combined
+
+
+def sum_in_rank_order(arrays: list[np.ndarray]) -> np.ndarray:
+    """The float64 sum of the ranks' partial sums (rank 0's first)."""
+    return np.sum(arrays, axis=0, dtype=np.float64)

@@ -1,0 +1,1 @@
+"""Ranking: the flag rule (robust z-scores, flags) and the masking refits."""

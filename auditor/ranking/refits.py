@@ -1,0 +1,101 @@
+"""Masking-resistant ranking: the self-influence recomputed on refits that leave out the
+most suspicious points (see :mod:`auditor.ranking.rule` for the rule itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from auditor.config import SolverArgs
+from auditor.influence.gradients import per_example_grads
+from auditor.influence.hessian import HessianOperator
+from auditor.influence.self_influence import self_influences
+from auditor.models.base import ModelTask
+from auditor.models.fit import fit
+from auditor.ranking.rule import (
+    FlagRule,
+    flag_masks,
+    influence_z,
+    suspicion_tests,
+    trimmed_mask,
+)
+
+
+@dataclass
+class RobustRanking:
+    """Self-influence ``(n,)``, its z-score ``(n,)``, and the refits it took."""
+
+    self_influence: torch.Tensor
+    z: torch.Tensor
+    refits: int
+    kept: int
+    diagnostics: list[dict]
+
+
+def robust_ranking(
+    model: ModelTask,
+    theta: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    predicted: torch.Tensor,
+    first_self_influence: torch.Tensor,
+    *,
+    task: str,
+    weight_decay: float,
+    solver: SolverArgs,
+    rule: FlagRule,
+    loss: torch.Tensor,
+    harmfulness: torch.Tensor,
+    fit_kwargs: dict | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RobustRanking:
+    """Self-influence and its influence z, refitting around suspected clusters of bad
+    points (the last refit leaves out the points the flag rule would flag and any whose
+    influence z reached ``outlier_z`` on the last concentration refit: readmitted, a
+    cluster masks itself again).
+
+    Args:
+        theta: Parameters fitted on all points ``(p,)``.
+        x, y: Training features ``(n, d)`` and targets ``(n,)``.
+        predicted: The full model's predictions ``(n,)`` (for the mislabel rule).
+        first_self_influence: Self-influence under the full fit ``(n,)``.
+        loss, harmfulness: Per-point training loss and harmfulness ``(n,)``: with them the
+            last refit leaves out what the scan's flags (:func:`~auditor.ranking.rule.flag_masks`)
+            flag.
+    """
+    z = influence_z(first_self_influence, rule.influence_scale)
+    si = first_self_influence
+    diagnostics: list[dict] = []
+    refits = 0
+    kept = x.shape[0]
+
+    def refit(keep: torch.Tensor) -> None:
+        nonlocal si, z, refits, kept
+        fitted = fit(model, x[keep], y[keep], weight_decay, theta0=theta, **(fit_kwargs or {}))
+        grads = per_example_grads(model, fitted.theta, x, y)
+        op = HessianOperator(model, fitted.theta, x[keep], y[keep], weight_decay, solver.damping)
+        si, diag = self_influences(op, grads, solver)
+        z = influence_z(si, rule.influence_scale)
+        diagnostics.append(diag)
+        refits += 1
+        kept = int(keep.sum())
+        if progress:
+            progress(1)
+
+    if rule.trim > 0 and rule.rounds > 0:
+        previous = None
+        for _ in range(rule.rounds):
+            keep = trimmed_mask(z, rule.trim)
+            if previous is not None and torch.equal(previous, keep):
+                break
+            previous = keep
+            refit(keep)
+        union = suspicion_tests(loss, harmfulness, si.cpu()).union
+        mislabel, _ = flag_masks(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
+        # ``outlier`` flags are a subset of ``z >= outlier_z`` (their first condition)
+        singled_out = (mislabel | (z.cpu() >= rule.outlier_z)).to(x.device)
+        if singled_out.any() and not singled_out.all():
+            refit(~singled_out)
+    return RobustRanking(si, z, refits, kept, diagnostics)

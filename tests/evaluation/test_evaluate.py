@@ -1,0 +1,173 @@
+"""``auditor evaluate`` end to end: CLI table, database rows, and the detection target."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from auditor.cli import cli
+from auditor.evaluation.evaluate import RANKINGS
+from auditor.store import open_db, points, runs
+from auditor.store.evaluations import read_evaluation, results_for_run
+from tests.helpers import separable_csv
+
+MNIST17 = ["--classes", "1,7", "--test-split", "0.2", "--solver", "exact"]
+
+
+def run(args):
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_evaluate_cli_prints_table_and_stores_rows(tmp_path, mnist_dir):
+    db = str(tmp_path / "e.db")
+    result = run(
+        ["evaluate", "--train", str(mnist_dir), *MNIST17, "--weight-decay", "0.001"]
+        + ["--faults", "flip", "--rate", "0.1", "--seeds", "0,1", "--db", db]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("evaluation 1: flip 10%, seeds 0,1, 173 faults of 1730")
+    table = {line[:16].strip(): line[16:].split() for line in lines[2:7]}
+    assert list(table) == list(RANKINGS)
+    assert "fix experiment" in result.stdout
+
+    engine = open_db(db)
+    evaluation, rows = read_evaluation(engine, 1)
+    assert evaluation["seeds"] == [0, 1] and evaluation["faults"]["kind"] == "flip"
+    assert len(rows) == 2 * len(RANKINGS)
+    by = {(r["seed"], r["ranking"]): r for r in rows}
+    for seed in (0, 1):
+        run_rows = results_for_run(engine, by[(seed, "combined")]["run_id"])
+        assert {r["ranking"] for r in run_rows} == set(RANKINGS)
+        # AUROC of training loss, recomputed by brute force from the run's stored points
+        train = points.read_points(engine, by[(seed, "combined")]["run_id"], "train")
+        loss = np.array([p["loss"] for p in train])
+        assert by[(seed, "random")]["n_faults"] == 173
+        curve = np.array(by[(seed, "combined")]["curve"])
+        assert np.all(np.diff(curve[:, 1]) >= 0) and curve[-1, 1] == 1.0
+        assert by[(seed, "combined")]["auroc"] > 0.99
+        assert 0.35 < by[(seed, "random")]["auroc"] < 0.65
+        # the fix experiment ran for combined and random only, one row per checked share
+        fix = by[(seed, "combined")]["fix"]
+        assert [f["fraction"] for f in fix] == [0.05, 0.1, 0.2]
+        assert all(f["fixed"] <= f["k"] for f in fix)
+        assert by[(seed, "training loss")]["fix"] is None
+        found = by[(seed, "combined")]["found"]
+        assert [f["fixed"] / 173 for f in fix] == [found["0.05"], found["0.1"], found["0.2"]]
+        # restoring (almost) every fault brings the test loss (almost) back to the clean one
+        assert fix[-1]["loss_recovered"] > 0.9
+        assert len(loss) == 1730
+    # the mean in the summary is the mean of the stored rows
+    mean = np.mean([by[(s, "combined")]["auroc"] for s in (0, 1)])
+    assert evaluation["summary"]["combined"]["auroc"][0] == pytest.approx(mean)
+    assert f"{mean:.4f}" == table["combined"][0]
+
+
+def test_evaluate_loss_auroc_matches_pair_count(tmp_path, mnist_dir):
+    db = str(tmp_path / "e.db")
+    result = run(
+        ["evaluate", "--train", str(mnist_dir), *MNIST17, "--faults", "class-flip:7>1"]
+        + ["--rate", "0.2", "--no-fix", "--db", db]
+    )
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    _, rows = read_evaluation(engine, 1)
+    row = next(r for r in rows if r["ranking"] == "training loss")
+    train = points.read_points(engine, row["run_id"], "train")
+    loss = np.array([p["loss"] for p in train])
+    # class "7" points now labelled "1" are the faults: recover them from the clean split
+    from auditor.config import DataArgs
+    from auditor.pipeline.scan import load_data
+
+    clean, _ = load_data(DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2))
+    labels = np.array([p["label"] for p in train])
+    is_fault = labels != clean.targets.numpy()
+    assert is_fault.sum() == row["n_faults"]
+    pos, neg = loss[is_fault], loss[~is_fault]
+    brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
+    assert row["auroc"] == pytest.approx(brute)
+
+
+def test_evaluate_usage_errors(tmp_path):
+    db = str(tmp_path / "e.db")
+    result = run(["evaluate", "--train", "toy-linear", "--faults", "flip", "--db", db])
+    assert result.exit_code == 1 and "needs class labels" in result.output
+    result = run(["evaluate", "--train", "toy-linear", "--faults", "class-flip:7", "--db", db])
+    assert result.exit_code == 2 and "class-flip:SOURCE>TARGET" in result.output
+    result = run(["evaluate", "--train", "toy-linear", "--seeds", "a", "--db", db])
+    assert result.exit_code == 2
+    outlier = ["evaluate", "--train", "toy-linear", "--faults", "outlier", "--db", db]
+    for option, value, message in [
+        ("--seeds", "-1", "--seeds must lie in 0.."),
+        ("--seeds", str(2**64), "--seeds must lie in 0.."),
+        ("--checked", "0.1,0.1", "--checked must not repeat a fraction"),
+    ]:
+        result = run([*outlier, option, value])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+    assert not Path(db).exists() or runs.list_runs(open_db(db)) == []
+
+
+def test_evaluate_toy_regression_outliers(tmp_path):
+    db = str(tmp_path / "e.db")
+    result = run(
+        ["evaluate", "--train", "toy-linear", "--solver", "exact", "--faults", "outlier"]
+        + ["--rate", "0.1", "--seeds", "0,1", "--db", db]
+    )
+    assert result.exit_code == 0, result.output
+    _, rows = read_evaluation(open_db(db), 1)
+    assert {r["n_faults"] for r in rows} == {2}
+    assert all(r["fix"][0]["test_accuracy"] is None for r in rows if r["fix"])
+
+
+def test_evaluate_prints_each_scans_warnings(tmp_path):
+    """A scan's warnings (here: clean separable classes without weight decay) are printed as
+    `auditor scan` prints them, once per seed, and not into the --json output."""
+    data = separable_csv(tmp_path / "sep.csv")
+    db = str(tmp_path / "e.db")
+    args = ["evaluate", "--train", data, "--test-split", "0.25", "--weight-decay", "0"]
+    result = run([*args, "--faults", "none", "--seeds", "0,1", "--json", "--db", db])
+    assert result.exit_code == 0, result.output
+    engine = open_db(db)
+    for seed, run_id in ((0, 1), (1, 2)):
+        stored = runs.get_run(engine, run_id)["warnings"]
+        assert any(w.startswith("the fit is not at an optimum") for w in stored)
+        for warning in stored:
+            assert result.stderr.count(f"warning: seed {seed} (run {run_id}): {warning}") == 1
+    assert json.loads(result.stdout)
+
+
+def test_evaluate_json_is_standard_json_without_nan(tmp_path):
+    """Regression has no accuracy and clean data no faults to find: those metrics are
+    null, not the NaN token that jq, JavaScript and PostgreSQL's json refuse."""
+    db = str(tmp_path / "e.db")
+    for faults in ("outlier", "none"):
+        result = run(
+            ["evaluate", "--train", "toy-linear", "--solver", "exact", "--faults", faults]
+            + ["--rate", "0.1", "--seeds", "0,1", "--json", "--db", db]
+        )
+        assert result.exit_code == 0, result.output
+
+        def refuse(token):
+            raise AssertionError(f"non-standard JSON token {token}")
+
+        payload = json.loads(result.stdout, parse_constant=refuse)
+        assert "null" in result.stdout and payload
+
+
+@pytest.mark.slow
+def test_combined_ranking_reaches_target_on_mnist_1_vs_7(tmp_path, mnist_dir):
+    db = str(tmp_path / "e.db")
+    result = run(
+        ["evaluate", "--train", str(mnist_dir), *MNIST17, "--weight-decay", "0.001"]
+        + ["--faults", "flip", "--rate", "0.1", "--seeds", "0", "--no-fix", "--db", db]
+    )
+    assert result.exit_code == 0, result.output
+    _, rows = read_evaluation(open_db(db), 1)
+    by = {r["ranking"]: r for r in rows}
+    assert by["combined"]["auroc"] >= 0.998
+    assert by["combined"]["found"]["0.1"] >= 0.95

@@ -1,0 +1,33 @@
+"""``--device cuda`` end to end: the same scan on the GPU and on the CPU agree.
+
+Skipped without a CUDA device; ``benchmarks/gpu.sh`` runs it on the GPU machine.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from auditor.config import DataArgs, ScanConfig, SolverArgs
+from auditor.pipeline.scan import scan
+from auditor.store import open_db, pairs, points
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("solver", ["exact", "lissa", "cg"])
+def test_cuda_scan_matches_cpu_scan(tmp_path, mnist_dir, solver):
+    data = DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2)
+    results = {}
+    for device in ("cpu", "cuda"):
+        engine = open_db(str(tmp_path / f"{device}.db"))
+        config = ScanConfig(data=data, solver=SolverArgs(solver=solver), device=device)
+        run_id = scan(engine, config).run_id
+        train = points.read_points(engine, run_id, "train")
+        results[device] = (pairs.read_pair_scores(engine, run_id), train)
+    cpu_scores, cpu_train = results["cpu"]
+    gpu_scores, gpu_train = results["cuda"]
+    scale = np.abs(cpu_scores).max()
+    assert np.abs(gpu_scores - cpu_scores).max() <= 1e-3 * scale
+    top = {r["idx"] for r in sorted(cpu_train, key=lambda r: r["rank"])[:20]}
+    top_gpu = {r["idx"] for r in sorted(gpu_train, key=lambda r: r["rank"])[:20]}
+    assert len(top & top_gpu) >= 18

@@ -1,0 +1,155 @@
+"""The report in headless Chromium: a reviewer's clicks become a decisions file for ``apply``.
+
+Needs Debian's ``chromium`` (``.ci/run`` installs it) and the ``playwright`` driver. Without
+Chromium the tests skip, unless ``AUDITOR_REQUIRE_BROWSER=1`` (set by CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+
+import pytest
+from click.testing import CliRunner
+
+from auditor import sources
+from auditor.cli import cli
+from auditor.config import DataArgs
+from auditor.pipeline.scan import load_data
+from auditor.store import points
+from tests.helpers import run_scan
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("AUDITOR_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium is not installed (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory, mnist_dir):
+    """A 1-vs-7 scan of the shared MNIST files and its report."""
+    root = tmp_path_factory.mktemp("browser")
+    data = DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2)
+    engine, result = run_scan(root / "audit.db", data, solver="cg")
+    html = root / "report.html"
+    db = str(root / "audit.db")
+    out = CliRunner().invoke(cli, ["report", str(result.run_id), "--out", str(html), "--db", db])
+    assert out.exit_code == 0, out.output
+    return root, db, engine, result.run_id, data
+
+
+def open_page(browser, html, problems: list[str]):
+    """Open ``html`` and record every console error or warning and uncaught exception."""
+    page = browser.new_page(accept_downloads=True)
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None
+        ),
+    )
+    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.goto(html.as_uri())
+    return page
+
+
+def test_report_loads_without_console_errors_or_network(browser, mnist_run):
+    root, *_ = mnist_run
+    problems: list[str] = []
+    requests: list[str] = []
+    page = browser.new_page()
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto((root / "report.html").as_uri())
+    page.wait_for_load_state("load")
+    assert problems == []
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+    assert page.locator("tr[data-index]").count() > 0
+    decoded = "[...document.images].every(i => i.complete && i.naturalWidth > 0)"
+    assert page.evaluate(decoded), "a thumbnail failed to decode"
+    # Sorting by a numeric header reorders the rows without errors.
+    page.locator("table.sortable th[data-type=num]").first.click()
+    assert problems == []
+    page.close()
+
+
+def test_two_clicked_rows_become_exactly_two_applied_decisions(browser, mnist_run, tmp_path):
+    root, db, engine, run_id, data = mnist_run
+    problems: list[str] = []
+    page = open_page(browser, root / "report.html", problems)
+    rows = page.locator("tr[data-index]")
+    first, second = (int(rows.nth(k).get_attribute("data-index")) for k in (0, 1))
+    train = points.read_points(engine, run_id, "train")
+    given = train[first]["label"]
+    new_label = "1" if given == "7" else "7"
+
+    # Row one: choose a new label (which selects "relabel"); row two: remove.
+    page.select_option(f'select[name="label-{first}"]', new_label)
+    page.check(f'input[name="action-{second}"][value="remove"]')
+    assert page.locator("#decision-count").inner_text() == "2"
+    with page.expect_download() as info:
+        page.click("#download-decisions")
+    download = info.value
+    assert download.suggested_filename == f"decisions-run-{run_id}.json"
+    path = tmp_path / download.suggested_filename
+    download.save_as(path)
+    assert problems == []
+    page.close()
+
+    decisions = json.loads(path.read_text())
+    assert decisions["run"] == run_id
+    assert decisions["decisions"] == sorted(
+        [
+            {"index": first, "id": train[first]["point_id"], "action": "relabel",
+             "label": new_label},
+            {"index": second, "id": train[second]["point_id"], "action": "remove"},
+        ],
+        key=lambda d: d["index"],
+    )  # fmt: skip
+
+    out = tmp_path / "clean"
+    result = CliRunner().invoke(
+        cli, ["apply", str(run_id), str(path), "--out", str(out), "--db", db]
+    )
+    assert result.exit_code == 0, result.output
+
+    # The cleaned training split holds the same images with the same labels, except the two.
+    original, _ = load_data(data)
+    cleaned = sources.load(str(out / "train"), role="train", classes=["1", "7"])
+    expected = Counter()
+    for i in range(len(original.ids)):
+        label = original.class_names[int(original.targets[i])]
+        if i == second:
+            continue
+        expected[(_digest(original.images[i]), new_label if i == first else label)] += 1
+    got = Counter(
+        (_digest(cleaned.images[i]), cleaned.class_names[int(cleaned.targets[i])])
+        for i in range(len(cleaned.ids))
+    )
+    assert got == expected
+
+
+def _digest(image) -> str:
+    return hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()
