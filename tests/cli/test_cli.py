@@ -182,7 +182,11 @@ def test_a_nearly_singular_hessian_is_warned_and_the_advised_damping_fixes_it(ru
         runner, ["--train", data, "--weight-decay", "0", "--solver", "exact"], db
     )
     (warning,) = run["warnings"]
-    assert warning.startswith("the Hessian is nearly singular (condition number 2.4e+06")
+    assert warning.startswith("the Hessian is nearly singular (condition number ")
+    # float32 Lanczos estimates λ_min to about λ_max * eps32 / λ_min = 13% here (2.4e6 on
+    # Intel, 2.3e6 on AMD EPYC): the printed number is checked within that, not digit by digit
+    condition = float(warning.split("condition number ")[1].split(":")[0])
+    assert condition == pytest.approx(2.4e6, rel=0.15)
     assert f"warning: {warning}" in result.stderr
     damping = warning.split("--damping ≥ ")[1].split()[0]
     args = ["--train", data, "--weight-decay", "0", "--solver", "exact", "--damping", damping]

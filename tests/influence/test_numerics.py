@@ -303,11 +303,17 @@ def test_squaring_keeps_the_partial_sum_as_columns_or_matrix_alike(m):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_an_exact_solve_of_one_column_equals_it_solved_with_others(dtype):
-    """Bit for bit: a shard or a resume may solve a test point alone."""
+    """A shard or a resume may solve a test point alone: the result equals the one solved
+    with others up to the rounding of a backward-stable solve, ``cond(A) * eps`` relative
+    (bit for bit on many machines, but BLAS may pick other kernels for one column: on AMD
+    EPYC the float64 results differ in the last bits)."""
     model, theta, x, y = problem("logistic", "classification", 3)
     op = HessianOperator(model, theta.to(dtype), x.to(dtype), y, weight_decay=0.05)
     v = torch.randn(model.n_params, 7, dtype=dtype)
     together, _ = solve(op, v, SolverArgs(solver="exact"))
+    a = op.dense().double()
+    bound = 10 * float(torch.linalg.cond(a)) * torch.finfo(dtype).eps
     for j in range(7):
         alone, _ = solve(op, v[:, j : j + 1], SolverArgs(solver="exact"))
-        assert torch.equal(alone[:, 0], together[:, j])
+        error = float((alone[:, 0] - together[:, j]).norm() / together[:, j].norm())
+        assert error <= bound, (j, error, bound)
