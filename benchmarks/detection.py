@@ -1,4 +1,4 @@
-"""Measure the README's detection-quality targets: every setting x ranking, with mean and
+"""Measure the detection-quality targets (docs/quality.md): every setting x ranking, with mean and
 spread over seeds, through the same library call as ``auditor evaluate``.
 
 Run from the repository root (MNIST idx files in ../shared/data/mnist by default)::
@@ -6,7 +6,7 @@ Run from the repository root (MNIST idx files in ../shared/data/mnist by default
     python benchmarks/detection.py --out benchmarks/results.json       # all settings
     python benchmarks/detection.py --only cnn-flip-10 --seeds 0        # one setting
 
-Prints a Markdown table (the README's "Detection quality" table) and writes every
+Prints a Markdown table (docs/quality.md's "Targets and where they stand") and writes every
 summary to ``--out``. The 1-vs-7 settings take seconds per seed; the 10-class CNN about a
 minute per seed on 2 busy cores, plus 7 retrains per seed for the fix experiment.
 """
@@ -83,7 +83,7 @@ def main() -> None:
 
 
 def markdown(results: dict) -> str:
-    """The README table: setting x ranking, AUROC and share found after checking 10%."""
+    """The docs/quality.md table: setting x ranking, AUROC and share found after checking 10%."""
     lines = [
         "| setting | seeds | ranking | AUROC | found@10% | AP |",
         "| --- | --- | --- | --- | --- | --- |",

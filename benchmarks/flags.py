@@ -5,7 +5,7 @@ Run from the repository root (MNIST idx files in ../shared/data/mnist by default
     python benchmarks/flags.py                          # every setting, about 1 minute
     python benchmarks/flags.py --only 1v7-clean --rule outlier_z=6
 
-Prints the README's calibration table ("Ranking and flags"): per setting the flags by
+Prints the calibration table of docs/quality.md ("Flag calibration"): per setting the flags by
 kind and how many of the injected faults they hold. ``--rule key=value`` overrides a
 :class:`~auditor.ranking.rule.FlagRule` field (``influence_scale=sqrt`` with ``outlier_z=6``
 is the rule before the log scale).

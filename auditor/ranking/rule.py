@@ -1,6 +1,6 @@
 """Rank training points for review and flag likely mislabels and outliers.
 
-The rule (documented in the README, thresholds overridable from the CLI):
+The rule (documented in docs/method.md, "Ranking and flags"; thresholds overridable from the CLI):
 
 1. The self-influence is scored by the robust z-score of its logarithm (the *influence
    z*): ``z = (s - median(s)) / (1.4826 * MAD(s))`` with ``s = log|self-influence|``. The
@@ -114,7 +114,7 @@ class SuspicionTests:
         data (the test points) and adds to it: through its normal score, because its
         robust z has a heavy null tail, and only when positive, because a point that
         happens to help the test loss is not thereby correctly labelled. Chosen among
-        fixed rules on design seeds (README, "Detection quality").
+        fixed rules on design seeds (docs/quality.md, "How the combined rule was chosen").
         """
         return torch.maximum(self.loss, self.influence) + HARM_WEIGHT * self.harm_score.clamp_min(0)
 

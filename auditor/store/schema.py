@@ -1,7 +1,7 @@
 """Table definitions (SQLAlchemy Core). The schema itself is created only by Alembic
 revisions in ``migrations/``; a test checks that the two agree.
 
-Layout (see README, "Storage"): one row per run, one row per point, and one row per
+Layout (see docs/operations.md, "Storage"): one row per run, one row per point, and one row per
 (run, test point) holding that test point's scores against every training point as a
 float32 little-endian BLOB of length ``n_train``. DESIGN.md measured this at 20 M pairs/s
 and 4.1 bytes/pair against 0.31 M pairs/s and 22 bytes/pair for a row per pair.
