@@ -1,12 +1,135 @@
-"""Run configuration as dataclasses, stored with every run so it can be reproduced."""
+"""Run configuration as dataclasses, stored with every run so it can be reproduced.
+
+Every setting is declared once, here: a field that ``auditor scan`` takes as an option
+carries that option's declaration in its metadata (:func:`cli`: name, section, help,
+choices, parser, and how a rescan writes it back). :mod:`auditor.cli.options` builds the
+Click options, the :class:`ScanConfig` they describe, the rescan's command line and the
+docs' option tables by walking these fields; a field without ``cli`` metadata has no
+option. This module imports nothing from the package but :mod:`auditor.errors`: it is the
+vocabulary every wing shares, so the names of registered solvers and models (which live
+with their code) are looked up by the CLI, not here (``registry``).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from statistics import NormalDist
+from typing import Any
 
 from auditor.errors import ConfigError
+
+#: Where ``auditor scan --help`` and the docs list an option, in this order.
+SECTIONS = ("data", "model", "solver", "ranking", "run")
+#: The metadata key of a field's command-line declaration (:class:`CliOption` or :class:`CliCopy`).
+CLI = "cli"
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """How a settings field is given on the command line.
+
+    Attributes:
+        flag: The option, e.g. ``--test-split``; Click's parameter is named after it
+            (``test_split``).
+        section: Where ``--help`` and the docs list it: one of :data:`SECTIONS`.
+        help: Its ``--help`` text (``None``: none).
+        choices: The values it accepts, or ``None``.
+        registry: Instead of ``choices``: the registry whose names it accepts
+            (``solvers``, ``models``), looked up by the CLI.
+        metavar: The value's name in ``--help`` (default: Click's, from the type).
+        parse: Turns the typed text into the field's value, raising :class:`ConfigError`
+            on bad text; for values that are not a plain ``int``, ``float`` or ``str``
+            (the field's annotation gives those).
+        default_text: The default as typed, when the field's default is not typeable
+            (``auto`` for ``--outlier-z``'s ``None``); it goes through ``parse``.
+        minimum: The least value an integer option accepts (checked by Click).
+        to_text: Writes a value back as text for the rescan command line; ``None``: the
+            rescan does not repeat it (where the data comes from, given to it apart).
+        always: The rescan names it even at its default.
+    """
+
+    flag: str
+    section: str
+    help: str | None = None
+    choices: tuple[str, ...] | None = None
+    registry: str | None = None
+    metavar: str | None = None
+    parse: Callable[[str], Any] | None = None
+    default_text: str | None = None
+    minimum: int | None = None
+    to_text: Callable[[Any], str] | None = str
+    always: bool = False
+
+    def __post_init__(self) -> None:
+        if self.section not in SECTIONS:
+            raise ValueError(f"{self.flag}: section {self.section!r} is not one of {SECTIONS}")
+        if not self.flag.startswith("--"):
+            raise ValueError(f"option {self.flag!r} must start with --")
+        if self.choices is not None and self.registry is not None:
+            raise ValueError(f"{self.flag}: give choices or a registry, not both")
+
+
+@dataclass(frozen=True)
+class CliCopy:
+    """A settings field set by an option declared on another field (the solver's copy of
+    ``--seed``); the rescan repeats only that field."""
+
+    flag: str
+
+
+def cli(flag: str, section: str, help: str | None = None, **declaration: Any) -> dict[str, Any]:
+    """The ``metadata`` of a field that option ``flag`` sets (see :class:`CliOption`)."""
+    return {CLI: CliOption(flag, section, help, **declaration)}
+
+
+def cli_copy(flag: str) -> dict[str, Any]:
+    """The ``metadata`` of a field that takes the value of ``flag``, declared elsewhere."""
+    return {CLI: CliCopy(flag)}
+
+
+def parse_classes(text: str) -> list[str]:
+    """``--classes 1,7`` -> ``["1", "7"]``; at least two."""
+    classes = [c.strip() for c in text.split(",") if c.strip()]
+    if len(classes) < 2:
+        raise ConfigError("give at least two comma-separated classes, e.g. 1,7")
+    return classes
+
+
+def parse_resize(text: str) -> tuple[int, int]:
+    """``--resize 28x28`` -> ``(28, 28)``."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"expected HxW such as 28x28, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise ConfigError(f"sizes must be positive, got {text!r}")
+    return h, w
+
+
+def resize_text(size: tuple[int, int]) -> str:
+    """``(28, 28)`` -> ``28x28``: :func:`parse_resize`'s inverse."""
+    return f"{size[0]}x{size[1]}"
+
+
+def parse_auto_float(text: str) -> float | None:
+    """``auto`` -> ``None`` (calibrated), otherwise a number."""
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is neither auto nor a number") from None
+
+
+#: The values of the settings with choices: their options accept them, ``__post_init__``
+#: checks them.
+NORMALIZE = ("unit", "none")
+DOWNLOADS = ("mnist",)
+PARAMS = ("last", "all")
+DTYPES = ("float32", "float64")
+SELF_INFLUENCE = ("auto", "same")
 
 
 @dataclass
@@ -26,15 +149,76 @@ class DataArgs:
         download: ``mnist`` to fetch MNIST through torchvision into ``download_root``.
     """
 
-    train: str | None = None
-    test: str | None = None
-    test_split: float | None = None
-    seed: int = 0
-    classes: list[str] | None = None
-    normalize: str = "unit"
-    resize: tuple[int, int] | None = None
-    download: str | None = None
-    download_root: str = "data"
+    train: str | None = field(
+        default=None,
+        metadata=cli(
+            "--train",
+            "data",
+            "toy-linear, an idx or image folder, a .csv or .npz.",
+            metavar="DATA",
+            to_text=None,
+        ),
+    )
+    test: str | None = field(
+        default=None,
+        metadata=cli(
+            "--test", "data", "Test data (same kinds as --train).", metavar="DATA", to_text=None
+        ),
+    )
+    test_split: float | None = field(
+        default=None,
+        metadata=cli(
+            "--test-split",
+            "data",
+            "Hold out this fraction of --train as test points.",
+            to_text=None,
+        ),
+    )
+    seed: int = field(default=0, metadata=cli("--seed", "data", "Seeds the split and sampling."))
+    classes: list[str] | None = field(
+        default=None,
+        metadata=cli(
+            "--classes",
+            "data",
+            "Keep these classes, e.g. 1,7 (binary task).",
+            parse=parse_classes,
+            to_text=",".join,
+        ),
+    )
+    normalize: str = field(
+        default="unit",
+        metadata=cli(
+            "--normalize",
+            "data",
+            "Scale each image to unit L2 norm, or keep pixels in [0, 1].",
+            choices=NORMALIZE,
+        ),
+    )
+    resize: tuple[int, int] | None = field(
+        default=None,
+        metadata=cli(
+            "--resize",
+            "data",
+            "Resize images of different sizes.",
+            metavar="HxW",
+            parse=parse_resize,
+            to_text=resize_text,
+        ),
+    )
+    download: str | None = field(
+        default=None,
+        metadata=cli(
+            "--download",
+            "data",
+            "Fetch MNIST through torchvision.",
+            choices=DOWNLOADS,
+            to_text=None,
+        ),
+    )
+    download_root: str = field(
+        default="data",
+        metadata=cli("--download-root", "data", "Where --download stores files.", to_text=None),
+    )
 
     def __post_init__(self) -> None:
         if self.train is None and self.download is None:
@@ -45,7 +229,7 @@ class DataArgs:
             )
         if self.test is not None and self.test_split is not None:
             raise ConfigError("give either --test or --test-split, not both")
-        if self.normalize not in ("unit", "none"):
+        if self.normalize not in NORMALIZE:
             raise ConfigError(f"--normalize must be unit or none, got {self.normalize!r}")
         check_seed(self.seed, "--seed")
 
@@ -55,7 +239,8 @@ class ModelArgs:
     """The model and how it is fitted.
 
     Attributes:
-        name: ``linear``, ``logistic``, ``mlp`` or ``cnn``; ``None`` follows the data.
+        name: A name in :data:`auditor.models.MODEL_NAMES` (``linear``, ``logistic``,
+            ``mlp``, ``cnn``); ``None`` follows the data.
         weight_decay: L2 coefficient lambda of the risk (keeps the Hessian positive definite).
         hidden: Hidden units of the MLP.
         max_iter: Most L-BFGS iterations.
@@ -66,23 +251,43 @@ class ModelArgs:
         epochs: Minibatch Adam epochs that train ``cnn`` before the L-BFGS polish.
     """
 
-    name: str | None = None
-    weight_decay: float = 0.01
-    hidden: int = 32
+    name: str | None = field(
+        default=None,
+        metadata=cli(
+            "--model",
+            "model",
+            "Default: linear for a numeric target, logistic for labels; cnn for images.",
+            registry="models",
+        ),
+    )
+    weight_decay: float = field(
+        default=0.01, metadata=cli("--weight-decay", "model", "L2 coefficient.")
+    )
+    hidden: int = field(
+        default=32, metadata=cli("--hidden", "model", "Hidden units of --model mlp.")
+    )
     max_iter: int = 2000
     grad_tol: float = 1e-5
-    dtype: str = "float32"
-    params: str = "last"
-    epochs: int = 8
+    dtype: str = field(default="float32", metadata=cli("--dtype", "model", choices=DTYPES))
+    params: str = field(
+        default="last",
+        metadata=cli(
+            "--params",
+            "model",
+            "--model cnn: influence over the last layer only, or over all weights.",
+            choices=PARAMS,
+        ),
+    )
+    epochs: int = field(default=8, metadata=cli("--epochs", "model", "Adam epochs of --model cnn."))
 
     def __post_init__(self) -> None:
-        if self.params not in ("all", "last"):
+        if self.params not in PARAMS:
             raise ConfigError(f"--params must be all or last, got {self.params!r}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.dtype not in ("float32", "float64"):
+        if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be float32 or float64, got {self.dtype!r}")
         if self.hidden < 1 or self.max_iter < 1:
             raise ConfigError("--hidden and the iteration limit must be >= 1")
@@ -97,7 +302,10 @@ class SolverArgs:
     """How to solve ``(H + damping I) s = v``.
 
     Attributes:
-        solver: ``lissa``, ``exact`` or ``cg``.
+        solver: A name in :data:`auditor.influence.solvers.SOLVERS` (``lissa``, ``exact``,
+            ``cg``); checked against it when a scan starts
+            (:func:`auditor.pipeline.scan.check_registered`), since this module may not
+            import the solvers.
         damping: Added to the Hessian's diagonal (all solvers), on top of the weight decay.
         tol: Target relative residual ``||A s - v|| / ||v||`` (largest over columns).
         scale: LiSSA's scale; ``None`` picks 1.1x (full batch) or 1.5x (minibatches) a
@@ -106,7 +314,7 @@ class SolverArgs:
         repeats: LiSSA recursions averaged (only useful with minibatches).
         batch_size: LiSSA's minibatch size; ``None`` or ``>= n`` uses every training point.
         max_iter: CG's most iterations.
-        seed: Seeds minibatch sampling and the power iteration.
+        seed: Seeds minibatch sampling and the power iteration (``--seed``, as the data's).
         squaring: Let full-batch LiSSA compute its iterate by repeated squaring of the
             dense ``I - A / scale`` when that takes fewer flops (same result).
         self_influence: How the ranking's self-influences ``g_i^T A^{-1} g_i`` (one per
@@ -116,23 +324,40 @@ class SolverArgs:
             ``solver``. ``solver`` always computes the test points' IHVPs (pair scores).
     """
 
-    solver: str = "lissa"
-    damping: float = 0.0
-    tol: float = 1e-4
-    scale: float | None = None
-    depth: int = 5000
-    repeats: int = 1
-    batch_size: int | None = None
+    solver: str = field(
+        default="lissa", metadata=cli("--solver", "solver", registry="solvers", always=True)
+    )
+    damping: float = field(
+        default=0.0, metadata=cli("--damping", "solver", "Added to the Hessian.")
+    )
+    tol: float = field(default=1e-4, metadata=cli("--tol", "solver", "Solver relative residual."))
+    scale: float | None = field(
+        default=None,
+        metadata=cli("--scale", "solver", "LiSSA scale (default: from the largest eigenvalue)."),
+    )
+    depth: int = field(default=5000, metadata=cli("--depth", "solver", "Most LiSSA steps."))
+    repeats: int = field(default=1, metadata=cli("--repeats", "solver", "LiSSA repeats averaged."))
+    batch_size: int | None = field(
+        default=None,
+        metadata=cli("--batch-size", "solver", "LiSSA minibatch size (default: all points)."),
+    )
     max_iter: int = 1000
-    seed: int = 0
-    self_influence: str = "auto"
+    seed: int = field(default=0, metadata=cli_copy("--seed"))
+    self_influence: str = field(
+        default="auto",
+        metadata=cli(
+            "--self-influence",
+            "solver",
+            "Ranking self-influences: auto = exact Cholesky when the dense Hessian is "
+            "affordable, else --solver; same = always --solver.",
+            choices=SELF_INFLUENCE,
+        ),
+    )
     squaring: bool = True
 
     def __post_init__(self) -> None:
-        if self.self_influence not in ("auto", "same"):
+        if self.self_influence not in SELF_INFLUENCE:
             raise ConfigError(f"--self-influence must be auto or same, got {self.self_influence!r}")
-        if self.solver not in ("lissa", "exact", "cg"):
-            raise ConfigError(f"unknown solver {self.solver!r}; choose lissa, exact or cg")
         if self.damping < 0:
             raise ConfigError(f"--damping must be >= 0, got {self.damping}")
         if self.depth < 1 or self.repeats < 1 or self.max_iter < 1:
@@ -169,10 +394,30 @@ class FlagRule:
             whose robust z explodes on well-fitted networks (README, "Ranking and flags").
     """
 
-    outlier_z: float | None = None
-    mislabel_z: float = 5.0
+    outlier_z: float | None = field(
+        default=None,
+        metadata=cli(
+            "--outlier-z",
+            "ranking",
+            "Flag outlier at this robust z of log |self-influence| (auto: calibrated "
+            "to the number of training points).",
+            parse=parse_auto_float,
+            default_text="auto",
+        ),
+    )
+    mislabel_z: float = field(
+        default=5.0,
+        metadata=cli(
+            "--mislabel-z", "ranking", "Flag mislabel at this z when the prediction disagrees."
+        ),
+    )
     outlier_support_z: float | None = None
-    trim: float = 0.25
+    trim: float = field(
+        default=0.25,
+        metadata=cli(
+            "--trim", "ranking", "Fraction left out of the masking refits (0: no refits)."
+        ),
+    )
     rounds: int = 3
     influence_scale: str = "log"
 
@@ -225,14 +470,25 @@ OUTLIER_ALPHA = 0.05
 
 @dataclass
 class ScanConfig:
-    """Everything a scan needs; ``to_dict`` is stored in ``runs.config``."""
+    """Everything a scan needs; ``to_dict`` is stored in ``runs.config``.
+
+    Its fields that are settings dataclasses (``data``, ``model``, ``solver``, ``rule``)
+    hold the options of their sections; ``device`` and ``score_chunk`` are the run's."""
 
     data: DataArgs
     model: ModelArgs = field(default_factory=ModelArgs)
     solver: SolverArgs = field(default_factory=SolverArgs)
     rule: FlagRule = field(default_factory=FlagRule)
-    device: str = "cpu"
-    score_chunk: int = 256
+    device: str = field(default="cpu", metadata=cli("--device", "run", "cpu or cuda."))
+    score_chunk: int = field(
+        default=256,
+        metadata=cli(
+            "--chunk",
+            "run",
+            "Test points per committed block of pair scores (work lost at most on a crash).",
+            minimum=1,
+        ),
+    )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -24,6 +24,7 @@ from auditor.cli.common import (
     resume_command,
 )
 from auditor.cli.evaluate import evaluate
+from auditor.cli.help import SectionedCommand
 from auditor.cli.options import scan_argv, scan_config, scan_options
 from auditor.cli.progress import Bars
 from auditor.cli.report import report
@@ -47,7 +48,7 @@ def cli() -> None:
     """
 
 
-@cli.command()
+@cli.command(cls=SectionedCommand)
 @scan_options()
 @click.option(
     "--resume",

@@ -7,6 +7,7 @@ import json
 import click
 
 from auditor.cli.common import db_option, dispose_on_close, handle_errors
+from auditor.cli.help import SectionedCommand
 from auditor.cli.options import scan_config, scan_options
 from auditor.cli.progress import Bars
 from auditor.evaluation.evaluate import EvalArgs, evaluation_dict, format_table
@@ -30,7 +31,7 @@ def _fractions(_ctx, _param, value: str) -> tuple[float, ...]:
         raise click.BadParameter(f"expected comma-separated fractions, got {value!r}") from None
 
 
-@click.command()
+@click.command(cls=SectionedCommand)
 @scan_options(without=("--seed",))
 @click.option(
     "--faults",

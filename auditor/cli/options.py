@@ -1,156 +1,174 @@
-"""Options shared by the commands that scan (``scan``, ``evaluate``)."""
+"""Options shared by the commands that scan (``scan``, ``evaluate``).
+
+Nothing here is declared by hand: the options, :func:`scan_config` (options -> the
+:class:`ScanConfig`), :func:`scan_argv` (its inverse, for the rescan) and
+:func:`options_markdown` (the docs' tables) all walk the settings fields of
+:class:`ScanConfig` and their ``cli`` metadata (:class:`~auditor.config.CliOption`). A new
+setting is one field with ``metadata=cli(...)`` in :mod:`auditor.config`.
+"""
 
 from __future__ import annotations
 
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, Field, fields, is_dataclass
+from typing import Any, NamedTuple
+
 import click
 
-from auditor.config import DataArgs, FlagRule, ModelArgs, ScanConfig, SolverArgs
+from auditor.cli.help import SectionOption, command_markdown
+from auditor.config import CLI, CliCopy, CliOption, DataArgs, ScanConfig
+from auditor.errors import ConfigError
+from auditor.influence.solvers import SOLVER_NAMES
 from auditor.models import MODEL_NAMES
 
+Decorator = Callable[[Callable], Callable]
 
-def _classes(_ctx, _param, value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    classes = [c.strip() for c in value.split(",") if c.strip()]
-    if len(classes) < 2:
-        raise click.BadParameter("give at least two comma-separated classes, e.g. 1,7")
-    return classes
+#: The names each registry a :class:`CliOption`'s ``registry`` names accepts (the
+#: config may not import the registries; the CLI may).
+REGISTRIES: dict[str, tuple[str, ...]] = {"solvers": SOLVER_NAMES, "models": MODEL_NAMES}
 
 
-def _auto_or_float(_ctx, _param, value: str) -> float | None:
-    if value == "auto":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither auto nor a number") from None
+class Binding(NamedTuple):
+    """Which :class:`ScanConfig` field a scan option sets, and how a rescan writes it back."""
+
+    #: The option (``--seed``).
+    option: str
+    #: The field of :class:`ScanConfig` that holds the setting (``data``, ``model``,
+    #: ``solver``, ``rule``), or ``None`` for a field of ScanConfig itself.
+    group: str | None
+    #: The setting's field in that group.
+    name: str
+    #: Value -> text for the rescan; ``None``: not repeated (where the data comes from,
+    #: given to :func:`scan_argv` apart, and the solver's copy of --seed: the data's
+    #: repeats it).
+    text: Callable[[Any], str] | None
 
 
-def _resize(_ctx, _param, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"expected HxW such as 28x28, got {value!r}") from None
-    if h < 1 or w < 1:
-        raise click.BadParameter(f"sizes must be positive, got {value!r}")
-    return h, w
+class _Setting(NamedTuple):
+    group: str | None
+    field: Field
+    hint: Any
+    declaration: CliOption | CliCopy
 
 
-def _option(*decls: str, **attrs) -> tuple[str, object]:
-    """A ``(--name, click.option)`` entry of the table: the name selects it in
-    :func:`scan_options`'s ``without``."""
-    return decls[0], click.option(*decls, **attrs)
+def _groups() -> dict[str | None, type | None]:
+    """The settings dataclass of each group (``None``: ScanConfig's own fields)."""
+    hints = typing.get_type_hints(ScanConfig)
+    return {
+        None: None,
+        **{f.name: hints[f.name] for f in fields(ScanConfig) if is_dataclass(hints[f.name])},
+    }
 
 
-_SCAN_OPTIONS: list[tuple[str, object]] = [
-    _option(
-        "--train",
-        "train",
-        metavar="DATA",
-        help="toy-linear, an idx or image folder, a .csv or .npz.",
-    ),
-    _option("--test", "test", metavar="DATA", help="Test data (same kinds as --train)."),
-    _option("--test-split", type=float, help="Hold out this fraction of --train as test points."),
-    _option("--seed", type=int, default=0, show_default=True, help="Seeds the split and sampling."),
-    _option("--classes", callback=_classes, help="Keep these classes, e.g. 1,7 (binary task)."),
-    _option(
-        "--normalize",
-        type=click.Choice(["unit", "none"]),
-        default="unit",
-        show_default=True,
-        help="Scale each image to unit L2 norm, or keep pixels in [0, 1].",
-    ),
-    _option("--resize", callback=_resize, metavar="HxW", help="Resize images of different sizes."),
-    _option("--download", type=click.Choice(["mnist"]), help="Fetch MNIST through torchvision."),
-    _option(
-        "--download-root",
-        default="data",
-        show_default=True,
-        help="Where --download stores files.",
-    ),
-    _option(
-        "--model",
-        type=click.Choice(list(MODEL_NAMES)),
-        help="Default: linear for a numeric target, logistic for labels; cnn for images.",
-    ),
-    _option("--weight-decay", type=float, default=0.01, show_default=True, help="L2 coefficient."),
-    _option(
-        "--hidden", type=int, default=32, show_default=True, help="Hidden units of --model mlp."
-    ),
-    _option(
-        "--params",
-        type=click.Choice(["last", "all"]),
-        default="last",
-        show_default=True,
-        help="--model cnn: influence over the last layer only, or over all weights.",
-    ),
-    _option("--epochs", type=int, default=8, show_default=True, help="Adam epochs of --model cnn."),
-    _option(
-        "--dtype",
-        type=click.Choice(["float32", "float64"]),
-        default="float32",
-        show_default=True,
-    ),
-    _option(
-        "--solver",
-        type=click.Choice(["lissa", "exact", "cg"]),
-        default="lissa",
-        show_default=True,
-    ),
-    _option("--damping", type=float, default=0.0, show_default=True, help="Added to the Hessian."),
-    _option("--scale", type=float, help="LiSSA scale (default: from the largest eigenvalue)."),
-    _option("--depth", type=int, default=5000, show_default=True, help="Most LiSSA steps."),
-    _option("--repeats", type=int, default=1, show_default=True, help="LiSSA repeats averaged."),
-    _option("--batch-size", type=int, help="LiSSA minibatch size (default: all points)."),
-    _option("--tol", type=float, default=1e-4, show_default=True, help="Solver relative residual."),
-    _option(
-        "--self-influence",
-        type=click.Choice(["auto", "same"]),
-        default="auto",
-        show_default=True,
-        help="Ranking self-influences: auto = exact Cholesky when the dense Hessian is "
-        "affordable, else --solver; same = always --solver.",
-    ),
-    _option(
-        "--outlier-z",
-        default="auto",
-        show_default=True,
-        callback=_auto_or_float,
-        help="Flag outlier at this robust z of log |self-influence| (auto: calibrated "
-        "to the number of training points).",
-    ),
-    _option(
-        "--mislabel-z",
-        type=float,
-        default=FlagRule.mislabel_z,
-        show_default=True,
-        help="Flag mislabel at this z when the prediction disagrees.",
-    ),
-    _option(
-        "--trim",
-        type=float,
-        default=FlagRule.trim,
-        show_default=True,
-        help="Fraction left out of the masking refits (0: no refits).",
-    ),
-    _option("--device", default="cpu", show_default=True, help="cpu or cuda."),
-    _option(
-        "--chunk",
-        type=click.IntRange(min=1),
-        default=256,
-        show_default=True,
-        help="Test points per committed block of pair scores (work lost at most on a crash).",
-    ),
-]
+def _settings() -> Iterator[_Setting]:
+    """Every field of :class:`ScanConfig` (its own and its groups') that has ``cli``
+    metadata, in declaration order."""
+    hints = typing.get_type_hints(ScanConfig)
+    for f in fields(ScanConfig):
+        if is_dataclass(cls := hints[f.name]):
+            inner = typing.get_type_hints(cls)
+            for g in fields(cls):
+                if CLI in g.metadata:
+                    yield _Setting(f.name, g, inner[g.name], g.metadata[CLI])
+        elif CLI in f.metadata:
+            yield _Setting(None, f, hints[f.name], f.metadata[CLI])
 
 
-def scan_options(*, without: tuple[str, ...] = ()):
+def _plain_type(flag: str, hint: Any) -> type:
+    """``int``, ``float`` or ``str`` from a field's annotation (``float | None`` -> float)."""
+    args = [hint]
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1 and args[0] in (int, float, str):
+        return args[0]
+    raise TypeError(f"{flag}: a {hint} field needs parse= in its cli metadata")
+
+
+def _parser(parse: Callable[[str], Any]):
+    """A Click callback that parses the typed text (a :class:`ConfigError` is a usage
+    error of the option)."""
+
+    def callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
+
+
+def _click_option(option: CliOption, setting: _Setting) -> Decorator:
+    """The ``click.option`` decorator the setting ``option`` declares describes."""
+    default = None if setting.field.default is MISSING else setting.field.default
+    attrs: dict[str, Any] = {
+        "cls": SectionOption,
+        "section": option.section,
+        "help": option.help,
+        "metavar": option.metavar,
+    }
+    if option.parse is not None:
+        attrs["type"] = str
+        attrs["callback"] = _parser(option.parse)
+        if option.default_text is not None:
+            default = option.default_text
+        elif default is not None:
+            default = option.to_text(default) if option.to_text else str(default)
+    elif option.registry is not None:
+        attrs["type"] = click.Choice(list(REGISTRIES[option.registry]))
+    elif option.choices is not None:
+        attrs["type"] = click.Choice(list(option.choices))
+    elif option.minimum is not None:
+        attrs["type"] = click.IntRange(min=option.minimum)
+    else:
+        attrs["type"] = _plain_type(option.flag, setting.hint)
+    if default is not None:
+        attrs.update(default=default, show_default=True)
+    return click.option(option.flag, **attrs)
+
+
+def _tables() -> tuple[list[Binding], dict[str, CliOption], list[tuple[str, Decorator]]]:
+    """The bindings, the declarations by option, and the ``(option, click.option)`` list."""
+    bindings: list[Binding] = []
+    declared: dict[str, CliOption] = {}
+    options: list[tuple[str, Decorator]] = []
+    settings = list(_settings())
+    for s in settings:
+        if isinstance(option := s.declaration, CliOption):
+            if option.flag in declared:
+                raise TypeError(f"{option.flag} is declared twice")
+            declared[option.flag] = option
+            options.append((option.flag, _click_option(option, s)))
+    for s in settings:
+        flag = s.declaration.flag
+        if flag not in declared:
+            raise TypeError(f"{s.group}.{s.field.name} copies {flag}, which no field declares")
+        text = s.declaration.to_text if isinstance(s.declaration, CliOption) else None
+        bindings.append(Binding(flag, s.group, s.field.name, text))
+    return bindings, declared, options
+
+
+#: ``_FIELDS``: which :class:`ScanConfig` field each scan option sets, one :class:`Binding`
+#: per field (``--seed`` sets the data's and the solver's seed). ``_DECLARED``: each
+#: option's declaration. ``_SCAN_OPTIONS``: ``(option, click.option)`` of every option of
+#: ``auditor scan`` that builds its :class:`ScanConfig`, in declaration order.
+_FIELDS, _DECLARED, _SCAN_OPTIONS = _tables()
+
+#: The settings a rescan repeats: all of :data:`_FIELDS` but where the data comes from.
+_REPEATED = [b for b in _FIELDS if b.text is not None]
+
+
+def scan_options(*, without: tuple[str, ...] = ()) -> Decorator:
     """Every option of ``auditor scan`` that builds its :class:`ScanConfig`, but the
     options named in ``without`` (e.g. ``("--seed",)``)."""
+    unknown = set(without) - set(_DECLARED)
+    if unknown:
+        raise ValueError(f"no scan option {', '.join(sorted(unknown))}")
 
-    def decorate(func):
+    def decorate(func: Callable) -> Callable:
         for name, option in reversed(_SCAN_OPTIONS):
             if name not in without:
                 func = option(func)
@@ -159,73 +177,48 @@ def scan_options(*, without: tuple[str, ...] = ()):
     return decorate
 
 
-#: Which :class:`ScanConfig` field each scan option sets, and how a rescan writes it back:
-#: ``(option, section, field, to text)``; section ``None`` is a field of ScanConfig itself.
-#: To text ``None``: a field the rescan does not repeat: where the data comes from (given
-#: to :func:`scan_argv` apart) and the solver's copy of --seed (the data's repeats it).
-_FIELDS = [
-    ("--train", "data", "train", None),
-    ("--test", "data", "test", None),
-    ("--test-split", "data", "test_split", None),
-    ("--download", "data", "download", None),
-    ("--download-root", "data", "download_root", None),
-    ("--seed", "data", "seed", str),
-    ("--seed", "solver", "seed", None),
-    ("--classes", "data", "classes", ",".join),
-    ("--normalize", "data", "normalize", str),
-    ("--resize", "data", "resize", lambda hw: f"{hw[0]}x{hw[1]}"),
-    ("--model", "model", "name", str),
-    ("--weight-decay", "model", "weight_decay", str),
-    ("--hidden", "model", "hidden", str),
-    ("--params", "model", "params", str),
-    ("--epochs", "model", "epochs", str),
-    ("--dtype", "model", "dtype", str),
-    ("--solver", "solver", "solver", str),
-    ("--damping", "solver", "damping", str),
-    ("--scale", "solver", "scale", str),
-    ("--depth", "solver", "depth", str),
-    ("--repeats", "solver", "repeats", str),
-    ("--batch-size", "solver", "batch_size", str),
-    ("--tol", "solver", "tol", str),
-    ("--self-influence", "solver", "self_influence", str),
-    ("--outlier-z", "rule", "outlier_z", str),
-    ("--mislabel-z", "rule", "mislabel_z", str),
-    ("--trim", "rule", "trim", str),
-    ("--device", None, "device", str),
-    ("--chunk", None, "score_chunk", str),
-]
-
-#: The settings a rescan repeats: all of :data:`_FIELDS` but where the data comes from.
-_REPEATED = [entry for entry in _FIELDS if entry[3] is not None]
+def _param(option: str) -> str:
+    """Click's parameter name of an option: ``--test-split`` -> ``test_split``."""
+    return option[2:].replace("-", "_")
 
 
 def scan_config(opts: dict) -> ScanConfig:
     """The :class:`ScanConfig` the parsed ``scan_options`` describe (through
     :data:`_FIELDS`); a field whose option was left out (``evaluate`` has no --seed)
     keeps its default."""
-    fields: dict = {"data": {}, "model": {}, "solver": {}, "rule": {}, None: {}}
-    for option, section, name, _text in _FIELDS:
-        param = option[2:].replace("-", "_")
-        if param in opts:
-            fields[section][name] = opts[param]
-    return ScanConfig(
-        data=DataArgs(**fields["data"]),
-        model=ModelArgs(**fields["model"]),
-        solver=SolverArgs(**fields["solver"]),
-        rule=FlagRule(**fields["rule"]),
-        **fields[None],
-    )
+    groups = _groups()
+    values: dict[str | None, dict[str, Any]] = {group: {} for group in groups}
+    for option, group, name, _text in _FIELDS:
+        if _param(option) in opts:
+            values[group][name] = opts[_param(option)]
+    nested: dict[str, Any] = {
+        group: cls(**values[group])
+        for group, cls in groups.items()
+        if group is not None and cls is not None
+    }
+    return ScanConfig(**nested, **values[None])
+
+
+def _value(config: ScanConfig, group: str | None, name: str) -> Any:
+    return getattr(config if group is None else getattr(config, group), name)
 
 
 def scan_argv(config: ScanConfig, train: str, test: str | None) -> list[str]:
     """The ``auditor scan`` argv that repeats ``config`` on the data ``train`` (and
     ``test``): the inverse of :func:`scan_config`, naming each option whose value is not
-    the default, and ``--solver`` always."""
+    the default, and those declared ``always`` (``--solver``)."""
     default = ScanConfig(DataArgs(train=train))
     argv = ["auditor", "scan", "--train", train, *(["--test", test] if test else [])]
-    for option, section, name, text in _REPEATED:
-        value = getattr(config if section is None else getattr(config, section), name)
-        stock = getattr(default if section is None else getattr(default, section), name)
-        if value is not None and (value != stock or option == "--solver"):
+    for option, group, name, text in _REPEATED:
+        value, stock = _value(config, group, name), _value(default, group, name)
+        if text and value is not None and (value != stock or _DECLARED[option].always):
             argv += [option, text(value)]
     return argv
+
+
+def options_markdown() -> str:
+    """``auditor scan``'s options as markdown, one table per section (``scripts/docs``
+    writes it into docs/usage.md)."""
+    from auditor.cli.commands import scan  # imported here: commands imports this module
+
+    return command_markdown(scan)

@@ -45,7 +45,7 @@ from auditor.influence.conditioning import check_conditioning
 from auditor.influence.gradients import per_example_grads
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.self_influence import self_influences
-from auditor.influence.solvers import solve
+from auditor.influence.solvers import check_solver, solve
 from auditor.models import ModelTask, build_model, default_model_name
 from auditor.models.fit import FitResult, fit
 from auditor.pipeline.blocks import (
@@ -220,6 +220,7 @@ def scan(
             finished with :func:`resume`.
         PeerFailed: another rank failed or was lost; the run is left resumable.
     """
+    check_registered(config)
     with joined(comm, config.device) as comm:
         phases, train, test, model = _load_phase(comm, engine, config, datasets=datasets)
         run_id = comm.broadcast(comm.root_step(_create_run, engine, config, train, test, model))
@@ -247,6 +248,7 @@ def resume(
     if run["status"] == "complete":
         raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
     config = ScanConfig.from_dict(run["config"])
+    check_registered(config)
     with joined(comm, config.device) as comm:
         refusal = "wait for it to finish or stop it before resuming"
         comm.root_step(runs.refuse_live_writer, run, refusal)  # rank 0: the others scan nothing yet
@@ -254,6 +256,15 @@ def resume(
         if comm.is_root:
             runs.restart_run(engine, run_id)
         return _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, run)
+
+
+def check_registered(config: ScanConfig) -> None:
+    """Raise :class:`ConfigError` unless ``config`` names a registered solver: the check
+    :class:`~auditor.config.SolverArgs` cannot make (the config imports no registry), made
+    before a scan or resume writes anything. The model's name is checked against
+    :data:`~auditor.models.MODELS` by :func:`~auditor.models.build_model` in the load
+    phase, also before any write."""
+    check_solver(config.solver.solver)
 
 
 def _load_phase(

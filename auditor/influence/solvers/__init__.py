@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from auditor.config import SolverArgs
+from auditor.errors import ConfigError
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.solvers.base import SolveDiagnostics
 from auditor.influence.solvers.cg import cg_ihvp
@@ -23,6 +24,20 @@ SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolveDiagnostics]]] = {
     "exact": exact_ihvp,
     "cg": cg_ihvp,
 }
+#: The solvers' names, in the order ``--solver`` lists them.
+SOLVER_NAMES = tuple(SOLVERS)
+
+
+def check_solver(name: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is a solver of :data:`SOLVERS`.
+
+    :class:`~auditor.config.SolverArgs` cannot check it (the config may not import the
+    solvers): a scan does, before it writes anything
+    (:func:`auditor.pipeline.scan.check_registered`)."""
+    if name not in SOLVERS:
+        *rest, last = SOLVERS
+        choices = f"{', '.join(rest)} or {last}" if rest else last
+        raise ConfigError(f"unknown solver {name!r}; choose {choices}")
 
 
 def solve(
@@ -49,6 +64,8 @@ def solve(
 
 __all__ = [
     "SOLVERS",
+    "SOLVER_NAMES",
+    "check_solver",
     "SolveDiagnostics",
     "SolverArgs",
     "solve",
