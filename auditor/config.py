@@ -256,7 +256,8 @@ class ModelArgs:
         metadata=cli(
             "--model",
             "model",
-            "Default: linear for a numeric target, logistic for labels; cnn for images.",
+            "Default: linear for a numeric target, logistic for labels (also for images; "
+            "--model cnn trains a small network on them).",
             registry="models",
         ),
     )
@@ -268,7 +269,12 @@ class ModelArgs:
     )
     max_iter: int = 2000
     grad_tol: float = 1e-5
-    dtype: str = field(default="float32", metadata=cli("--dtype", "model", choices=DTYPES))
+    dtype: str = field(
+        default="float32",
+        metadata=cli(
+            "--dtype", "model", "Floating type of the fit, gradients and solves.", choices=DTYPES
+        ),
+    )
     params: str = field(
         default="last",
         metadata=cli(
@@ -325,7 +331,14 @@ class SolverArgs:
     """
 
     solver: str = field(
-        default="lissa", metadata=cli("--solver", "solver", registry="solvers", always=True)
+        default="lissa",
+        metadata=cli(
+            "--solver",
+            "solver",
+            "Inverse-Hessian-vector products: lissa (stochastic), exact (Cholesky) or cg.",
+            registry="solvers",
+            always=True,
+        ),
     )
     damping: float = field(
         default=0.0, metadata=cli("--damping", "solver", "Added to the Hessian.")

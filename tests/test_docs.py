@@ -103,31 +103,3 @@ def test_every_relative_link_resolves(doc):
         elif anchor and linked.suffix == ".md" and unquote(anchor) not in _anchors(linked):
             broken.append(f"{target} (no heading with anchor #{anchor} in {linked.name})")
     assert not broken, f"{doc.relative_to(ROOT)}: broken links: {'; '.join(broken)}"
-
-
-def _scan_options_table() -> dict[str, str]:
-    """``{--option: default cell}`` of the rows between the scan-options markers."""
-    text = (ROOT / "docs" / "usage.md").read_text(encoding="utf-8")
-    match = re.search(r"<!-- scan-options -->\n(.*?)<!-- /scan-options -->", text, re.S)
-    assert match, "docs/usage.md has no <!-- scan-options --> ... <!-- /scan-options --> region"
-    rows = re.findall(r"^\| `(--[\w-]+)[^`]*` \|([^|]*)\|", match.group(1), re.M)
-    return {option: default.strip() for option, default in rows}
-
-
-def test_scan_options_table_matches_the_cli():
-    scan = cli.commands["scan"]
-    ctx = click.Context(scan, info_name="scan")
-    expected = {}
-    for param in scan.params:
-        if isinstance(param, click.Option) and param.opts[0] not in ("--resume", "--db"):
-            help_text = param.get_help_record(ctx)[1]
-            default = re.search(r"\[default: ([^;\]]+)", help_text)
-            expected[param.opts[0]] = default.group(1) if default else ""
-    table = _scan_options_table()
-    missing = sorted(set(expected) - set(table))
-    extra = sorted(set(table) - set(expected))
-    assert not missing and not extra, (
-        f"docs/usage.md scan-options table: missing rows {missing}, rows for no option {extra}"
-    )
-    wrong = [f"{o}: {table[o]!r}, code {d!r}" for o, d in expected.items() if table[o] != d]
-    assert not wrong, f"docs/usage.md scan-options table: wrong defaults: {'; '.join(wrong)}"
