@@ -30,10 +30,10 @@ class ReadOptions:
         seed: Seed of generated data.
     """
 
-    role: str = "train"
-    normalize: str = "unit"
-    resize: tuple[int, int] | None = None
-    seed: int = 0
+    role: str
+    normalize: str
+    resize: tuple[int, int] | None
+    seed: int
 
 
 #: ``read(path, options)``: the path is ``None`` for a built-in data set.
