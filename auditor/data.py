@@ -23,7 +23,9 @@ class SourceInfo:
     """Where a dataset came from, enough for ``auditor apply`` to write it back.
 
     Attributes:
-        format: ``toy-linear``, ``idx``, ``imagefolder``, ``csv`` or ``npz``.
+        format: The name of the data format that read it (one of
+            :data:`auditor.sources.FORMATS`: ``toy-linear``, ``csv``, ``npz``, ``idx``,
+            ``imagefolder``), or ``memory`` for data built in memory.
         path: The file or directory that was read (``None`` for built-in data).
         options: Loader options that affect the points (``classes``, ``normalize``...).
     """

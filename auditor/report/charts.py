@@ -14,6 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 MARGIN = {"left": 64, "right": 16, "top": 14, "bottom": 44}
+#: ``(width, height)`` of each chart, in SVG user units.
+SCATTER_SIZE, HISTOGRAM_SIZE, DETECTION_SIZE = (900, 360), (900, 240), (640, 320)
+BINS = 40  # regular histogram bins (an overflow bin may follow)
+TICKS = 6  # about this many ticks per numeric axis
 LOW, HIGH = (83, 131, 176), (240, 138, 20)  # colour ramp: ordinary -> suspicious
 FLAG_ORDER = ("none", "mislabel", "outlier")
 
@@ -99,11 +103,12 @@ class Histogram:
     overflow_from: float | None
 
 
-def nice_ticks(lo: float, hi: float, n: int = 6) -> list[float]:
-    """About ``n`` round values (steps of 1, 2, 2.5 or 5 times a power of ten) in ``[lo, hi]``."""
+def nice_ticks(lo: float, hi: float) -> list[float]:
+    """About :data:`TICKS` round values (steps of 1, 2, 2.5 or 5 times a power of ten) in
+    ``[lo, hi]``."""
     if not hi > lo:
         return [lo]
-    raw = (hi - lo) / max(1, n - 1)
+    raw = (hi - lo) / (TICKS - 1)
     power = 10 ** math.floor(math.log10(raw))
     step = min((m * power for m in (1, 2, 2.5, 5, 10)), key=lambda st: abs(st - raw))
     first = math.ceil(lo / step - 1e-9)
@@ -162,8 +167,6 @@ def scatter(
     line: Callable[[float], float] | None = None,
     line_label: str = "",
     tests: Sequence[tuple[float, float, str]] = (),
-    width: int = 900,
-    height: int = 360,
 ) -> Scatter:
     """Scatter plot of training points coloured by ``colour`` (the suspicion, ramped over
     ``[0, colour_max]``), with ``line`` (the fitted model) drawn across.
@@ -177,6 +180,7 @@ def scatter(
     xs = list(x) + [t[0] for t in tests]
     ys = list(y) + [t[1] for t in tests]
     (x0, x1), (y0, y1) = _padded(xs), _padded(ys)
+    width, height = SCATTER_SIZE
     box = _box(width, height)
     sx = _linear(x0, x1, box["left"], box["right"])
     sy = _linear(y0, y1, box["bottom"], box["top"])
@@ -231,14 +235,12 @@ def histogram(
     thresholds: dict[str, float],
     *,
     label: str = INFLUENCE_LABELS["log"],
-    bins: int = 40,
-    width: int = 900,
-    height: int = 240,
 ) -> Histogram:
     """Histogram of ``z`` (the influence z, ``(n,)``; the x axis is ``label``), each bar stacked by
     the points' flag ``kinds`` (``"none"``, ``"mislabel"``, ``"outlier"``), with a line at
     each threshold (``{"mislabel": 3.0, "outlier": 6.0}``)."""
     lo, hi = histogram_range(z, list(thresholds.values()))
+    bins, (width, height) = BINS, HISTOGRAM_SIZE
     step = (hi - lo) / bins
     overflow = max(z) > hi
     counts = [dict.fromkeys(FLAG_ORDER, 0) for _ in range(bins + overflow)]
@@ -327,12 +329,11 @@ def detection_chart(
     auroc: dict[str, float | None],
     title: str,
     n_faults: int,
-    width: int = 640,
-    height: int = 320,
 ) -> DetectionChart:
     """Lay out detection curves ``{ranking: [[share checked, share found], ...]}``; each
     series also carries its share found after checking 10%, read off its curve (stored at
     every 1% whatever ``--checked`` the evaluation used)."""
+    width, height = DETECTION_SIZE
     box = _box(width, height)
     px = _linear(0.0, 1.0, box["left"], box["right"])
     py = _linear(0.0, 1.0, box["bottom"], box["top"])

@@ -315,11 +315,10 @@ def _histogram(
 
 def _scatter(
     run: dict, train: list[dict], test: list[dict], features: dict, thresholds: dict
-) -> charts.Scatter | None:
-    """Regression only. One feature: ``x`` against the target with the line fitted from
-    ``theta``; more features: the target against the prediction with the diagonal."""
-    if run["task"] != "regression":
-        return None
+) -> charts.Scatter:
+    """Regression only (:func:`collect` reads ``features`` for regression alone). One
+    feature: ``x`` against the target with the line fitted from ``theta``; more features:
+    the target against the prediction with the diagonal."""
     if features["train"].shape[1] == 1:
         x = features["train"][:, 0].tolist()
         y = [float(r["label"]) for r in train]

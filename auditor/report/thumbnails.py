@@ -17,9 +17,9 @@ from torchvision.transforms.v2.functional import resize
 SIZE = 56
 
 
-def scale_factor(shape: Sequence[int], size: int = SIZE) -> int:
+def scale_factor(shape: Sequence[int]) -> int:
     """The integer enlargement for an image of ``shape`` ``[C, H, W]`` (1 if none)."""
-    return max(1, size // max(shape[1], shape[2]))
+    return max(1, SIZE // max(shape[1], shape[2]))
 
 
 def pixels(image: bytes, shape: Sequence[int]) -> torch.Tensor:
@@ -30,28 +30,27 @@ def pixels(image: bytes, shape: Sequence[int]) -> torch.Tensor:
     return tensor
 
 
-def thumbnail(image: torch.Tensor, size: int = SIZE) -> torch.Tensor:
+def thumbnail(image: torch.Tensor) -> torch.Tensor:
     """A ``(C, H', W')`` uint8 thumbnail of a ``(C, H, W)`` uint8 image.
 
-    ``H' = k*H`` and ``W' = k*W`` with ``k = scale_factor`` when the image is smaller than
-    ``size``; otherwise the longest side becomes ``size`` (aspect ratio kept).
+    ``H' = k*H`` and ``W' = k*W`` with ``k = scale_factor`` when the image is no larger
+    than :data:`SIZE`; otherwise the longest side becomes ``SIZE`` (aspect ratio kept).
     """
     _, h, w = image.shape
-    if max(h, w) <= size:
-        k = scale_factor(image.shape, size)
+    if max(h, w) <= SIZE:
+        k = scale_factor(image.shape)
         return image.repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)
-    ratio = size / max(h, w)
+    ratio = SIZE / max(h, w)
     target = [max(1, round(h * ratio)), max(1, round(w * ratio))]
     return resize(image, target, antialias=True)
 
 
-def png_data_uri(image: bytes, shape: Sequence[int], size: int = SIZE) -> str:
+def png_data_uri(image: bytes, shape: Sequence[int]) -> str:
     """A ``data:image/png;base64,...`` URI of the thumbnail of stored pixels.
 
     Args:
         image: Raw uint8 pixels, ``prod(shape)`` bytes.
         shape: ``[C, H, W]`` (``runs.image_shape``).
-        size: Target length of the longest side in pixels.
     """
-    png = encode_png(thumbnail(pixels(image, shape), size))
+    png = encode_png(thumbnail(pixels(image, shape)))
     return "data:image/png;base64," + base64.b64encode(png.numpy().tobytes()).decode("ascii")

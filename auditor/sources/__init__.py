@@ -1,8 +1,11 @@
 """Data sources: turn a data spec (a path or a built-in name) into a :class:`Dataset`.
 
-Formats, one module each: :mod:`.idx` (MNIST idx files), :mod:`.imagefolder` (one
-sub-folder per class), :mod:`.tabular` (CSV and NPZ) and :mod:`.toy` (``toy-linear``).
-:mod:`.writers` writes a cleaned copy of any of them.
+Every format is one :class:`~auditor.sources.base.Format` (detector, reader and writer of
+cleaned copies together) in its own module: :mod:`.toy` (``toy-linear``), :mod:`.tabular`
+(CSV and NPZ), :mod:`.idx` (MNIST idx files) and :mod:`.imagefolder` (one sub-folder per
+class). :data:`FORMATS` is the one list of them; :func:`load` reads and
+:func:`auditor.sources.writers.write_cleaned` writes through it. Adding a format is one
+module and one line in :data:`FORMATS`.
 """
 
 from __future__ import annotations
@@ -13,49 +16,62 @@ from pathlib import Path
 
 from auditor.data import Dataset
 from auditor.errors import ConfigError, DataError
-from auditor.sources.idx import download_mnist, find_pairs, is_images_file, load_idx
-from auditor.sources.imagefolder import load_imagefolder
+from auditor.sources.base import Format, ReadOptions
+from auditor.sources.idx import IDX, download_mnist
+from auditor.sources.imagefolder import IMAGEFOLDER
 from auditor.sources.images import check_normalize, images_to_features, to_rgb
 from auditor.sources.labels import align_classes, restrict_classes
-from auditor.sources.tabular import load_csv, load_npz
-from auditor.sources.toy import toy_linear
+from auditor.sources.tabular import CSV, NPZ
+from auditor.sources.toy import TOY, TOY_LINEAR
 
 __all__ = [
+    "FORMATS",
+    "TOY_LINEAR",
+    "Format",
+    "ReadOptions",
     "align_classes",
     "detect_format",
     "download_mnist",
+    "find_format",
     "images_to_features",
     "load",
     "match_channels",
     "restrict_classes",
 ]
 
-TOY_LINEAR = "toy-linear"
+#: Every data format, in detection order: the first whose ``detect`` accepts a path reads
+#: it. idx comes before the image folder, which accepts any folder.
+FORMATS: tuple[Format, ...] = (TOY, CSV, NPZ, IDX, IMAGEFOLDER)
+
 ROLES = ("train", "test")
 
 
-def detect_format(path: Path) -> str:
-    """The format of an existing path: ``idx``, ``imagefolder``, ``csv`` or ``npz``.
+def find_format(name: str) -> Format | None:
+    """The format named ``name`` (a :attr:`SourceInfo.format`), or ``None``."""
+    return next((fmt for fmt in FORMATS if fmt.name == name), None)
+
+
+def detect_format(path: Path) -> Format:
+    """The format of an existing path: the first in :data:`FORMATS` that accepts it.
 
     Raises:
-        DataError: A file of no known format, or a path that cannot be read.
+        DataError: A path of no known format, or a path that cannot be read.
     """
     if not os.access(path, os.R_OK) or (path.is_dir() and not os.access(path, os.X_OK)):
         raise DataError(f"{path}: cannot be read (permission denied)")
-    if path.is_dir():
-        try:
-            return "idx" if find_pairs(path) else "imagefolder"
-        except OSError as exc:
-            raise DataError(f"{path}: cannot be read ({exc})") from exc
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".npz"):
-        return suffix[1:]
-    if is_images_file(path):
-        return "idx"
-    raise DataError(
-        f"{path}: unknown data format; expected a .csv or .npz file, an idx images file "
-        "(*-images-idx3-ubyte[.gz]), a folder of idx files or a folder of class sub-folders"
-    )
+    try:
+        found = next((f for f in FORMATS if f.detect is not None and f.detect(path)), None)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
+    if found is None:
+        expected = _one_of([f.describes for f in FORMATS if f.describes])
+        raise DataError(f"{path}: unknown data format; expected {expected}")
+    return found
+
+
+def _one_of(items: list[str]) -> str:
+    """``"a, b or c"``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def load(
@@ -90,13 +106,12 @@ def load(
     if role not in ROLES:
         raise ConfigError(f"role must be 'train' or 'test', got {role!r}")
     check_normalize(normalize)
-    if spec == TOY_LINEAR:
-        if resize is not None:
-            raise ConfigError("resize only applies to image folders, not toy-linear")
-        toy = toy_linear(seed)[0 if role == "train" else 1]
-        options = {**toy.source.options, "normalize": normalize}
-        toy = replace(toy, source=replace(toy.source, options=options))
-        return restrict_classes(toy, classes, require_all=role == "train")
+    options = ReadOptions(role, normalize, resize, seed)
+    builtin = next((f for f in FORMATS if f.builtin and f.name == spec), None)
+    if builtin is not None:
+        if resize is not None and not builtin.resizable:
+            raise ConfigError(f"resize only applies to image folders, not {builtin.name}")
+        return restrict_classes(builtin.read(None, options), classes, require_all=role == "train")
     path = Path(spec).expanduser()
     try:
         exists = path.exists()
@@ -105,16 +120,9 @@ def load(
     if not exists:
         raise DataError(f"{spec} does not exist")
     fmt = detect_format(path)
-    if resize is not None and fmt != "imagefolder":
-        raise ConfigError(f"resize only applies to image folders, not to {fmt} data ({path})")
-    if fmt == "idx":
-        dataset = load_idx(path, role, normalize)
-    elif fmt == "imagefolder":
-        dataset = load_imagefolder(path, normalize, resize)
-    elif fmt == "csv":
-        dataset = load_csv(path, normalize)
-    else:
-        dataset = load_npz(path, normalize)
+    if resize is not None and not fmt.resizable:
+        raise ConfigError(f"resize only applies to image folders, not to {fmt.name} data ({path})")
+    dataset = fmt.read(path, options)
     return restrict_classes(dataset, classes, require_all=role == "train")
 
 

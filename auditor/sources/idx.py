@@ -2,7 +2,8 @@
 
 An idx file is a 4-byte magic number (two zero bytes, a data-type code, the number of
 dimensions), one big-endian uint32 size per dimension, then the raw data. Only the
-unsigned-byte type (code 0x08) is supported, which is what MNIST uses.
+unsigned-byte type (code 0x08) is supported, which is what MNIST uses. A cleaned copy is
+the audited pair under its own names, with the same compression.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from auditor.data import Dataset, SourceInfo
 from auditor.errors import ConfigError, DataError
+from auditor.sources.base import Decisions, Format, ReadOptions, plan
 from auditor.sources.images import check_normalize, images_to_features
 from auditor.sources.labels import restrict_classes
 
@@ -124,8 +126,6 @@ def select_pair(path: Path, role: str) -> tuple[Path, Path]:
     A directory with several pairs gives ``train*`` for ``role="train"`` and ``t10k*`` (or
     ``test*``) for ``role="test"``; a directory with a single pair gives it for either role.
     """
-    if role not in ROLE_PREFIXES:
-        raise ConfigError(f"role must be 'train' or 'test', got {role!r}")
     if not path.is_dir():
         return path, labels_file_for(path)
     pairs = find_pairs(path)
@@ -225,3 +225,42 @@ def download_mnist(
         except (RuntimeError, OSError, ValueError, EOFError) as exc:
             raise DataError(f"could not download MNIST: {exc}") from exc
     return restrict_classes(load_idx(images, role, normalize), classes, require_all=role == "train")
+
+
+def write_idx_cleaned(
+    source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
+) -> list[Path]:
+    """idx: the audited pair under its own names (same compression); a folder's other
+    pairs are not copied (the rescan reads the run's own test data)."""
+    path = Path(source.path)
+    images_path, labels_path = select_pair(path, source.options.get("role", "train"))
+    pixels, labels = read_pair(images_path, labels_path)
+    ids = [f"{images_path.name}#{i}" for i in range(len(labels))]
+    keep, relabel = plan(ids, decisions, str(images_path), unlisted)
+    labels = labels.copy()
+    for i, new in relabel.items():
+        if not new.isdigit() or int(new) > 255:
+            raise DataError(f"cannot relabel {ids[i]} as {new!r}: idx labels are integers 0..255")
+        labels[i] = int(new)
+    written = [out_dir / images_path.name, out_dir / labels_path.name]
+    write_idx(written[0], pixels[keep])
+    write_idx(written[1], labels[keep])
+    return written
+
+
+def _detect(path: Path) -> bool:
+    """A folder holding an idx images file, or a file named like one."""
+    return bool(find_pairs(path)) if path.is_dir() else is_images_file(path)
+
+
+def _read(path: Path, options: ReadOptions) -> Dataset:
+    return load_idx(path, options.role, options.normalize)
+
+
+IDX = Format(
+    "idx",
+    _detect,
+    _read,
+    write_idx_cleaned,
+    describes="an idx images file (*-images-idx3-ubyte[.gz]), a folder of idx files",
+)

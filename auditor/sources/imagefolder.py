@@ -2,14 +2,16 @@
 
 Images are decoded with :func:`torchvision.io.decode_image` (PNG, JPEG, GIF, WebP) and
 kept as uint8 ``(C, H, W)``. Files with other extensions and hidden files or folders are
-ignored; class folders without any image are not classes.
+ignored; class folders without any image are not classes. A cleaned copy is the same tree
+minus the removed files, with relabelled files moved to their new class folder.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 from torchvision.io import ImageReadMode, decode_image, read_file
@@ -17,6 +19,7 @@ from torchvision.transforms.v2 import functional as F
 
 from auditor.data import Dataset, SourceInfo
 from auditor.errors import ConfigError, DataError
+from auditor.sources.base import Decisions, Format, ReadOptions, plan
 from auditor.sources.images import images_to_features, to_rgb, to_uint8_chw
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")
@@ -161,5 +164,62 @@ def load_imagefolder(
     )
 
 
+def write_imagefolder_cleaned(
+    source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
+) -> list[Path]:
+    """Image folder: the same tree minus removed files; relabelled files moved to the new
+    class folder (created; a ``-1``, ``-2``... suffix avoids name clashes)."""
+    root = Path(source.path)
+    entries = find_images(root)
+    ids = [rel for rel, _ in entries]
+    keep, relabel = plan(ids, decisions, str(root), unlisted)
+    targets: dict[int, PurePosixPath] = {}
+    taken: set[PurePosixPath] = set()
+    for i in keep:  # unchanged files first, so they keep their names
+        if i not in relabel or relabel[i] == entries[i][1]:
+            targets[i] = PurePosixPath(ids[i])
+            taken.add(targets[i])
+    for i in keep:
+        if i not in targets:
+            new = _folder_name(relabel[i], ids[i])
+            targets[i] = _unique(PurePosixPath(new, *PurePosixPath(ids[i]).parts[1:]), taken)
+            taken.add(targets[i])
+    written = []
+    for i in keep:
+        out = out_dir / targets[i]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        written.append(Path(shutil.copyfile(root / ids[i], out)))
+    return written
+
+
 def _hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+def _folder_name(name: str, point_id: str) -> str:
+    if name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise DataError(f"cannot relabel {point_id} as {name!r}: not a usable folder name")
+    return name
+
+
+def _unique(path: PurePosixPath, taken: set[PurePosixPath]) -> PurePosixPath:
+    candidate, k = path, 0
+    while candidate in taken:
+        k += 1
+        candidate = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return candidate
+
+
+def _read(path: Path, options: ReadOptions) -> Dataset:
+    return load_imagefolder(path, options.normalize, options.resize)
+
+
+#: Any folder: after idx in the registry, which takes the folders holding idx files.
+IMAGEFOLDER = Format(
+    "imagefolder",
+    Path.is_dir,
+    _read,
+    write_imagefolder_cleaned,
+    describes="a folder of class sub-folders",
+    resizable=True,
+)

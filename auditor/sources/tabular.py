@@ -4,7 +4,8 @@ CSV: a header row, numeric feature columns and exactly one ``label`` column
 (classification) or ``target`` column (regression). NPZ: ``X`` of shape ``(n, d)``,
 ``(n, H, W)`` or ``(n, C, H, W)`` (uint8 image-shaped ``X`` is treated as pixels) and ``y``
 (integer: classification, float: regression). Ids are ``"{file name}#{row}"`` with the
-0-based data row.
+0-based data row. A cleaned copy keeps the file's name, columns (CSV) and arrays and dtypes
+(NPZ).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ import torch
 
 from auditor.data import Dataset, SourceInfo
 from auditor.errors import DataError
+from auditor.sources.base import Decisions, Format, ReadOptions, plan
 from auditor.sources.images import check_normalize, images_to_features
 from auditor.sources.labels import canonical_labels, encode_labels
 
@@ -235,3 +238,108 @@ def _npz_features(
     if len(bad):
         raise DataError(f"{path}: non-finite value in X ({TOO_LARGE}) at row {bad[0].item()}")
     return None, features
+
+
+def target_value(text: str, point_id: str) -> float:
+    """A new regression target from ``text``: a number that float32 holds (what the
+    loaders read back), else :class:`DataError`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"cannot set the target of {point_id} to {text!r}: not a number") from None
+    if not fits_float32(value):
+        raise DataError(
+            f"cannot set the target of {point_id} to {text!r}: not finite, or too large for float32"
+        )
+    return value
+
+
+def write_csv_rows(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    """Write a CSV file (UTF-8, ``\\n`` line ends) that :func:`load_csv` reads back."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_csv_cleaned(
+    source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
+) -> list[Path]:
+    """CSV: same header and columns; rows removed, ``label`` / ``target`` cells changed."""
+    path = Path(source.path)
+    header, data = read_csv_table(path)
+    col, kind = target_column(header, path)
+    ids = [f"{path.name}#{i}" for i in range(len(data))]
+    keep, relabel = plan(ids, decisions, str(path), unlisted)
+    rows = []
+    for i in keep:
+        row = list(data[i][1])
+        if i in relabel:
+            new = relabel[i]
+            row[col] = new if kind == LABEL else repr(target_value(new, f"{path.name}#{i}"))
+        rows.append(row)
+    out = out_dir / path.name
+    write_csv_rows(out, header, rows)
+    return [out]
+
+
+def write_npz_cleaned(
+    source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
+) -> list[Path]:
+    """NPZ: every array with ``n`` rows loses the removed rows; ``y`` relabelled; dtypes kept."""
+    path = Path(source.path)
+    arrays = read_npz(path)
+    if "X" not in arrays or "y" not in arrays:
+        raise DataError(f"{path}: missing array X or y")
+    n = len(arrays["X"])
+    ids = [f"{path.name}#{i}" for i in range(n)]
+    keep, relabel = plan(ids, decisions, str(path), unlisted)
+    y = arrays["y"].copy()
+    for i, new in relabel.items():
+        y[i] = _npz_value(new, y.dtype, ids[i])
+    arrays["y"] = y
+    cleaned = {k: a[keep] if a.ndim >= 1 and len(a) == n else a for k, a in arrays.items()}
+    out = out_dir / path.name
+    save = np.savez_compressed if _is_compressed(path) else np.savez
+    with out.open("wb") as f:
+        save(f, **cleaned)
+    return [out]
+
+
+def _npz_value(text: str, dtype: np.dtype, point_id: str) -> int | float:
+    if np.issubdtype(dtype, np.floating):
+        return target_value(text, point_id)
+    try:
+        value = int(text)
+    except ValueError:
+        raise DataError(f"cannot relabel {point_id} as {text!r}: y holds integers") from None
+    info = np.iinfo(dtype)
+    if not info.min <= value <= info.max:
+        raise DataError(f"cannot relabel {point_id} as {text!r}: out of range for {dtype}")
+    return value
+
+
+def _is_compressed(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
+
+
+def _has_suffix(suffix: str) -> Callable[[Path], bool]:
+    """A detector: a path that is not a folder and whose name ends in ``suffix`` (any case)."""
+
+    def detect(path: Path) -> bool:
+        return not path.is_dir() and path.suffix.lower() == suffix
+
+    return detect
+
+
+def _read_csv(path: Path, options: ReadOptions) -> Dataset:
+    return load_csv(path, options.normalize)
+
+
+def _read_npz(path: Path, options: ReadOptions) -> Dataset:
+    return load_npz(path, options.normalize)
+
+
+CSV = Format("csv", _has_suffix(".csv"), _read_csv, write_csv_cleaned, describes="a .csv file")
+NPZ = Format("npz", _has_suffix(".npz"), _read_npz, write_npz_cleaned, describes="a .npz file")
