@@ -83,12 +83,11 @@ def resume_command(run_id: int, db: str) -> str:
     return shlex.join(["auditor", "scan", "--resume", str(run_id), "--db", display_url(db)])
 
 
-def resolve_run(engine, run: int | None, db: str, *, complete: bool = True) -> int:
-    """The id of ``run`` (default the latest) in database ``db``; with ``complete`` it must
-    have finished."""
+def resolve_run(engine, run: int | None, db: str) -> int:
+    """The id of ``run`` (default the latest) in database ``db``, which must have finished."""
     run_id = runs.latest_run_id(engine) if run is None else run
     row = runs.get_run(engine, run_id)
-    if complete and row["status"] != "complete":
+    if row["status"] != "complete":
         runs.refuse_live_writer(row, "wait for it to finish")
         raise DataError(
             f"run {run_id} is {row['status']} (stopped in phase {row['phase']}), not complete; "
