@@ -25,7 +25,7 @@ from auditor.cli.common import (
 )
 from auditor.cli.evaluate import evaluate
 from auditor.cli.options import scan_argv, scan_config, scan_options
-from auditor.cli.progress import Bars
+from auditor.cli.progress import PhaseProgress
 from auditor.cli.report import report
 from auditor.cli.tables import echo_table
 from auditor.errors import AuditorError
@@ -75,7 +75,7 @@ def scan(**opts) -> None:
         torchrun --nproc-per-node 4 -m auditor scan --train data/ --db postgresql://host/db
         auditor scan --resume 3 --db audit.db
     """
-    bars = Bars() if distributed.rank() == 0 else None
+    progress = PhaseProgress(quiet=distributed.rank() != 0)
     if opts["resume_run"] is not None:
         ctx = click.get_current_context()
         given = [
@@ -89,28 +89,28 @@ def scan(**opts) -> None:
                 f"--resume takes the run's stored options; drop {', '.join(given)}"
             )
         engine = open_existing(opts["db"])
-        _report_scan(opts, bars, lambda: resume_scan(engine, opts["resume_run"], progress=bars))
+        _report_scan(
+            opts, progress, lambda: resume_scan(engine, opts["resume_run"], progress=progress)
+        )
         return
     config = scan_config(opts)
     with distributed.process_group(config.device) as comm:
         engine = dispose_on_close(distributed.open_in_order(comm, opts["db"]))
-        _report_scan(opts, bars, lambda: run_scan(engine, config, progress=bars, comm=comm))
+        _report_scan(opts, progress, lambda: run_scan(engine, config, progress=progress, comm=comm))
 
 
-def _report_scan(opts: dict, bars: Bars | None, run) -> None:
-    """Run a scan (or resume) with progress bars and print its summary and run id (on
-    rank 0 of a torchrun job only)."""
+def _report_scan(opts: dict, progress: PhaseProgress, run) -> None:
+    """Run a scan (or resume) with its progress shown and print its summary and run id
+    (on rank 0 of a torchrun job only)."""
     start = time.perf_counter()
     try:
-        result = run()
+        with progress:  # drawn while it runs, stopped however it ends
+            result = run()
     except AuditorError as exc:  # one that left a run incomplete says how to finish it
         if exc.run_id is None:
             raise
         hint = f"finish it with `{resume_command(exc.run_id, opts['db'])}`"
         raise type(exc)(f"{exc}: {hint}", exc.run_id) from None
-    finally:
-        if bars is not None:
-            bars.close()
     if result is None:  # another rank than 0
         return
     for warning in result.warnings:

@@ -9,7 +9,7 @@ import click
 
 from auditor.cli.common import db_option, dispose_on_close, handle_errors
 from auditor.cli.options import scan_config, scan_options
-from auditor.cli.progress import Bars
+from auditor.cli.progress import PhaseProgress
 from auditor.cli.tables import echo_table
 from auditor.evaluation.evaluate import EvalArgs, Evaluation, evaluation_dict, summary_rows
 from auditor.evaluation.evaluate import evaluate as run_evaluate
@@ -94,11 +94,8 @@ def evaluate(**opts) -> None:
         fix=opts["fix"],
     )
     engine = dispose_on_close(open_db(opts["db"]))
-    bars = Bars()
-    try:
-        evaluation = run_evaluate(engine, config, args, progress=bars)
-    finally:
-        bars.close()
+    with PhaseProgress() as progress:
+        evaluation = run_evaluate(engine, config, args, progress=progress)
     for seed, run_id in dict.fromkeys((r["seed"], r["run_id"]) for r in evaluation.results):
         for warning in evaluation.warnings[run_id]:  # as scan prints them
             click.secho(f"warning: seed {seed} (run {run_id}): {warning}", fg="yellow", err=True)
