@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from auditor import __version__
 from auditor.cleaning import apply as cleaning
 from auditor.cleaning import exports
 from auditor.cli.common import (
@@ -37,7 +38,7 @@ from auditor.store import display_url, runs
 
 
 @click.group()
-@click.version_option(package_name="auditor")
+@click.version_option(__version__, prog_name="auditor")
 def cli() -> None:
     """Find the training points most likely to be mislabelled or outliers.
 
