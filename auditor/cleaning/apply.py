@@ -148,34 +148,45 @@ def _check_empty(out_dir: Path) -> None:
         raise DataError(f"{out_dir}: not an empty folder; give a new one for the cleaned data")
 
 
-def compare_runs(engine: Engine, run_a: int, run_b: int) -> str:
-    """A text table of test loss and accuracy for two complete runs (the CLI checks them,
-    :func:`auditor.cli.common.resolve_run`), and the change from A to B."""
+@dataclass(frozen=True)
+class Comparison:
+    """Two runs side by side (``auditor compare``).
+
+    Attributes:
+        rows: ``(label, A's value, B's value, format spec)``: the training and test
+            point counts, then the losses and, for classification, the accuracies; the
+            spec (``".4f"``, ``".2%"``...) is how the values read.
+        same_test_points: Whether both runs were evaluated on the same test points.
+    """
+
+    rows: list[tuple[str, float, float, str]]
+    same_test_points: bool
+
+
+def compare_runs(engine: Engine, run_a: int, run_b: int) -> Comparison:
+    """Test loss and accuracy (and the sizes) of two complete runs; the CLI checks that
+    they are complete (:func:`auditor.cli.common.resolve_run`).
+
+    Raises:
+        DataError: the runs are of different tasks (classification, regression).
+    """
     a, b = runs.get_run(engine, run_a), runs.get_run(engine, run_b)
     if a["task"] != b["task"]:
         raise DataError(
             f"run {run_a} is {a['task']} and run {run_b} is {b['task']}: their losses and "
             "accuracies do not compare"
         )
-    rows = [("training points", "n_train", "{:.0f}"), ("test points", "n_test", "{:.0f}")]
-    metric_rows = [("train loss", "train_loss", "{:.4f}"), ("test loss", "test_loss", "{:.4f}")]
+    rows = [
+        ("training points", a["n_train"], b["n_train"], ".0f"),
+        ("test points", a["n_test"], b["n_test"], ".0f"),
+    ]
+    metrics = [("train loss", "train_loss", ".4f"), ("test loss", "test_loss", ".4f")]
     if a["task"] == "classification":  # b's too: checked above
-        metric_rows += [("train accuracy", "train_accuracy", "{:.2%}"),
-                        ("test accuracy", "test_accuracy", "{:.2%}")]  # fmt: skip
-    lines = [f"{'':<16} {'run ' + str(a['id']):>12} {'run ' + str(b['id']):>12} {'change':>12}"]
-    for label, key, fmt in rows:
-        lines.append(_row(label, a[key], b[key], fmt))
-    for label, key, fmt in metric_rows:
-        lines.append(_row(label, a["metrics"][key], b["metrics"][key], fmt))
-    if a["metrics"].get("test_fingerprint") != b["metrics"].get("test_fingerprint"):
-        lines.append("note: the two runs were evaluated on different test points")
-    return "\n".join(lines)
-
-
-def _row(label: str, va: float, vb: float, fmt: str) -> str:
-    change = vb - va
-    sign = "+" if change >= 0 else "-"
-    return f"{label:<16} {fmt.format(va):>12} {fmt.format(vb):>12} {sign + fmt.format(abs(change)):>12}"
+        metrics += [("train accuracy", "train_accuracy", ".2%"),
+                    ("test accuracy", "test_accuracy", ".2%")]  # fmt: skip
+    rows += [(label, a["metrics"][key], b["metrics"][key], spec) for label, key, spec in metrics]
+    same = a["metrics"].get("test_fingerprint") == b["metrics"].get("test_fingerprint")
+    return Comparison(rows, same)
 
 
 def _check_label(label: str, run: dict, where: str) -> str:

@@ -1,10 +1,11 @@
-"""Read a run back as records: exports (JSON, CSV) and the ``auditor show`` tables."""
+"""Read a run back as records: exports (JSON, CSV) and the rows of ``auditor show``."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -148,56 +149,81 @@ def export_csv(engine: Engine, run_id: int) -> str:
     return buffer.getvalue()
 
 
-def format_test_point(engine: Engine, run_id: int, test_index: int, top: int) -> str:
-    """The most harmful and most helpful training points for one test point, as text."""
+InfluenceRow = tuple[int, float, object, str]
+"""``(index, score, label, id)``: a point of the other split and its pair's score."""
+
+
+@dataclass(frozen=True)
+class PointInfluence:
+    """One point and the points of the other split most strongly paired with it
+    (``auditor show``).
+
+    Attributes:
+        summary: One line on the point: run, index, id, label and how the run saw it.
+        tables: ``(caption, rows)`` in order; each row is ``(index, score, label, id)`` of
+            another point, ``score`` the influence score of the pair.
+    """
+
+    summary: str
+    tables: list[tuple[str, list[InfluenceRow]]]
+
+
+def influence_on_test(engine: Engine, run_id: int, test_index: int, top: int) -> PointInfluence:
+    """The ``top`` most harmful and most helpful training points for one test point."""
     run = runs.get_run(engine, run_id)
     _check_index(test_index, run["n_test"], "--test-index")
     scores = pairs.read_test_scores(engine, run_id, test_index)
     train = points.read_points(engine, run_id, "train")
     test = points.read_points(engine, run_id, "test")[test_index]
     order = np.argsort(-scores, kind="stable")
-    lines = [
+    summary = (
         f"run {run_id}, test point {test_index} ({test['point_id']}): label "
         f"{label_name(run, test['label'])}, predicted {label_name(run, test['predicted'])}, "
-        f"loss {test['loss']:.4g}",
-        "",
-        "Most harmful training points (up-weighting raises this test loss):",
-        *_table(run, train, order[:top], scores),
-        "",
-        "Most helpful training points (up-weighting lowers this test loss):",
-        *_table(run, train, order[::-1][:top], scores),
-    ]
-    return "\n".join(lines)
+        f"loss {test['loss']:.4g}"
+    )
+    return PointInfluence(
+        summary,
+        [
+            (
+                "Most harmful training points (up-weighting raises this test loss):",
+                _rows(run, train, order[:top], scores),
+            ),
+            (
+                "Most helpful training points (up-weighting lowers this test loss):",
+                _rows(run, train, order[::-1][:top], scores),
+            ),
+        ],
+    )
 
 
-def format_train_point(engine: Engine, run_id: int, train_index: int, top: int) -> str:
-    """The test points one training point hurts most, as text."""
+def influence_of_train(engine: Engine, run_id: int, train_index: int, top: int) -> PointInfluence:
+    """The ``top`` test points one training point hurts most."""
     run = runs.get_run(engine, run_id)
     _check_index(train_index, run["n_train"], "--train-index")
     scores = pairs.read_train_scores(engine, run_id, train_index)
     train = points.read_points(engine, run_id, "train")[train_index]
     test = points.read_points(engine, run_id, "test")
     order = np.argsort(-scores, kind="stable")[:top]
-    lines = [
+    summary = (
         f"run {run_id}, training point {train_index} ({train['point_id']}): label "
         f"{label_name(run, train['label'])}, rank {train['rank']}, flags "
-        f"{', '.join(train['flags'] or []) or 'none'}",
-        "",
-        "Test points it hurts most:",
-        *_table(run, test, order, scores),
-    ]
-    return "\n".join(lines)
+        f"{', '.join(train['flags'] or []) or 'none'}"
+    )
+    return PointInfluence(
+        summary, [("Test points it hurts most:", _rows(run, test, order, scores))]
+    )
 
 
-def _table(run: dict, rows: list[dict], order, scores) -> list[str]:
-    out = [f"  {'index':>6}  {'score':>12}  {'label':>10}  id"]
-    for i in order:
-        row = rows[int(i)]
-        out.append(
-            f"  {int(i):>6}  {scores[int(i)]:>12.5g}  {str(label_name(run, row['label'])):>10}  "
-            f"{row['point_id']}"
+def _rows(run: dict, rows: list[dict], order, scores) -> list[InfluenceRow]:
+    return [
+        (
+            int(i),
+            float(scores[int(i)]),
+            label_name(run, rows[int(i)]["label"]),
+            rows[int(i)]["point_id"],
         )
-    return out
+        for i in order
+    ]
 
 
 def _check_index(index: int, size: int, option: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from auditor import __version__
 from auditor.cleaning import apply as cleaning
 from auditor.cleaning import exports
 from auditor.cli.common import (
@@ -26,8 +27,9 @@ from auditor.cli.common import (
 from auditor.cli.evaluate import evaluate
 from auditor.cli.help import SectionedCommand
 from auditor.cli.options import scan_argv, scan_config, scan_options
-from auditor.cli.progress import Bars
+from auditor.cli.progress import PhaseProgress
 from auditor.cli.report import report
+from auditor.cli.tables import echo_table
 from auditor.errors import AuditorError
 from auditor.pipeline import distributed
 from auditor.pipeline.interrupts import exit_after_interrupt
@@ -37,7 +39,7 @@ from auditor.store import display_url, runs
 
 
 @click.group()
-@click.version_option(package_name="auditor")
+@click.version_option(__version__, prog_name="auditor")
 def cli() -> None:
     """Find the training points most likely to be mislabelled or outliers.
 
@@ -75,7 +77,7 @@ def scan(**opts) -> None:
         torchrun --nproc-per-node 4 -m auditor scan --train data/ --db postgresql://host/db
         auditor scan --resume 3 --db audit.db
     """
-    bars = Bars() if distributed.rank() == 0 else None
+    progress = PhaseProgress(quiet=distributed.rank() != 0)
     if opts["resume_run"] is not None:
         ctx = click.get_current_context()
         given = [
@@ -89,28 +91,28 @@ def scan(**opts) -> None:
                 f"--resume takes the run's stored options; drop {', '.join(given)}"
             )
         engine = open_existing(opts["db"])
-        _report_scan(opts, bars, lambda: resume_scan(engine, opts["resume_run"], progress=bars))
+        _report_scan(
+            opts, progress, lambda: resume_scan(engine, opts["resume_run"], progress=progress)
+        )
         return
     config = scan_config(opts)
     with distributed.process_group(config.device) as comm:
         engine = dispose_on_close(distributed.open_in_order(comm, opts["db"]))
-        _report_scan(opts, bars, lambda: run_scan(engine, config, progress=bars, comm=comm))
+        _report_scan(opts, progress, lambda: run_scan(engine, config, progress=progress, comm=comm))
 
 
-def _report_scan(opts: dict, bars: Bars | None, run) -> None:
-    """Run a scan (or resume) with progress bars and print its summary and run id (on
-    rank 0 of a torchrun job only)."""
+def _report_scan(opts: dict, progress: PhaseProgress, run) -> None:
+    """Run a scan (or resume) with its progress shown and print its summary and run id
+    (on rank 0 of a torchrun job only)."""
     start = time.perf_counter()
     try:
-        result = run()
+        with progress:  # drawn while it runs, stopped however it ends
+            result = run()
     except AuditorError as exc:  # one that left a run incomplete says how to finish it
         if exc.run_id is None:
             raise
         hint = f"finish it with `{resume_command(exc.run_id, opts['db'])}`"
         raise type(exc)(f"{exc}: {hint}", exc.run_id) from None
-    finally:
-        if bars is not None:
-            bars.close()
     if result is None:  # another rank than 0
         return
     for warning in result.warnings:
@@ -125,6 +127,20 @@ def _report_scan(opts: dict, bars: Bars | None, run) -> None:
         err=True,
     )
     click.echo(result.run_id)
+
+
+RUNS_COLUMNS = (
+    "id",
+    "status",
+    "created",
+    "dataset",
+    "model",
+    "solver",
+    "train",
+    "test",
+    "pairs",
+    "flagged",
+)
 
 
 @cli.command("runs")
@@ -145,9 +161,7 @@ def list_runs(db: str) -> None:
     if not rows:
         click.echo("no runs yet")
         return
-    header = f"{'id':>4}  {'status':<11} {'created':<19}  {'dataset':<16} {'model':<9} {'solver':<6} {'train':>7} {'test':>6} {'pairs':>11}  flagged"
-    click.echo(header)
-    stale = []
+    stale, table = [], []
     for r in rows:
         flags = (r["ranking"] or {}).get("flag_counts", {})
         solver = (r["config"].get("solver") or {}).get("solver", "")
@@ -155,11 +169,22 @@ def list_runs(db: str) -> None:
         if runs.writer_state(r) == "gone":
             status = "stale"
             stale.append(r)
-        click.echo(
-            f"{r['id']:>4}  {status:<11} {r['created_at']:%Y-%m-%d %H:%M:%S}  "
-            f"{r['dataset'][:16]:<16} {r['model']:<9} {solver:<6} {r['n_train']:>7} "
-            f"{r['n_test']:>6} {int(r['n_pairs']):>11,}  {sum(flags.values())}"
+        created = f"{r['created_at']:%Y-%m-%d %H:%M:%S}"
+        table.append(
+            (
+                r["id"],
+                status,
+                created,
+                r["dataset"],
+                r["model"],
+                solver,
+                r["n_train"],
+                r["n_test"],
+                f"{int(r['n_pairs']):,}",
+                sum(flags.values()),
+            )
         )
+    echo_table(RUNS_COLUMNS, table, right=("id", "train", "test", "pairs", "flagged"))
     for r in stale:
         click.echo(
             f"run {r['id']}: its scan (process {r['owner_pid']}) ended without marking it, "
@@ -195,9 +220,14 @@ def show(
     engine = open_existing(db)
     run_id = resolve_run(engine, run, db)
     if test_index is not None:
-        click.echo(exports.format_test_point(engine, run_id, test_index, top))
+        view = exports.influence_on_test(engine, run_id, test_index, top)
     else:
-        click.echo(exports.format_train_point(engine, run_id, train_index, top))
+        view = exports.influence_of_train(engine, run_id, train_index, top)
+    click.echo(view.summary)
+    for caption, rows in view.tables:
+        click.echo(f"\n{caption}")
+        table = [(i, f"{score:.5g}", label, point_id) for i, score, label, point_id in rows]
+        echo_table(("index", "score", "label", "id"), table, right=("index", "score", "label"))
 
 
 @cli.command()
@@ -277,7 +307,15 @@ def compare(run_a: int, run_b: int, db: str) -> None:
     engine = open_existing(db)
     for run in (run_a, run_b):
         resolve_run(engine, run, db)
-    click.echo(cleaning.compare_runs(engine, run_a, run_b))
+    comparison = cleaning.compare_runs(engine, run_a, run_b)
+    table = [
+        (label, f"{a:{spec}}", f"{b:{spec}}", f"{b - a:+{spec}}")
+        for label, a, b, spec in comparison.rows
+    ]
+    headers = ("", f"run {run_a}", f"run {run_b}", "change")
+    echo_table(headers, table, right=headers[1:])
+    if not comparison.same_test_points:
+        click.echo("note: the two runs were evaluated on different test points")
 
 
 cli.add_command(report)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
 from auditor.cli.common import db_option, dispose_on_close, handle_errors
 from auditor.cli.help import SectionedCommand
 from auditor.cli.options import scan_config, scan_options
-from auditor.cli.progress import Bars
-from auditor.evaluation.evaluate import EvalArgs, evaluation_dict, format_table
+from auditor.cli.progress import PhaseProgress
+from auditor.cli.tables import echo_table
+from auditor.evaluation.evaluate import EvalArgs, Evaluation, evaluation_dict, summary_rows
 from auditor.evaluation.evaluate import evaluate as run_evaluate
 from auditor.evaluation.faults import FaultSpec
 from auditor.store import open_db
@@ -93,15 +95,44 @@ def evaluate(**opts) -> None:
         fix=opts["fix"],
     )
     engine = dispose_on_close(open_db(opts["db"]))
-    bars = Bars()
-    try:
-        evaluation = run_evaluate(engine, config, args, progress=bars)
-    finally:
-        bars.close()
+    with PhaseProgress() as progress:
+        evaluation = run_evaluate(engine, config, args, progress=progress)
     for seed, run_id in dict.fromkeys((r["seed"], r["run_id"]) for r in evaluation.results):
         for warning in evaluation.warnings[run_id]:  # as scan prints them
             click.secho(f"warning: seed {seed} (run {run_id}): {warning}", fg="yellow", err=True)
     if opts["as_json"]:
         click.echo(json.dumps(json_safe(evaluation_dict(evaluation)), indent=2, allow_nan=False))
     else:
-        click.echo(format_table(evaluation))
+        _echo_summary(evaluation)
+
+
+def _echo_summary(evaluation: Evaluation) -> None:
+    """The summary as tables: detection per ranking, then the fix experiment's; cells are
+    ``mean ± spread`` over the seeds."""
+    summary = summary_rows(evaluation)
+    click.echo(summary.heading)
+    rows = [(name, *map(_pm, cells)) for name, cells in summary.detection]
+    echo_table(["ranking", *summary.columns], rows, right=summary.columns)
+    if not summary.fix:
+        return
+    click.echo("\nfix experiment: faults among the top k restored, model retrained")
+    rows = [(f"{f:.0%}", name, _pm(acc), _pm(loss)) for f, name, acc, loss in summary.fix]
+    fix_columns = ("checked", "ranking", "test accuracy", "test loss")
+    echo_table(fix_columns, rows, right=fix_columns[2:])
+    b = summary.baseline
+    click.echo(
+        f"(first seed: faulty model {_num(b['faulty_test_accuracy'])} accuracy, "
+        f"{b['faulty_test_loss']:.4f} loss; clean {_num(b['clean_test_accuracy'])}, "
+        f"{b['clean_test_loss']:.4f})"
+    )
+
+
+def _pm(pair: list[float]) -> str:
+    mean, spread = pair
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:.4f} ± {spread:.4f}"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -1,28 +1,106 @@
-"""Progress of a scan's phases on the terminal."""
+"""Progress of a scan's phases on the terminal, drawn by rich on standard error."""
 
 from __future__ import annotations
 
 import sys
+from types import TracebackType
 
-import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 
-class Bars:
-    """One click progress bar per phase, drawn on stderr."""
+class PhaseProgress:
+    """One progress bar per phase (description, bar, done/total, rate, time left, time
+    taken) on standard error, driven by the library's ``progress(phase, done, total)``
+    callback (:data:`auditor.pipeline.scan.Progress`): call the instance.
 
-    def __init__(self) -> None:
-        self.bar = None
-        self.phase = None
+    A phase's clock starts at its first report and stops when it is done or the display
+    stops. Reported again, a phase continues its bar, or starts it over if ``done`` went
+    back (the next seed of ``auditor evaluate`` scans again). Nothing is drawn when
+    standard error is not a terminal, or with ``quiet``. Use it as a context manager: the
+    display stops (its last state stays on screen) however the block ends, an error or
+    Ctrl-C included.
+    """
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _Rate(),
+            _TimeLeft(),
+            TimeElapsedColumn(),
+            console=Console(file=sys.stderr),
+            disable=quiet or not _isatty(sys.stderr),
+            redirect_stdout=False,  # stdout carries the results; stderr writes print above
+            speed_estimate_period=3600,  # a phase's steps take alike: its mean rate, not 30 s's
+        )
+        self._tasks: dict[str, TaskID] = {}
+        self._done: dict[str, int] = {}
+
+    def __enter__(self) -> PhaseProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     def __call__(self, phase: str, done: int, total: int) -> None:
-        if phase != self.phase:
-            self.close()
-            self.phase = phase
-            self.bar = click.progressbar(length=total, label=phase, file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.update(done - self.bar.pos)
+        task = self._tasks.get(phase)
+        if task is None:  # its clock starts here: steps done before (resumed) make no rate
+            task = self._tasks[phase] = self._progress.add_task(phase, total=total)
+        elif done < self._done[phase]:  # the phase runs again
+            self._progress.reset(task, total=total)
+        self._progress.update(task, total=total, completed=done)
+        self._done[phase] = done
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-        self.bar, self.phase = None, None
+        """Stop drawing; the bars stay as they last were, the clocks of unfinished phases
+        (the ranking's refits may end early; an error or Ctrl-C) stopped."""
+        for task in self._progress.tasks:
+            if not task.finished:
+                self._progress.stop_task(task.id)
+        self._progress.stop()
+
+
+class _Rate(ProgressColumn):
+    """Steps a second, as the progress estimates it (over its last hour)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("")
+        rate = f"{speed:,.0f}" if speed >= 100 else f"{speed:.3g}"
+        return Text(f"{rate}/s", style="progress.data.speed")
+
+
+class _TimeLeft(TimeRemainingColumn):
+    """The estimated time left; none for a phase that stopped unfinished."""
+
+    def render(self, task: Task) -> Text:
+        if task.stop_time is not None and not task.finished:
+            return Text("-:--:--", style="progress.remaining")
+        return super().render(task)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except ValueError:  # closed
+        return False

@@ -334,52 +334,58 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def format_table(evaluation: Evaluation) -> str:
-    """The summary as a plain-text table: one row per ranking, ``mean ± spread`` cells."""
+@dataclass(frozen=True)
+class SummaryRows:
+    """An evaluation's summary as rows (``auditor evaluate`` prints them as tables).
+
+    Attributes:
+        heading: One line: the faults, the seeds, how many training points were faulted.
+        columns: The detection metrics: ``AUROC``, ``AP``, then ``found@F`` per checked
+            share ``F``.
+        detection: One row per ranking: its name and ``[mean, spread]`` over the seeds
+            per column (``nan`` mean: not measured).
+        fix: The fix experiment, one row per checked share and fix ranking: the share, the
+            ranking, ``[mean, spread]`` of the test accuracy and of the test loss after
+            the fix; empty when the experiment did not run.
+        baseline: The first seed's first fix row, for its ``faulty_test_accuracy``,
+            ``faulty_test_loss``, ``clean_test_accuracy`` and ``clean_test_loss`` (the
+            models before the fix and without faults; an accuracy may be ``None``);
+            ``None`` without ``fix``.
+    """
+
+    heading: str
+    columns: list[str]
+    detection: list[tuple[str, list[list[float]]]]
+    fix: list[tuple[float, str, list[float], list[float]]]
+    baseline: dict | None
+
+
+def summary_rows(evaluation: Evaluation) -> SummaryRows:
+    """The summary of ``evaluation`` as :class:`SummaryRows`."""
     fr = evaluation.args.fractions
     keys = [detection.fraction_key(f) for f in fr]
     seeds = ",".join(str(s) for s in evaluation.args.seeds)
     n_faults = [r["n_faults"] for r in evaluation.results if r["ranking"] == "random"]
-    head = (
+    heading = (
         f"evaluation {evaluation.id}: {evaluation.args.faults.label()}, seeds {seeds}, "
         f"{n_faults[0] if n_faults else 0} faults of {evaluation.results[0]['n_train']} "
         "training points (first seed)"
     )
-    cols = ["AUROC", "AP", *(f"found@{f:.0%}" for f in fr)]
-    lines = [head, f"{'ranking':<16}" + "".join(f"{c:>17}" for c in cols)]
+    columns = ["AUROC", "AP", *(f"found@{f:.0%}" for f in fr)]
+    per_ranking = []
     for name in RANKINGS:
         s = evaluation.summary[name]
-        cells = [s["auroc"], s["average_precision"], *(s[f"found@{key}"] for key in keys)]
-        lines.append(f"{name:<16}" + "".join(f"{_pm(c):>17}" for c in cells))
-    if any(f"accuracy@{key}" in evaluation.summary["combined"] for key in keys):
-        lines.append("")
-        lines.append("fix experiment: faults among the top k restored, model retrained")
-        lines.append(f"{'checked':<10}{'ranking':<11}{'test accuracy':>19}{'test loss':>19}")
-        for f, key in zip(fr, keys, strict=True):
-            for name in FIX_RANKINGS:
-                s = evaluation.summary[name]
-                if f"accuracy@{key}" in s:
-                    lines.append(
-                        f"{f:<10.0%}{name:<11}{_pm(s[f'accuracy@{key}']):>19}{_pm(s[f'loss@{key}']):>19}"
-                    )
-        first = next(r["fix"][0] for r in evaluation.results if r["fix"])
-        lines.append(
-            f"(first seed: faulty model {_num(first['faulty_test_accuracy'])} accuracy, "
-            f"{first['faulty_test_loss']:.4f} loss; clean {_num(first['clean_test_accuracy'])}, "
-            f"{first['clean_test_loss']:.4f})"
+        per_ranking.append(
+            (name, [s["auroc"], s["average_precision"], *(s[f"found@{key}"] for key in keys)])
         )
-    return "\n".join(lines)
-
-
-def _pm(pair: list[float]) -> str:
-    mean, spread = pair
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:.4f} ± {spread:.4f}"
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    fix = []
+    for f, key in zip(fr, keys, strict=True):
+        for name in FIX_RANKINGS:
+            s = evaluation.summary[name]
+            if f"accuracy@{key}" in s:
+                fix.append((f, name, s[f"accuracy@{key}"], s[f"loss@{key}"]))
+    baseline = next((r["fix"][0] for r in evaluation.results if r["fix"]), None)
+    return SummaryRows(heading, columns, per_ranking, fix, baseline if fix else None)
 
 
 def evaluation_dict(evaluation: Evaluation) -> dict:
