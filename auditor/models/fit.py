@@ -94,12 +94,17 @@ def fit(
         ) from None
     theta = theta.detach()
     iterations = optimizer.state[optimizer._params[0]].get("n_iter", 0)
+    budget = min(NEWTON_STEPS, max_iter - int(iterations))  # a stall, not the iteration cap
     if (
         grad_norm > grad_tol
+        and budget > 0
         and model.has_closed_form_hessian
         and theta.numel() <= NEWTON_MAX_PARAMS
     ):
-        theta, grad_norm = _newton_polish(model, theta, x, y, weight_decay, grad_norm)
+        theta, grad_norm, steps = _newton_polish(
+            model, theta, x, y, weight_decay, grad_norm, budget
+        )
+        iterations += steps
     return FitResult(
         theta=theta,
         risk=float(risk(model, theta, x, y, weight_decay)),
@@ -122,14 +127,17 @@ def _newton_polish(
     y: torch.Tensor,
     weight_decay: float,
     grad_norm: float,
-) -> tuple[torch.Tensor, float]:
+    steps: int,
+) -> tuple[torch.Tensor, float, int]:
     """Newton steps ``theta - (H + lambda I)^{-1} g`` (solved in float64) from where L-BFGS
     stalled, for a model with a closed-form Hessian: L-BFGS's line search can stall short of
     the optimum in float32 (seen on AMD EPYC: toy-linear at gradient norm 1e-2), while the
     convex risk of a generalised linear model is quadratic or nearly so. A step is kept only
-    if it lowers the gradient norm; returns the parameters ``(p,)`` and their gradient norm."""
+    if it lowers the gradient norm; at most ``steps``. Returns the parameters ``(p,)``, their
+    gradient norm and the steps kept."""
     eye = torch.eye(theta.numel(), dtype=torch.float64, device=theta.device)
-    for _ in range(NEWTON_STEPS):
+    taken = 0
+    for _ in range(steps):
         t = theta.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(risk(model, t, x, y, weight_decay), t)
         hessian = model.loss_hessian(theta, x, y).double() + weight_decay * eye
@@ -141,8 +149,8 @@ def _newton_polish(
         norm = _grad_norm(model, candidate, x, y, weight_decay)
         if not norm < grad_norm:
             break
-        theta, grad_norm = candidate, norm
-    return theta, grad_norm
+        theta, grad_norm, taken = candidate, norm, taken + 1
+    return theta, grad_norm, taken
 
 
 def _grad_norm(model, theta, x, y, weight_decay) -> float:
