@@ -6,7 +6,7 @@ torchrun starts N processes (ranks) and sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_R
 holds only what differs between the two: joining the process group (gloo on CPUs, nccl
 with ``--device cuda``, one GPU per local rank), the collectives (:class:`Comm`, the
 identity in one process), the assignment of test blocks and training points to ranks,
-the Hessian computed once on rank 0 and shared (:func:`shared_operator`), and the merge of
+the Hessian computed once on rank 0 and shared (:func:`share_operator`), and the merge of
 the ranks' solve diagnostics.
 
 The scan, sharded:
@@ -311,26 +311,18 @@ def open_in_order(comm: Comm, db: str) -> Engine:
     return engine if comm.is_root else open_db(db, create=False)
 
 
-def shared_operator(
-    comm: Comm,
-    model,
-    theta: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    weight_decay: float,
-    args: SolverArgs,
-) -> HessianOperator:
-    """The damped Hessian operator of the scan. With several ranks, what the solver needs
-    from the whole data is computed on rank 0 only and broadcast: the dense loss Hessian
-    when the matvecs, the exact solve or the self-influences use it, the largest
-    eigenvalue for LiSSA. In one process this is the plain operator."""
-    op = HessianOperator(model, theta, x, y, weight_decay, args.damping)
+def share_operator(comm: Comm, op: HessianOperator, args: SolverArgs) -> HessianOperator:
+    """Make ``op``, the damped Hessian operator of the scan, ready for the solves of
+    ``args`` on every rank. With several ranks, what the solver needs from the whole data
+    is computed on rank 0 only and broadcast: the dense loss Hessian when the matvecs, the
+    exact solve or the self-influences use it, the largest eigenvalue for LiSSA. In one
+    process ``op`` is left as it is. Returns ``op``."""
     if comm.world == 1:
         return op
     exact = args.solver == "exact" and exact_affordable(op)
     if op.dense_matvec or exact or self_influence_from_factor(op, args):
         h = comm.root_step(op.loss_hessian)  # rank 0 keeps it in its own cache
-        h = comm.broadcast_tensor(h, (op.p, op.p), theta.dtype)
+        h = comm.broadcast_tensor(h, (op.p, op.p), op.theta.dtype)
         op.use_loss_hessian(h)
     if args.solver == "lissa":
         value = comm.root_step(lambda: op.max_eigenvalue(seed=args.seed))

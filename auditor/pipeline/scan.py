@@ -54,7 +54,7 @@ from auditor.pipeline.distributed import (
     PeerFailed,
     PeerLost,
     joined,
-    shared_operator,
+    share_operator,
     torch_device,
     train_slice,
 )
@@ -448,32 +448,38 @@ class Solved:
 def solve_ihvps(
     ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitted, grads: Gradients
 ) -> Solved:
-    """The IHVP phase on every rank. The run's solver record (every rank's merged, with
-    rank 0's check of the Hessian's conditioning at the fit, and on a resume the stored
-    solve's) is stored, and its warnings added."""
-    comm, config = ctx.comm, ctx.config
+    """The IHVP phase on every rank: the IHVPs of this rank's test gradients and the
+    self-influences of its training slice against the damped Hessian at the fit (shared
+    by the ranks), and the run's solver record stored."""
+    comm, args, f = ctx.comm, ctx.config.solver, features
     with ctx.phases("ihvp"):
+        wd = ctx.config.model.weight_decay
+        op = HessianOperator(f.model, fitted.theta, f.x, f.y, wd, args.damping)
+        share_operator(comm, op, args)
+        ihvps, diag = comm.step(_solve, op, grads.test.T.contiguous(), args)
         own = train_slice(grads.train.shape[0], comm.rank, comm.world)
-        f = features
-        op = shared_operator(
-            comm, f.model, fitted.theta, f.x, f.y, config.model.weight_decay, config.solver
-        )
-        ihvps, diag = comm.step(_solve, op, grads.test.T.contiguous(), config.solver)
-        first, self_diag = comm.step(self_influences, op, grads.train[own], config.solver)
+        first, self_diag = comm.step(self_influences, op, grads.train[own], args)
         # after the solves: it reads the Cholesky factor they cached, if any
         conditioning = comm.root_step(_conditioning, ctx, op, grads, fitted, loaded.train.task)
         del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
         n_own = own.stop - own.start
         record = comm.solver_record((diag, grads.test.shape[0]), (self_diag, n_own))
-        if conditioning is not None:
-            record["conditioning"] = conditioning
-        if ctx.resumed:
-            solved = sum(j1 - j0 for j0, j1 in grads.plan.pending)
-            n_test = grads.plan.n_test
-            record = resumed_solver_record(ctx.previous["solver"], record, solved, n_test)
-        ctx.writer.update_solver(record)
-        add_warnings(ctx.warnings, solve_warnings(record))
+        _store_solver_record(ctx, record, conditioning, grads.plan)
     return Solved(ihvps, first)
+
+
+def _store_solver_record(
+    ctx: ScanContext, record: dict, conditioning: dict | None, plan: BlockPlan
+) -> None:
+    """Store the run's solver record (every rank's solves, rank 0's ``conditioning``
+    check, on a resume merged with the stored solve's) and add its warnings."""
+    if conditioning is not None:
+        record["conditioning"] = conditioning
+    if ctx.resumed:
+        solved = sum(j1 - j0 for j0, j1 in plan.pending)
+        record = resumed_solver_record(ctx.previous["solver"], record, solved, plan.n_test)
+    ctx.writer.update_solver(record)
+    add_warnings(ctx.warnings, solve_warnings(record))
 
 
 def _solve(op: HessianOperator, columns: torch.Tensor, args) -> tuple[torch.Tensor, dict | None]:
