@@ -374,8 +374,8 @@ def embed(ctx: ScanContext, loaded: Loaded, fitted: Fitted) -> Features:
     Rank 0 also computes the fitted model's outputs and writes the test points."""
     model = loaded.model
     with ctx.phases("fit", mark=False):
-        x = None if fitted.result is None else fitted.result.features
-        x = model.frozen_features(loaded.x) if x is None else x
+        reused = None if fitted.result is None else fitted.result.features
+        x = model.frozen_features(loaded.x) if reused is None else reused
         if x is None:
             features = Features(model, loaded.x, loaded.y, loaded.x_test, loaded.y_test)
         else:
