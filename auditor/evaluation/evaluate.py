@@ -34,7 +34,8 @@ from auditor.evaluation import metrics as detection
 from auditor.evaluation.faults import FaultSpec, inject
 from auditor.models.fit import fit
 from auditor.pipeline.distributed import torch_device
-from auditor.pipeline.scan import dataset_tensors, load_data, model_for, model_outputs, scan
+from auditor.pipeline.loading import dataset_tensors, load_data, model_for, model_outputs
+from auditor.pipeline.scan import scan
 from auditor.store import evaluations, points, runs
 
 RANKINGS = ("training loss", "self-influence", "harmfulness", "combined", "random")

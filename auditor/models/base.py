@@ -17,10 +17,19 @@ from auditor.data import Task
 
 
 class ModelTask(ABC):
-    """A model's forward pass and per-example loss over a flat parameter vector."""
+    """A model's forward pass and per-example loss over a flat parameter vector.
+
+    A model may hold a fitted part that influence is not taken over (a frozen body, such as
+    the CNN's with ``params="last"``): then :meth:`frozen_features` returns its embeddings
+    and ``head`` is the model over them, and the pipeline computes the embeddings once and
+    runs gradients, Hessians, solves and refits on the head.
+    """
 
     name: str
     n_params: int
+    #: The model over :meth:`frozen_features`, taking the same ``theta`` ``(p,)``; only
+    #: read when :meth:`frozen_features` returns embeddings.
+    head: ModelTask | None = None
 
     def __init__(self, n_features: int, n_outputs: int) -> None:
         self.n_features = n_features
@@ -65,6 +74,14 @@ class ModelTask(ABC):
     def pretrain(self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int):
         """Starting point ``(p,)`` of the L-BFGS fit from minibatch training, or ``None``
         (the default) to start from :meth:`init_params`. Deep models override it."""
+        return None
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The embeddings ``(n, h)`` of features ``x`` ``(n, d)`` under a frozen, fitted part
+        of the model, or ``None`` (the default) when ``theta`` covers the whole model.
+
+        When not ``None``, ``outputs(theta, x)`` equals ``head.outputs(theta,
+        frozen_features(x))``, and so do losses, gradients and Hessians in ``theta``."""
         return None
 
     def fitted_state(self, theta: torch.Tensor) -> torch.Tensor:

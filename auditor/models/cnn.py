@@ -10,7 +10,9 @@ influence is taken over are polished by L-BFGS to a true optimum.
 
 - ``last``: only the final linear layer. The body is frozen after training, the head is a
   (binary or multinomial) logistic regression on the body's embeddings: convex, with a
-  closed-form Hessian, so the exact solver applies. Fast; the default.
+  closed-form Hessian, so the exact solver applies. Fast; the default. The embeddings are
+  :meth:`CNN.frozen_features`: the fit and the scan compute them once and work on
+  :attr:`CNN.head` over them.
 - ``all``: every weight. The Hessian comes from autograd and may be indefinite away from
   an optimum (add ``--damping``); use ``--solver cg`` or ``lissa``. Costly: for small data.
 """
@@ -24,7 +26,6 @@ import torch.nn.functional as F
 
 from auditor.errors import ConfigError
 from auditor.models.base import ModelSpec, ModelTask
-from auditor.models.fit import risk
 from auditor.models.glm import BinaryLogistic, MultinomialLogistic
 
 PARAM_CHOICES = ("all", "last")
@@ -83,7 +84,6 @@ class CNN(ModelTask):
         self.n_params = self.n_head if params == "last" else self.n_body + self.n_head
         self.input_scale = 1.0
         self.body_theta: torch.Tensor | None = None  # the frozen body of ``params="last"``
-        self._cache: tuple | None = None
 
     @property
     def max_polish_iter(self) -> int:
@@ -107,30 +107,26 @@ class CNN(ModelTask):
         a = F.avg_pool2d(torch.tanh(F.conv2d(a, p["conv2.w"], p["conv2.b"])), 2)
         return torch.tanh(a.flatten(1) @ p["fc.w"] + p["fc.b"])
 
-    def _split(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _full_outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, k)`` of the whole network, ``theta`` ``(n_body + n_head,)`` being
+        the body's parameters followed by the head's."""
+        body, head = theta[: self.n_body], theta[self.n_body :]
+        return self.head.outputs(head, self.embed(body, x))
+
+    def frozen_features(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The frozen body's embeddings ``(n, hidden)`` of ``x`` ``(n, d)`` for
+        ``params="last"`` (no gradient flows into them), ``None`` for ``params="all"``."""
         if self.params == "all":
-            return theta[: self.n_body], theta[self.n_body :]
+            return None
         if self.body_theta is None:
             raise RuntimeError("the CNN's body is not trained yet: call pretrain first")
-        return self.body_theta.to(theta.dtype), theta
+        with torch.no_grad():
+            return self.embed(self.body_theta.to(x.dtype), x)
 
     def outputs(self, theta, x):
-        body, head = self._split(theta)
-        return self.head.outputs(
-            head, self._frozen_embed(body, x) if self.params == "last" else self.embed(body, x)
-        )
-
-    def _frozen_embed(self, body: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Embeddings under the frozen body, remembered for the last ``x`` seen: the L-BFGS
-        polish and the solvers pass the same training tensor again and again."""
-        cached = self._cache
-        if cached is not None and cached[0] is x and cached[1] is self.body_theta:
-            return cached[2]
-        with torch.no_grad():
-            z = self.embed(body, x)
-        if not torch._C._functorch.is_batchedtensor(x):
-            self._cache = (x, self.body_theta, z)
-        return z
+        if self.params == "all":
+            return self._full_outputs(theta, x)
+        return self.head.outputs(theta, self.frozen_features(x))
 
     def loss(self, outputs, y):
         return self.head.loss(outputs, y)
@@ -142,13 +138,12 @@ class CNN(ModelTask):
     def hvp(self, theta, x, y, v):
         if self.params == "all":
             return None
-        return self.head.hvp(theta, self._frozen_embed(self.body_theta.to(theta.dtype), x), y, v)
+        return self.head.hvp(theta, self.frozen_features(x), y, v)
 
     def loss_hessian(self, theta, x, y):
         if self.params == "all":
             return None
-        z = self._frozen_embed(self.body_theta.to(theta.dtype), x)
-        return self.head.loss_hessian(theta, z, y)
+        return self.head.loss_hessian(theta, self.frozen_features(x), y)
 
     # --- training ----------------------------------------------------------------------
     def _init_body_and_head(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -186,6 +181,15 @@ class CNN(ModelTask):
             self.body_theta = state[1 : 1 + body].clone()
         return state[1 + body :].clone()
 
+    def _full_risk(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weight_decay: float
+    ) -> torch.Tensor:
+        """The regularised risk (scalar) of the whole network ``theta``
+        ``(n_body + n_head,)`` over ``x`` ``(n, d)`` and ``y`` ``(n,)``, whatever
+        ``params`` is (:func:`auditor.models.fit.risk` of ``params="all"``)."""
+        loss = self.head.loss(self._full_outputs(theta, x), y)
+        return loss.mean() + 0.5 * weight_decay * theta.dot(theta)
+
     def pretrain(
         self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int
     ) -> torch.Tensor:
@@ -198,22 +202,18 @@ class CNN(ModelTask):
         # (in that dtype) then rebuilds the network bit for bit
         self.input_scale = float(torch.tensor(1.0 / std if std > 0 else 1.0, dtype=x.dtype))
         theta = self._init_body_and_head(gen, x.dtype).to(x.device).requires_grad_(True)
-        saved, self.params = self.params, "all"
         optimizer = torch.optim.Adam([theta], lr=self.lr)
         n = x.shape[0]
         steps = self.epochs * math.ceil(n / self.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        try:
-            for _ in range(self.epochs):
-                order = torch.randperm(n, generator=gen).to(x.device)
-                for start in range(0, n, self.batch_size):
-                    b = order[start : start + self.batch_size]
-                    optimizer.zero_grad()
-                    risk(self, theta, x[b], y[b], weight_decay).backward()
-                    optimizer.step()
-                    schedule.step()
-        finally:
-            self.params = saved
+        for _ in range(self.epochs):
+            order = torch.randperm(n, generator=gen).to(x.device)
+            for start in range(0, n, self.batch_size):
+                b = order[start : start + self.batch_size]
+                optimizer.zero_grad()
+                self._full_risk(theta, x[b], y[b], weight_decay).backward()
+                optimizer.step()
+                schedule.step()
         theta = theta.detach()
         if self.params == "last":
             self.body_theta = theta[: self.n_body].clone()

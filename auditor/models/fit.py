@@ -6,7 +6,7 @@ assume grad R = 0, so the final gradient norm is recorded and checked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -23,6 +23,9 @@ class FitResult:
     grad_norm: float
     iterations: int
     converged: bool
+    #: The embeddings ``(n, h)`` of the training points the head of a model with a frozen
+    #: body was fitted over (:meth:`~auditor.models.ModelTask.frozen_features`), else None.
+    features: torch.Tensor | None = None
 
 
 def risk(
@@ -55,12 +58,20 @@ def fit(
         max_iter: Most L-BFGS iterations.
         grad_tol: Stop when ``||grad R|| <= grad_tol``; ``converged`` records whether it did.
         theta0: Optional warm start ``(p,)``.
+
+    A model with a frozen body (:meth:`~auditor.models.ModelTask.frozen_features`) has its
+    head fitted over the body's embeddings of ``x``, computed once (and returned).
     """
     gen = torch.Generator().manual_seed(seed)
     if theta0 is None:
         theta0 = model.pretrain(x, y, weight_decay, seed)
-    theta = model.init_params(gen, x.dtype).to(x.device) if theta0 is None else theta0.clone()
     max_iter = min(max_iter, getattr(model, "max_polish_iter", max_iter))
+    features = model.frozen_features(x)
+    if features is not None:
+        kwargs = {"max_iter": max_iter, "grad_tol": grad_tol, "theta0": theta0}
+        head = fit(model.head, features, y, weight_decay, seed=seed, **kwargs)
+        return replace(head, features=features)
+    theta = model.init_params(gen, x.dtype).to(x.device) if theta0 is None else theta0.clone()
     theta.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [theta],

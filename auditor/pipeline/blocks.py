@@ -17,9 +17,10 @@ from sqlalchemy.exc import IntegrityError
 
 from auditor.errors import SolverError, StoreError
 from auditor.influence.scores import pair_score_chunks
-from auditor.pipeline.distributed import Block, Comm, missing_runs, shard, test_blocks
-from auditor.pipeline.interrupts import deferred
+from auditor.pipeline.context import ScanContext
+from auditor.pipeline.distributed import Block, missing_runs, shard, test_blocks
 from auditor.store import pairs, runs
+from auditor.store.deferral import deferred
 
 
 @dataclass
@@ -27,6 +28,7 @@ class BlockPlan:
     """This rank's share of the test blocks.
 
     Attributes:
+        n_test: Test points of the run.
         done: Test indexes with stored scores when the scan started (a resume).
         pending: The blocks of all ranks with at least one test point not in ``done``.
         mine: This rank's blocks, sorted: its share of ``pending`` and, on rank 0, the
@@ -34,38 +36,41 @@ class BlockPlan:
         to_solve: The blocks of ``mine`` that are pending (solved and scored here).
     """
 
+    n_test: int
     done: set[int]
     pending: list[Block]
     mine: list[Block]
     to_solve: list[Block]
 
 
-def plan_blocks(
-    comm: Comm, engine, run_id: int, n_test: int, chunk: int, resumed: bool
-) -> BlockPlan:
-    """Split the ``n_test`` test points into blocks of ``chunk`` and deal the pending ones
-    out over the ranks; a ``resumed`` run's stored blocks (rank 0 reads which) are done."""
+def plan_blocks(ctx: ScanContext, n_test: int) -> BlockPlan:
+    """Split the ``n_test`` test points into blocks of ``ctx.config.score_chunk`` and deal
+    the pending ones out over the ranks; a resumed run's stored blocks (rank 0 reads which)
+    are done."""
+    comm = ctx.comm
     done = comm.broadcast(
-        pairs.stored_test_indexes(engine, run_id) if comm.is_root and resumed else set()
+        pairs.stored_test_indexes(ctx.engine, ctx.run_id) if comm.is_root and ctx.resumed else set()
     )
-    blocks = test_blocks(n_test, chunk)
+    blocks = test_blocks(n_test, ctx.config.score_chunk)
     pending = [b for b in blocks if not all(j in done for j in range(*b))]
     mine = shard(pending, comm.rank, comm.world)
     is_pending = set(pending)
     if comm.is_root:
         mine = sorted(mine + [b for b in blocks if b not in is_pending])
-    return BlockPlan(done, pending, mine, [b for b in mine if b in is_pending])
+    return BlockPlan(n_test, done, pending, mine, [b for b in mine if b in is_pending])
 
 
 def score_and_store(
-    engine, run_id, train_grads, test_ihvps, plan: BlockPlan, phases, progress
+    ctx: ScanContext, train_grads: torch.Tensor, test_ihvps: torch.Tensor, plan: BlockPlan
 ) -> np.ndarray:
-    """Score and commit this rank's blocks (``plan.mine``): the pending ones from
-    ``test_ihvps`` (their columns in order), the others read back. Returns the float64 sum
-    of the scores per training point ``(n,)``.
+    """Score and commit this rank's blocks (``plan.mine``): the pending ones from the
+    gradients ``train_grads`` ``(n, p)`` and the IHVPs ``test_ihvps`` ``(p, m)`` (their
+    columns in order), the others read back. Returns the float64 sum of the scores per
+    training point ``(n,)``.
 
     Scores and storage are timed apart ("pair_scores" and "storage") so that the
     benchmark shows where time goes."""
+    engine, run_id, phases = ctx.engine, ctx.run_id, ctx.phases
     harm = np.zeros(train_grads.shape[0], dtype=np.float64)
     total = sum(j1 - j0 for j0, j1 in plan.mine)
     scored = 0
@@ -76,7 +81,7 @@ def score_and_store(
                 store_block(engine, run_id, plan.done, j0, scores)
         harm += scores.sum(axis=0, dtype=np.float64)
         scored += scores.shape[0]
-        progress("pair scores", scored, total)
+        ctx.progress("pair scores", scored, total)
     return harm
 
 

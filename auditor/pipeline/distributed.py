@@ -6,7 +6,7 @@ torchrun starts N processes (ranks) and sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_R
 holds only what differs between the two: joining the process group (gloo on CPUs, nccl
 with ``--device cuda``, one GPU per local rank), the collectives (:class:`Comm`, the
 identity in one process), the assignment of test blocks and training points to ranks,
-the Hessian computed once on rank 0 and shared (:func:`shared_operator`), and the merge of
+the Hessian computed once on rank 0 and shared (:func:`share_operator`), and the merge of
 the ranks' solve diagnostics.
 
 The scan, sharded:
@@ -153,6 +153,40 @@ class Comm:
         """:meth:`step` with ``func`` run on rank 0 only; ``None`` on the other ranks."""
         return self.step(func if self.is_root else _nothing, *args)
 
+    def root_value(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Rank 0's ``func(*args)`` on every rank: :meth:`root_step`, then :meth:`broadcast`
+        (for small objects, such as a run id or the fitted state's bytes)."""
+        return self.broadcast(self.root_step(func, *args))
+
+    def cat(self, part: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``part`` ``(n_k, ...)`` concatenated in rank order, ``(sum n_k, ...)``
+        on the CPU, on every rank (e.g. the self-influences of the ranks' training slices)."""
+        return torch.cat(self.gather(part.cpu()))
+
+    def sum_in_rank_order(self, partial: np.ndarray) -> np.ndarray:
+        """The float64 sum of every rank's ``partial`` sums ``(n,)``, rank 0's first, on every
+        rank (e.g. harmfulness, summed by each rank over its blocks)."""
+        return sum_in_rank_order(self.gather(partial))
+
+    def slowest(self, timings: dict[str, float]) -> dict[str, float]:
+        """Seconds per phase of this rank's ``timings``: the most any rank spent on it."""
+        reports = self.gather(timings)
+        return {k: max(r.get(k, 0.0) for r in reports) for k in timings}
+
+    def solver_record(
+        self, test: tuple[dict | None, int], self_influence: tuple[dict | None, int]
+    ) -> dict:
+        """The run's solver record from every rank's ``(diagnostics, columns)`` of its test
+        solve (``test``) and of its self-influences: the test solves merged
+        (:func:`combine_diagnostics`), the self-influences' under ``self_influence``, and
+        with several ranks each rank's share under ``ranks``."""
+        parts = self.gather((test, self_influence))
+        record = combine_diagnostics([t for t, _ in parts]) or {}
+        record = {**record, "self_influence": combine_diagnostics([s for _, s in parts])}
+        if self.world > 1:
+            record["ranks"] = [_rank_share(k, t, s) for k, (t, s) in enumerate(parts)]
+        return record
+
     def step(self, func: Callable[..., Any], *args: Any) -> Any:
         """``func(*args)`` on this rank, then :meth:`agree` on whether every rank succeeded
         (so that no rank waits forever in a collective for a rank that failed)."""
@@ -177,6 +211,13 @@ def _peers_alive() -> Iterator[None]:
 
 def _nothing(*_args: Any) -> None:
     return None
+
+
+def _rank_share(rank: int, test: tuple[dict | None, int], train: tuple[dict | None, int]) -> dict:
+    """One rank's entry of a solver record's ``ranks``: its columns and test solve."""
+    diag, columns = test
+    solve = {} if diag is None else {key: diag[key] for key in ("iterations", "residual_max")}
+    return {"rank": rank, "test_columns": columns, "train_columns": train[1], **solve}
 
 
 @contextmanager
@@ -270,26 +311,18 @@ def open_in_order(comm: Comm, db: str) -> Engine:
     return engine if comm.is_root else open_db(db, create=False)
 
 
-def shared_operator(
-    comm: Comm,
-    model,
-    theta: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    weight_decay: float,
-    args: SolverArgs,
-) -> HessianOperator:
-    """The damped Hessian operator of the scan. With several ranks, what the solver needs
-    from the whole data is computed on rank 0 only and broadcast: the dense loss Hessian
-    when the matvecs, the exact solve or the self-influences use it, the largest
-    eigenvalue for LiSSA. In one process this is the plain operator."""
-    op = HessianOperator(model, theta, x, y, weight_decay, args.damping)
+def share_operator(comm: Comm, op: HessianOperator, args: SolverArgs) -> HessianOperator:
+    """Make ``op``, the damped Hessian operator of the scan, ready for the solves of
+    ``args`` on every rank. With several ranks, what the solver needs from the whole data
+    is computed on rank 0 only and broadcast: the dense loss Hessian when the matvecs, the
+    exact solve or the self-influences use it, the largest eigenvalue for LiSSA. In one
+    process ``op`` is left as it is. Returns ``op``."""
     if comm.world == 1:
         return op
     exact = args.solver == "exact" and exact_affordable(op)
     if op.dense_matvec or exact or self_influence_from_factor(op, args):
         h = comm.root_step(op.loss_hessian)  # rank 0 keeps it in its own cache
-        h = comm.broadcast_tensor(h, (op.p, op.p), theta.dtype)
+        h = comm.broadcast_tensor(h, (op.p, op.p), op.theta.dtype)
         op.use_loss_hessian(h)
     if args.solver == "lissa":
         value = comm.root_step(lambda: op.max_eigenvalue(seed=args.seed))

@@ -1,15 +1,22 @@
-"""What a run records beside its scores: solver diagnostics, warnings, timings, metrics.
+"""What a run records beside its scores: solver diagnostics, warnings, timings, metrics,
+and the rows of its points.
 
 Pure functions on the records :mod:`auditor.pipeline.scan` stores with a run (``runs.solver``,
-``warnings``, ``timings``, ``metrics``, ``ranking``), including how a resume merges what it
-adds with what the interrupted scan stored.
+``warnings``, ``timings``, ``metrics``, ``ranking``, the ``points`` rows), including how a
+resume merges what it adds with what the interrupted scan stored.
 """
 
 from __future__ import annotations
 
+import torch
+
+from auditor.data import Dataset
 from auditor.influence.conditioning import conditioning_warnings
 from auditor.models.fit import FitResult
 from auditor.pipeline.distributed import combine_diagnostics
+
+#: Features stored per point when the data has at most this many (for scatter plots).
+MAX_STORED_FEATURES = 16
 
 
 def resumed_solver_record(stored: dict | None, record: dict, solved: int, n_test: int) -> dict:
@@ -103,3 +110,35 @@ def count_flags(flags: list[list[str]]) -> dict[str, int]:
         for f in point_flags:
             counts[f] = counts.get(f, 0) + 1
     return counts
+
+
+def point_rows(
+    ds: Dataset, out: dict[str, torch.Tensor], scores: dict[str, list] | None = None
+) -> list[dict]:
+    """The ``points`` rows of ``ds``: its labels, ids, images (and features, when at most
+    :data:`MAX_STORED_FEATURES`), the fitted model's outputs ``out`` (``predicted``,
+    ``probability``, ``loss``, each ``(n,)``), and per column of ``scores`` its value for
+    each point (the training points' scores, ranks and flags)."""
+    predicted = out["predicted"].double().cpu().tolist()
+    probability = out["probability"].double().cpu().tolist()
+    loss = out["loss"].double().cpu().tolist()
+    labels = ds.targets.double().tolist()
+    keep_features = ds.n_features <= MAX_STORED_FEATURES
+    rows = []
+    for i in range(len(ds)):
+        rows.append(
+            {
+                "idx": i,
+                "point_id": ds.ids[i],
+                "label": labels[i],
+                "predicted": predicted[i],
+                "probability": None if probability[i] != probability[i] else probability[i],
+                "loss": loss[i],
+                "image": None if ds.images is None else ds.images[i].numpy().tobytes(),
+                "features": ds.features[i].numpy().astype("<f4").tobytes()
+                if keep_features
+                else None,
+                **{name: values[i] for name, values in (scores or {}).items()},
+            }
+        )
+    return rows

@@ -1,4 +1,12 @@
-"""``auditor scan`` as a library call: data -> fit -> gradients -> IHVP -> scores -> ranking.
+"""``auditor scan`` as a library call: data -> fit -> features -> gradients -> IHVP -> scores
+-> ranking.
+
+:func:`scan` and :func:`resume` read as that flow: one function per stage, each taking the
+:class:`~auditor.pipeline.context.ScanContext` and the results of the stages before it
+(small dataclasses: :class:`Loaded`, :class:`Fitted`, :class:`Features`,
+:class:`Gradients`, :class:`Solved`, :class:`Scored`, :class:`Ranked`). The run is written
+through the context's :class:`~auditor.store.writer.RunWriter`; the collectives are
+:class:`~auditor.pipeline.distributed.Comm`'s.
 
 Each phase is timed; pair scores are committed one block of test points at a time, and
 the run is marked ``complete`` only by its last write, so an interrupted scan never looks
@@ -7,87 +15,85 @@ finishes a killed or interrupted run: it reloads the data (checking its fingerpr
 recomputes the deterministic gradients from the stored parameters, and solves and scores
 only the blocks of test points that are missing.
 
-Under torchrun the same functions run on every rank: :mod:`auditor.pipeline.distributed` supplies
-the collectives (the identity in one process), the share of the test blocks each rank
-solves and scores, and the Hessian computed once on rank 0; rank 0 alone fits, ranks and
-writes the run row.
+Under torchrun the same functions run on every rank: :mod:`auditor.pipeline.distributed`
+supplies the collectives (the identity in one process), the share of the test blocks each
+rank solves and scores, and the Hessian computed once on rank 0; rank 0 alone fits, ranks
+and writes the run row.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
+import numpy as np
 import torch
 from sqlalchemy.engine import Engine
 
-from auditor import sources
-from auditor.config import DataArgs, ScanConfig
-from auditor.data import (
-    Dataset,
-    check_compatible,
-    fingerprint,
-    points_fingerprint,
-    train_test_split,
-    validate,
-)
-from auditor.errors import (
-    AuditorError,
-    ConfigError,
-    DataError,
-    Interrupted,
-    SolverError,
-)
+from auditor.config import ScanConfig
+from auditor.data import Dataset, fingerprint, points_fingerprint
+from auditor.errors import AuditorError, ConfigError, Interrupted, SolverError
 from auditor.influence.conditioning import check_conditioning
 from auditor.influence.gradients import per_example_grads
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.self_influence import self_influences
 from auditor.influence.solvers import check_solver, solve
-from auditor.models import ModelTask, build_model, default_model_name
+from auditor.models import ModelTask
 from auditor.models.fit import FitResult, fit
 from auditor.pipeline.blocks import (
+    BlockPlan,
     check_all_stored,
     check_finite,
     plan_blocks,
     score_and_store,
 )
+from auditor.pipeline.context import Progress, ScanContext
 from auditor.pipeline.distributed import (
     Block,
     Comm,
     PeerFailed,
     PeerLost,
-    combine_diagnostics,
     joined,
-    shared_operator,
-    sum_in_rank_order,
+    share_operator,
     torch_device,
     train_slice,
 )
-from auditor.pipeline.interrupts import deferred, interruptible, signals_ignored
+from auditor.pipeline.interrupts import interruptible
+from auditor.pipeline.loading import (
+    check_fingerprint,
+    dataset_tensors,
+    load_data,
+    model_for,
+    model_outputs,
+)
 from auditor.pipeline.run_record import (
     add_warnings,
     count_flags,
     fit_metrics,
+    point_rows,
     resumed_solver_record,
     run_metrics,
     solve_warnings,
-    stored_warnings,
-    total_timings,
 )
 from auditor.ranking.refits import robust_ranking
 from auditor.ranking.rule import flag_lists, flag_masks, ranks, suspicion_tests
-from auditor.sources.idx import find_pairs
-from auditor.store import points, runs
+from auditor.store import runs
 
-#: Features stored per point when the data has at most this many (for scatter plots).
-MAX_STORED_FEATURES = 16
+__all__ = [
+    "ScanResult",
+    "check_fingerprint",
+    "dataset_tensors",
+    "load_data",
+    "model_for",
+    "model_outputs",
+    "resume",
+    "scan",
+]
+
 #: A fit whose gradient norm stays above this is reported as far from an optimum.
 FAR_FROM_OPTIMUM = 1e-3
-
-Progress = Callable[[str, int, int], None]
+#: How a resume refuses a run that a live scan still writes.
+LIVE_WRITER_ADVICE = "wait for it to finish or stop it before resuming"
 
 
 @dataclass
@@ -104,97 +110,6 @@ class ScanResult:
     ranks: int = 1
     resumed: bool = False
     scored: int = 0
-
-
-def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
-    """The train and test datasets a :class:`DataArgs` names, validated and aligned."""
-    kwargs = {"classes": args.classes, "normalize": args.normalize}
-    if args.download:
-        if args.download != "mnist":
-            raise ConfigError(f"--download knows only 'mnist', got {args.download!r}")
-        train = sources.download_mnist(args.download_root, "train", **kwargs)
-        test = (
-            None
-            if args.test_split
-            else sources.download_mnist(args.download_root, "test", **kwargs)
-        )
-    else:
-        train = sources.load(args.train, role="train", resize=args.resize, seed=args.seed, **kwargs)
-        test = None
-        if args.test is not None:
-            test = sources.load(
-                args.test, role="test", resize=args.resize, seed=args.seed, **kwargs
-            )
-        elif args.test_split is None:
-            if args.train == sources.TOY_LINEAR or _has_test_part(args.train):
-                test = sources.load(args.train, role="test", seed=args.seed, **kwargs)
-            else:
-                raise ConfigError("give --test DATA or --test-split FRACTION")
-    if test is None:
-        validate(train, "train")
-        train, test = train_test_split(train, args.test_split, args.seed)
-    train, test = sources.match_channels(train, test)
-    if train.task == "classification" and test.class_names != train.class_names:
-        test = sources.align_classes(test, train.class_names)
-    validate(train, "train")
-    validate(test, "test")
-    check_compatible(train, test)
-    return train, test
-
-
-def model_for(config: ScanConfig, train: Dataset) -> ModelTask:
-    """The (unfitted) model ``config`` asks for, shaped for ``train``."""
-    return build_model(
-        config.model.name or default_model_name(train.task),
-        train.task,
-        train.n_features,
-        train.n_classes,
-        hidden=config.model.hidden,
-        image_shape=None if train.images is None else tuple(train.images.shape[1:]),
-        params=config.model.params,
-        epochs=config.model.epochs,
-    )
-
-
-def _has_test_part(spec: str) -> bool:
-    """Whether ``spec`` is a folder holding both a train and a test idx pair."""
-    path = Path(spec).expanduser()
-    return path.is_dir() and len(find_pairs(path)) >= 2
-
-
-class _Phases:
-    """Times phases and records how far a run got."""
-
-    def __init__(self, engine: Engine, run_id: int | None = None):
-        self.engine, self.run_id, self.timings = engine, run_id, {}
-
-    @contextmanager
-    def __call__(self, name: str, mark: bool = True) -> Iterator[None]:
-        """Time a phase; ``mark`` records it as the run's phase in the database."""
-        if mark:
-            self._mark(name)
-        start = time.perf_counter()
-        yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-
-    def timed_iter(self, name: str, items: Iterator) -> Iterator:
-        """Yield from ``items``, adding the time spent producing each item to ``name``."""
-        self.timings.setdefault(name, 0.0)
-        self._mark(name)
-        while True:
-            start = time.perf_counter()
-            try:
-                item = next(items)
-            except StopIteration:
-                return
-            finally:
-                self.timings[name] += time.perf_counter() - start
-            yield item
-
-    def _mark(self, name: str) -> None:
-        if self.run_id is not None:
-            with deferred():
-                runs.mark_phase(self.engine, self.run_id, name)
 
 
 def scan(
@@ -222,9 +137,10 @@ def scan(
     """
     check_registered(config)
     with joined(comm, config.device) as comm:
-        phases, train, test, model = _load_phase(comm, engine, config, datasets=datasets)
-        run_id = comm.broadcast(comm.root_step(_create_run, engine, config, train, test, model))
-        return _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress)
+        ctx = ScanContext.open(engine, config, comm, progress)
+        loaded = load(ctx, datasets)
+        ctx.run_id = comm.root_value(_create_run, ctx, loaded)
+        return _run_marked(ctx, loaded)
 
 
 def resume(
@@ -250,12 +166,12 @@ def resume(
     config = ScanConfig.from_dict(run["config"])
     check_registered(config)
     with joined(comm, config.device) as comm:
-        refusal = "wait for it to finish or stop it before resuming"
-        comm.root_step(runs.refuse_live_writer, run, refusal)  # rank 0: the others scan nothing yet
-        phases, train, test, model = _load_phase(comm, engine, config, run)
-        if comm.is_root:
-            runs.restart_run(engine, run_id)
-        return _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, run)
+        ctx = ScanContext.open(engine, config, comm, progress, previous=run)
+        comm.root_step(runs.refuse_live_writer, run, LIVE_WRITER_ADVICE)  # the others wait
+        loaded = load(ctx)
+        ctx.run_id = run_id
+        ctx.writer.restart(run_id)
+        return _run_marked(ctx, loaded)
 
 
 def check_registered(config: ScanConfig) -> None:
@@ -267,112 +183,153 @@ def check_registered(config: ScanConfig) -> None:
     check_solver(config.solver.solver)
 
 
-def _load_phase(
-    comm: Comm,
-    engine: Engine,
-    config: ScanConfig,
-    run: dict | None = None,
-    datasets: tuple[Dataset, Dataset] | None = None,
-):
-    """The timed load phase on every rank: the data and the model, and for a resumed
-    ``run`` the check that the data still has its fingerprint."""
-    phases = _Phases(engine)
-    with interruptible(None), phases("load"):
-        train, test, model = comm.step(_load, config, datasets)
-        if run is not None:
-            comm.step(check_fingerprint, run, train, test)
-    return phases, train, test, model
-
-
-def _load(
-    config: ScanConfig, datasets: tuple[Dataset, Dataset] | None = None
-) -> tuple[Dataset, Dataset, ModelTask]:
-    train, test = load_data(config.data) if datasets is None else datasets
-    return train, test, model_for(config, train)
-
-
-def _create_run(engine: Engine, config: ScanConfig, train, test, model: ModelTask) -> int:
-    return runs.create_run(
-        engine,
-        config=config.to_dict(),
-        dataset=train.name,
-        task=train.task,
-        model=model.name,
-        n_train=len(train),
-        n_test=len(test),
-        n_params=model.n_params,
-        data_fingerprint=fingerprint(train, test),
-        class_names=train.class_names,
-        sources={"train": asdict(train.source), "test": asdict(test.source)},
-        image_shape=None if train.images is None else list(train.images.shape[1:]),
-    )
-
-
-def check_fingerprint(run: dict, train: Dataset, test: Dataset) -> None:
-    """Raise :class:`DataError` unless ``train`` and ``test`` are the data ``run`` read:
-    the same fingerprint (features, targets, ids), task and class names (the fingerprint
-    holds neither: renamed classes keep the targets, and changing it would invalidate
-    stored runs and decisions files)."""
-    found = fingerprint(train, test)
-    if found != run["data_fingerprint"]:
-        change = f"fingerprint {found[:12]}, the run has {run['data_fingerprint'][:12]}"
-    elif train.task != run["task"]:
-        change = f"a {train.task} task, the run has {run['task']}"
-    elif list(train.class_names or []) != list(run["class_names"] or []):
-        change = (
-            f"classes {_short_list(train.class_names)}, "
-            f"the run has {_short_list(run['class_names'])}"
-        )
-    else:
-        return
-    raise DataError(
-        f"run {run['id']}: the data changed since the run started ({change}); start a new scan"
-    )
-
-
-def _short_list(names: list[str] | None, most: int = 5) -> str:
-    names = list(names or [])
-    shown = ", ".join(repr(n) for n in names[:most])
-    return f"[{shown}{', ...' if len(names) > most else ''}]"
-
-
-def _run_guarded(comm, engine, run_id, config, model, train, test, phases, progress, previous=None):
-    """Run the phases after the run row exists; rank 0 marks the run failed or interrupted
-    (keeping the time spent so far). ``previous`` is the stored run a resume continues."""
-    phases.run_id = run_id if comm.is_root else None  # rank 0 alone records the phase
-    progress = progress or (lambda phase, done, total: None)
+def _run_marked(ctx: ScanContext, loaded: Loaded) -> ScanResult | None:
+    """:func:`_run`; if it stops, rank 0 marks the run failed or interrupted (keeping the
+    time spent so far)."""
     try:
-        with interruptible(run_id):
-            return _scan_run(
-                comm, engine, run_id, config, model, train, test, phases, progress, previous,
-            )  # fmt: skip
+        with interruptible(ctx.run_id):
+            return _run(ctx, loaded)
     except Interrupted:
-        _mark_stopped(comm, engine, run_id, "interrupted", previous, phases, "interrupted")
+        ctx.stopped("interrupted", status="interrupted")
         raise
     except AuditorError as exc:
-        _mark_stopped(comm, engine, run_id, str(exc), previous, phases)
+        ctx.stopped(str(exc))
         raise
     except PeerLost as exc:  # a rank died (killed, out of memory): the run is resumable
-        _mark_stopped(comm, engine, run_id, f"a rank of the job was lost: {exc}", previous, phases)
+        ctx.stopped(f"a rank of the job was lost: {exc}")
         raise PeerFailed(
-            f"a rank of the job was lost ({str(exc).splitlines()[0]}); run {run_id} is incomplete",
-            run_id,
+            f"a rank of the job was lost ({str(exc).splitlines()[0]}); "
+            f"run {ctx.run_id} is incomplete",
+            ctx.run_id,
         ) from None
 
 
-def _mark_stopped(comm, engine, run_id, error, previous, phases, status="failed") -> None:
-    """Rank 0: record why the run stopped and the time spent so far (a resume's added to
-    the stored), with signals ignored: a second Ctrl-C or torchrun's SIGTERM to the
-    surviving ranks must not cut the write short."""
-    if comm.is_root:
-        with signals_ignored():
-            runs.fail_run(
-                engine,
-                run_id,
-                error,
-                status=status,
-                timings=total_timings(previous, phases.timings),
-            )
+def _run(ctx: ScanContext, loaded: Loaded) -> ScanResult | None:
+    """The stages after the run row exists, on every rank; the result on rank 0."""
+    fitted = fit_model(ctx, loaded)
+    features = embed(ctx, loaded, fitted)
+    grads = gradients(ctx, features, fitted)
+    solved = solve_ihvps(ctx, loaded, features, fitted, grads)
+    scored = score_pairs(ctx, grads, solved)
+    if not ctx.comm.is_root:
+        return None
+    ranked = rank_points(ctx, loaded, features, fitted, scored)
+    return finish(ctx, loaded, features, scored, ranked)
+
+
+# --- load --------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """The data and the unfitted model, on every rank, with the data's tensors on the
+    scan's device: features ``x`` ``(n, d)``, ``x_test`` ``(m, d)``, targets ``y``
+    ``(n,)``, ``y_test`` ``(m,)``."""
+
+    train: Dataset
+    test: Dataset
+    model: ModelTask
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load(ctx: ScanContext, datasets: tuple[Dataset, Dataset] | None = None) -> Loaded:
+    """The timed load phase on every rank: the data (``datasets``, or what the config
+    names), the model and the tensors; for a resume, the check that the data still has
+    the run's fingerprint."""
+    with interruptible(None), ctx.phases("load"):
+        loaded = ctx.comm.step(_load, ctx.config, datasets, ctx.comm.device)
+        if ctx.resumed:
+            ctx.comm.step(check_fingerprint, ctx.previous, loaded.train, loaded.test)
+    return loaded
+
+
+def _load(
+    config: ScanConfig, datasets: tuple[Dataset, Dataset] | None, device: torch.device
+) -> Loaded:
+    train, test = load_data(config.data) if datasets is None else datasets
+    dtype = getattr(torch, config.model.dtype)
+    tensors = (*dataset_tensors(train, device, dtype), *dataset_tensors(test, device, dtype))
+    return Loaded(train, test, model_for(config, train), *tensors)
+
+
+def _create_run(ctx: ScanContext, loaded: Loaded) -> int:
+    """Rank 0: insert the run row with the columns a new run starts with; its id."""
+    train, test, model = loaded.train, loaded.test, loaded.model
+    return ctx.writer.create(
+        {
+            "config": ctx.config.to_dict(),
+            "dataset": train.name,
+            "task": train.task,
+            "model": model.name,
+            "n_train": len(train),
+            "n_test": len(test),
+            "n_params": model.n_params,
+            "data_fingerprint": fingerprint(train, test),
+            "class_names": train.class_names,
+            "sources": {"train": asdict(train.source), "test": asdict(test.source)},
+            "image_shape": None if train.images is None else list(train.images.shape[1:]),
+        }
+    )
+
+
+# --- fit ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Fitted:
+    """The fitted parameters ``theta`` ``(p,)`` on every rank (the model holds its fitted
+    state outside them, such as the CNN's frozen body); rank 0 also holds the fit."""
+
+    theta: torch.Tensor
+    result: FitResult | None
+
+
+def fit_model(ctx: ScanContext, loaded: Loaded) -> Fitted:
+    """The fit phase: rank 0 fits (or takes a resumed run's stored fit), checks the fit and
+    stores it at once; the other ranks adopt the fitted state it stored, bit for bit."""
+    with ctx.phases("fit"):
+        result, state = ctx.comm.root_step(_fit_on_root, ctx, loaded) or (None, None)
+        state = ctx.comm.broadcast(state)  # the identity in one process
+        if ctx.comm.is_root:
+            return Fitted(result.theta, result)
+        fitted_state = runs.theta_from_bytes(state, ctx.config.model.dtype)
+        return Fitted(loaded.model.load_fitted_state(fitted_state.to(ctx.comm.device)), None)
+
+
+def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
+    """Rank 0: the fit the resumed run stored, or a new one, stored at once so that a resume
+    continues from it; checked finite. Returns it with the fitted state as the run stores
+    it (:func:`runs.theta_bytes`)."""
+    model, config = loaded.model, ctx.config
+    stored = _stored_fit(ctx.previous, model, config) if ctx.resumed else None
+    fitted = stored or fit(
+        model,
+        loaded.x,
+        loaded.y,
+        config.model.weight_decay,
+        seed=config.data.seed,
+        **config.model.fit_kwargs(),
+    )
+    if not torch.isfinite(fitted.theta).all():
+        raise SolverError(
+            "the fit diverged to non-finite parameters (NaN or inf); scale the features "
+            "or raise --weight-decay"
+        )
+    if fitted.grad_norm > FAR_FROM_OPTIMUM:
+        far = (
+            f"the fit is far from an optimum (gradient norm {fitted.grad_norm:.2e} > "
+            f"{FAR_FROM_OPTIMUM:g}); influence assumes one: raise --weight-decay or the "
+            "iteration limit"
+        )
+        add_warnings(ctx.warnings, [far])
+    if stored is not None:
+        return stored, ctx.previous["theta"]
+    state = runs.theta_bytes(model.fitted_state(fitted.theta))
+    ctx.writer.store_fit(state, fit_metrics(fitted))
+    return fitted, state
 
 
 def _stored_fit(run: dict, model: ModelTask, config: ScanConfig) -> FitResult | None:
@@ -393,145 +350,147 @@ def _stored_fit(run: dict, model: ModelTask, config: ScanConfig) -> FitResult | 
     )
 
 
-@dataclass
-class _Data:
-    """The training and test tensors on the scan's device."""
+# --- features ----------------------------------------------------------------------------
 
+
+@dataclass
+class Outputs:
+    """Rank 0: the fitted model's outputs on the training points (``predicted``,
+    ``probability``, ``loss``, each ``(n,)``) and the run's metrics."""
+
+    train: dict[str, torch.Tensor]
+    metrics: dict
+
+
+@dataclass
+class Features:
+    """What influence is taken over, on every rank: ``model`` maps ``theta`` and ``x``
+    ``(n, d')``, ``x_test`` ``(m, d')`` to outputs. The scan's model over the data's
+    features, or, for a model with a frozen body, its head over the body's embeddings.
+    Targets ``y`` ``(n,)``, ``y_test`` ``(m,)``; ``outputs`` on rank 0 only."""
+
+    model: ModelTask
     x: torch.Tensor
     y: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    outputs: Outputs | None = None
 
 
-def _scan_run(comm, engine, run_id, config, model, train, test, phases, progress, previous=None):
-    """The phases after the run row exists, on every rank; the result on rank 0.
-
-    On a resume ``previous`` is the stored run: its solver record, warnings and timings
-    are kept and merged with what this scan adds."""
-    warnings = stored_warnings(previous)
-    dtype = getattr(torch, config.model.dtype)
-    d = _Data(
-        *dataset_tensors(train, comm.device, dtype), *dataset_tensors(test, comm.device, dtype)
-    )
-
-    with phases("fit"):
-        fitted, outputs, state = comm.root_step(
-            _fit_phase, engine, run_id, config, model, train, test, d, previous, warnings
-        ) or (None, None, None)
-        theta = _shared_theta(comm, fitted, state, model, config, d.x.device)
-    resumed = previous is not None
-    plan = plan_blocks(comm, engine, run_id, len(test), config.score_chunk, resumed)
-    with phases("gradients"):
-        train_grads = per_example_grads(model, theta, d.x, d.y)
-        test_grads = _test_gradients(model, theta, d, plan.to_solve)
-    with phases("ihvp"):
-        test_ihvps, first, record = _solve_phase(
-            comm, model, theta, d, config, train_grads, test_grads, fitted, train.task
-        )
-        if comm.is_root:
-            if previous is not None:
-                solved = sum(j1 - j0 for j0, j1 in plan.pending)
-                record = resumed_solver_record(previous["solver"], record, solved, len(test))
-            with deferred():
-                runs.update_run(engine, run_id, solver=record)
-            add_warnings(warnings, solve_warnings(record))
-    harm = comm.step(
-        score_and_store, engine, run_id, train_grads, test_ihvps, plan, phases, progress
-    )
-    reports = comm.gather({"si": first.cpu(), "harm": harm, "timings": phases.timings})
-    if not comm.is_root:
-        return None
-
-    check_all_stored(engine, run_id, len(test))
-    phases.timings = {k: max(r["timings"].get(k, 0.0) for r in reports) for k in phases.timings}
-    first = torch.cat([r["si"] for r in reports]).to(theta.device)
-    harm = sum_in_rank_order([r["harm"] for r in reports])
-    result = _rank_and_finish(
-        engine, run_id, config, model, train, test, d, fitted, outputs, first, harm,
-        warnings, phases, progress, previous,
-    )  # fmt: skip
-    result.ranks, result.resumed = comm.world, resumed
-    result.scored = len(test) - len(plan.done)
-    return result
+def embed(ctx: ScanContext, loaded: Loaded, fitted: Fitted) -> Features:
+    """The inputs of influence, on every rank (timed with the fit). For a model with a
+    frozen body (the CNN with ``params="last"``) the body's embeddings of the training and
+    test points, computed once (the training points' by the fit, on rank 0 of a new
+    scan): gradients, Hessian, solves and refits then run on the model's head over them.
+    Rank 0 also computes the fitted model's outputs and writes the test points."""
+    model = loaded.model
+    with ctx.phases("fit", mark=False):
+        reused = None if fitted.result is None else fitted.result.features
+        x = model.frozen_features(loaded.x) if reused is None else reused
+        if x is None:
+            features = Features(model, loaded.x, loaded.y, loaded.x_test, loaded.y_test)
+        else:
+            x_test = model.frozen_features(loaded.x_test)
+            features = Features(model.head, x, loaded.y, x_test, loaded.y_test)
+        features.outputs = ctx.comm.root_step(_outputs, ctx, loaded, features, fitted)
+    return features
 
 
-def _test_gradients(model: ModelTask, theta, d: _Data, blocks: list[Block]) -> torch.Tensor:
+def _outputs(ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitted) -> Outputs:
+    """Rank 0: the fitted model's outputs and metrics; the test points written."""
+    f, theta = features, fitted.theta
+    train_out = model_outputs(f.model, theta, f.x, f.y)
+    test_out = model_outputs(f.model, theta, f.x_test, f.y_test)
+    ctx.writer.write_points("test", point_rows(loaded.test, test_out))
+    metrics = run_metrics(loaded.train.task, fitted.result, train_out, f.y, test_out, f.y_test)
+    metrics["test_fingerprint"] = points_fingerprint(loaded.test)
+    return Outputs(train_out, metrics)
+
+
+# --- gradients ---------------------------------------------------------------------------
+
+
+@dataclass
+class Gradients:
+    """This rank's share of the test blocks (``plan``), the per-example gradients of the
+    training points ``train`` ``(n, p)`` and of the test points of its blocks to solve,
+    in order, ``test`` ``(m_k, p)``."""
+
+    plan: BlockPlan
+    train: torch.Tensor
+    test: torch.Tensor
+
+
+def gradients(ctx: ScanContext, features: Features, fitted: Fitted) -> Gradients:
+    """The gradients phase on every rank, after dealing out the test blocks."""
+    plan = plan_blocks(ctx, features.x_test.shape[0])
+    with ctx.phases("gradients"):
+        train = per_example_grads(features.model, fitted.theta, features.x, features.y)
+        test = _test_gradients(features, fitted.theta, plan.to_solve)
+    return Gradients(plan, train, test)
+
+
+def _test_gradients(features: Features, theta: torch.Tensor, blocks: list[Block]) -> torch.Tensor:
     """Per-example gradients ``(m, p)`` of the test points of ``blocks``, in order.
 
     One call per block: a gradient's last bits depend on the rows computed with it, so a
     block gets the same ones in one process, on any rank and on a resume."""
-    parts = [per_example_grads(model, theta, d.x_test[j0:j1], d.y_test[j0:j1]) for j0, j1 in blocks]
+    f = features
+    parts = [
+        per_example_grads(f.model, theta, f.x_test[j0:j1], f.y_test[j0:j1]) for j0, j1 in blocks
+    ]
     if not parts:  # nothing left for this rank (a resume)
         return theta.new_zeros(0, theta.shape[0])
     return torch.cat(parts)
 
 
-def _solve_phase(comm: Comm, model, theta, d: _Data, config, train_grads, test_grads, fitted, task):
-    """The IHVPs of this rank's test points ``(p, m)``, the self-influences of its slice of
-    the training points, and the run's solver record (every rank's merged, with rank 0's
-    check of the Hessian's conditioning at the fit, ``fitted``, under ``conditioning``)."""
-    own_train = train_slice(train_grads.shape[0], comm.rank, comm.world)
-    op = shared_operator(comm, model, theta, d.x, d.y, config.model.weight_decay, config.solver)
-    test_ihvps, diag = comm.step(_solve, op, test_grads.T.contiguous(), config.solver)
-    first, self_diag = comm.step(self_influences, op, train_grads[own_train], config.solver)
-    # after the solves: it reads the Cholesky factor they cached, if any
-    risk = None if fitted is None else fitted.risk  # rank 0 holds the fit
-    conditioning = comm.root_step(
-        check_conditioning, op, train_grads, risk, config.solver.seed, task
-    )
-    del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
-    record = _solver_record(comm, diag, test_grads.shape[0], self_diag, own_train)
+# --- IHVP --------------------------------------------------------------------------------
+
+
+@dataclass
+class Solved:
+    """This rank's IHVPs ``A^{-1} g`` of its test gradients ``(p, m_k)`` and the
+    self-influences of its contiguous slice of the training points ``(n_k,)``."""
+
+    ihvps: torch.Tensor
+    self_influence: torch.Tensor
+
+
+def solve_ihvps(
+    ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitted, grads: Gradients
+) -> Solved:
+    """The IHVP phase on every rank: the IHVPs of this rank's test gradients and the
+    self-influences of its training slice against the damped Hessian at the fit (shared
+    by the ranks), and the run's solver record stored."""
+    comm, args, f = ctx.comm, ctx.config.solver, features
+    with ctx.phases("ihvp"):
+        wd = ctx.config.model.weight_decay
+        op = HessianOperator(f.model, fitted.theta, f.x, f.y, wd, args.damping)
+        share_operator(comm, op, args)
+        ihvps, diag = comm.step(_solve, op, grads.test.T.contiguous(), args)
+        own = train_slice(grads.train.shape[0], comm.rank, comm.world)
+        first, self_diag = comm.step(self_influences, op, grads.train[own], args)
+        # after the solves: it reads the Cholesky factor they cached, if any
+        conditioning = comm.root_step(_conditioning, ctx, op, grads, fitted, loaded.train.task)
+        del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
+        n_own = own.stop - own.start
+        record = comm.solver_record((diag, grads.test.shape[0]), (self_diag, n_own))
+        _store_solver_record(ctx, record, conditioning, grads.plan)
+    return Solved(ihvps, first)
+
+
+def _store_solver_record(
+    ctx: ScanContext, record: dict, conditioning: dict | None, plan: BlockPlan
+) -> None:
+    """Store the run's solver record (every rank's solves, rank 0's ``conditioning``
+    check, on a resume merged with the stored solve's) and add its warnings."""
     if conditioning is not None:
         record["conditioning"] = conditioning
-    return test_ihvps, first, record
-
-
-def _fit_phase(engine, run_id, config, model, train, test, d: _Data, previous, warnings):
-    """Rank 0: the fit the resumed run ``previous`` stored (or a new one, stored at once so
-    that a resume continues from it), checked finite, and the test points written. Returns
-    the fit, the model's outputs on the training and test points, and the fitted state as
-    the run stores it (:func:`runs.theta_bytes`; the other ranks get the parameters from
-    it: only rank 0 decodes the stored fit)."""
-    stored = None if previous is None else _stored_fit(previous, model, config)
-    fit_kwargs = config.model.fit_kwargs()
-    wd = config.model.weight_decay
-    fitted = stored or fit(model, d.x, d.y, wd, seed=config.data.seed, **fit_kwargs)
-    if not torch.isfinite(fitted.theta).all():
-        raise SolverError(
-            "the fit diverged to non-finite parameters (NaN or inf); scale the features "
-            "or raise --weight-decay"
-        )
-    if fitted.grad_norm > FAR_FROM_OPTIMUM:
-        add_warnings(
-            warnings,
-            [
-                f"the fit is far from an optimum (gradient norm {fitted.grad_norm:.2e} > "
-                f"{FAR_FROM_OPTIMUM:g}); influence assumes one: raise --weight-decay or the "
-                "iteration limit"
-            ],
-        )
-    train_out = model_outputs(model, fitted.theta, d.x, d.y)
-    test_out = model_outputs(model, fitted.theta, d.x_test, d.y_test)
-    with deferred():
-        points.write_points(engine, run_id, "test", _point_rows(test, test_out))
-    if stored is not None:
-        return fitted, (train_out, test_out), previous["theta"]
-    state = runs.theta_bytes(model.fitted_state(fitted.theta))
-    with deferred():
-        runs.update_run(engine, run_id, theta=state, metrics=fit_metrics(fitted))
-    return fitted, (train_out, test_out), state
-
-
-def _shared_theta(
-    comm: Comm, fitted: FitResult | None, state: bytes | None, model, config, device
-) -> torch.Tensor:
-    """Rank 0's fitted parameters ``(p,)`` on every rank, bit for bit, from the fitted
-    ``state`` rank 0 stored (with the model's fitted state outside them, such as the CNN's
-    frozen body)."""
-    blob = comm.broadcast(state)  # the identity in one process
-    if comm.is_root:
-        return fitted.theta
-    return model.load_fitted_state(runs.theta_from_bytes(blob, config.model.dtype).to(device))
+    if ctx.resumed:
+        solved = sum(j1 - j0 for j0, j1 in plan.pending)
+        record = resumed_solver_record(ctx.previous["solver"], record, solved, plan.n_test)
+    ctx.writer.update_solver(record)
+    add_warnings(ctx.warnings, solve_warnings(record))
 
 
 def _solve(op: HessianOperator, columns: torch.Tensor, args) -> tuple[torch.Tensor, dict | None]:
@@ -543,119 +502,120 @@ def _solve(op: HessianOperator, columns: torch.Tensor, args) -> tuple[torch.Tens
     return ihvps, diag.to_dict()
 
 
-def _solver_record(comm: Comm, diag, n_test, self_diag, own_train: slice) -> dict:
-    """The run's solver record: the test solve's diagnostics (every rank's merged) with the
-    self-influences' under ``self_influence``, and each rank's share under ``ranks``."""
-    n_train = own_train.stop - own_train.start
-    parts = comm.gather((diag, n_test, self_diag, n_train))
-    record = combine_diagnostics([(p[0], p[1]) for p in parts]) or {}
-    record = {**record, "self_influence": combine_diagnostics([(p[2], p[3]) for p in parts])}
-    if comm.world > 1:
-        record["ranks"] = [
-            {
-                "rank": k,
-                "test_columns": p[1],
-                "train_columns": p[3],
-                **(
-                    {}
-                    if p[0] is None
-                    else {key: p[0][key] for key in ("iterations", "residual_max")}
-                ),
-            }
-            for k, p in enumerate(parts)
-        ]
-    return record
+def _conditioning(ctx: ScanContext, op, grads: Gradients, fitted: Fitted, task: str) -> dict:
+    """Rank 0: :func:`check_conditioning` of ``op`` at the fit."""
+    seed = ctx.config.solver.seed
+    return check_conditioning(op, grads.train, fitted.result.risk, seed, task)
 
 
-def _rank_and_finish(
-    engine, run_id, config, model, train, test, d: _Data, fitted, outputs, first, harm,
-    warnings, phases, progress, previous,
-) -> ScanResult:  # fmt: skip
-    """Rank 0: rank and flag the training points (with the refits), store them and mark
-    the run complete, its last write. ``previous``: the stored run a resume continues (its
-    timings are added to this scan's)."""
-    train_out, test_out = outputs
+# --- pair scores -------------------------------------------------------------------------
+
+
+@dataclass
+class Scored:
+    """After every rank scored its blocks: the self-influences of all training points
+    ``(n,)``, their harmfulness ``(n,)`` (float64) and how many test points this job
+    scored (all but those a resumed run had stored)."""
+
+    self_influence: torch.Tensor
+    harm: np.ndarray
+    n_scored: int
+
+
+def score_pairs(ctx: ScanContext, grads: Gradients, solved: Solved) -> Scored:
+    """The pair scores phase: each rank scores and commits its blocks; then every rank
+    gets the self-influences and harmfulness of all (this is also the barrier), the
+    timings become the slowest rank's, and rank 0 checks that every block is stored."""
+    comm, plan = ctx.comm, grads.plan
+    harm = comm.step(score_and_store, ctx, grads.train, solved.ihvps, plan)
+    scored = Scored(
+        comm.cat(solved.self_influence).to(grads.train.device),
+        comm.sum_in_rank_order(harm),
+        plan.n_test - len(plan.done),
+    )
+    ctx.phases.timings = comm.slowest(ctx.phases.timings)
+    if comm.is_root:
+        check_all_stored(ctx.engine, ctx.run_id, plan.n_test)
+    return scored
+
+
+# --- ranking -----------------------------------------------------------------------------
+
+
+@dataclass
+class Ranked:
+    """Rank 0: the run's ranking record and its count of flags per kind."""
+
+    record: dict
+    flag_counts: dict[str, int]
+
+
+def rank_points(
+    ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitted, scored: Scored
+) -> Ranked:
+    """Rank 0, the ranking phase: rank and flag the training points (with the refits, on
+    the model influence is taken over) and store them."""
+    config, f, train = ctx.config, features, loaded.train
     rule = config.rule.resolved(len(train))
-    loss, harmfulness = train_out["loss"].cpu(), torch.from_numpy(harm)
-    with phases("ranking"):
-        check_finite(first.cpu().numpy(), "self-influence")  # before the refits spend time
-        check_finite(harm, "harmfulness")
+    train_out = f.outputs.train
+    loss, harmfulness = train_out["loss"].cpu(), torch.from_numpy(scored.harm)
+    with ctx.phases("ranking"):
+        check_finite(scored.self_influence.cpu().numpy(), "self-influence")  # before the refits
+        check_finite(scored.harm, "harmfulness")
         ranked = robust_ranking(
-            model,
+            f.model,
             fitted.theta,
-            d.x,
-            d.y,
-            train_out["predicted"].to(d.y.dtype),
-            first,
+            f.x,
+            f.y,
+            train_out["predicted"].to(f.y.dtype),
+            scored.self_influence,
             task=train.task,
             weight_decay=config.model.weight_decay,
             solver=config.solver,
             rule=rule,
-            fit_kwargs=config.model.fit_kwargs(),
-            progress=_counter(progress, "ranking refits", rule.rounds + 1),
+            fit_kwargs=_refit_kwargs(config, loaded.model),
+            progress=_counter(ctx.progress, "ranking refits", rule.rounds + 1),
             loss=loss,
             harmfulness=harmfulness,
         )
         self_influence, influence = ranked.self_influence.cpu(), ranked.z.cpu()
-        if ranked.refits:  # else it is ``first``, checked above
+        if ranked.refits:  # else it is the first self-influence, checked above
             check_finite(self_influence.numpy(), "self-influence")
         tests = suspicion_tests(loss, harmfulness, self_influence)
         z = tests.combined
         check_finite(z.numpy(), "suspicion scores")
-        rank = ranks(z)
-        flags = flag_lists(
-            *flag_masks(
-                tests.union,
-                influence,
-                train_out["predicted"].cpu(),
-                d.y.cpu(),
-                train.task,
-                rule,
-            )
-        )
-        rows = _point_rows(train, train_out)
-        values = zip(
-            self_influence.double().tolist(),
-            harm.tolist(),
-            z.double().tolist(),
-            rank.tolist(),
-            tests.union.tolist(),
-            influence.double().tolist(),
-            strict=True,
-        )
-        for i, (row, (si, hm, sus, r, uz, iz)) in enumerate(zip(rows, values, strict=True)):
-            row.update(
-                self_influence=si,
-                harmfulness=hm,
-                suspicion=sus,
-                rank=r,
-                flags=flags[i],
-                union_z=uz,
-                influence_z=iz,
-            )
-        with deferred():
-            points.write_points(engine, run_id, "train", rows)
-
+        predicted = train_out["predicted"].cpu()
+        masks = flag_masks(tests.union, influence, predicted, f.y.cpu(), train.task, rule)
+        flags = flag_lists(*masks)
+        scores = {
+            "self_influence": self_influence.double().tolist(),
+            "harmfulness": scored.harm.tolist(),
+            "suspicion": z.double().tolist(),
+            "rank": ranks(z).tolist(),
+            "flags": flags,
+            "union_z": tests.union.tolist(),
+            "influence_z": influence.double().tolist(),
+        }
+        ctx.writer.write_points("train", point_rows(train, train_out, scores))
     flag_counts = count_flags(flags)
-    with deferred():
-        runs.finish_run(
-            engine,
-            run_id,
-            metrics={
-                **run_metrics(train.task, fitted, train_out, d.y, test_out, d.y_test),
-                "test_fingerprint": points_fingerprint(test),
-            },
-            ranking={
-                "rule": rule.to_dict(),
-                "refits": ranked.refits,
-                "kept_in_last_refit": ranked.kept,
-                "flag_counts": flag_counts,
-                "refit_solves": ranked.diagnostics,
-            },
-            timings=total_timings(previous, phases.timings),
-            warnings=warnings,
-        )
-    return ScanResult(run_id, phases.timings, warnings, len(train) * len(test), flag_counts)
+    record = {
+        "rule": rule.to_dict(),
+        "refits": ranked.refits,
+        "kept_in_last_refit": ranked.kept,
+        "flag_counts": flag_counts,
+        "refit_solves": ranked.diagnostics,
+    }
+    return Ranked(record, flag_counts)
+
+
+def _refit_kwargs(config: ScanConfig, model: ModelTask) -> dict:
+    """The refits' :func:`fit` options: the scan's, within the model's own limit on L-BFGS
+    iterations (kept when the refits run on the head of a model with a frozen body)."""
+    kwargs = config.model.fit_kwargs()
+    kwargs["max_iter"] = min(
+        kwargs["max_iter"], getattr(model, "max_polish_iter", kwargs["max_iter"])
+    )
+    return kwargs
 
 
 def _counter(progress: Progress, phase: str, total: int) -> Callable[[int], None]:
@@ -670,43 +630,27 @@ def _counter(progress: Progress, phase: str, total: int) -> Callable[[int], None
     return advance
 
 
-def dataset_tensors(ds: Dataset, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features ``(n, d)`` in ``dtype`` and targets ``(n,)`` (class indices, or values in
-    ``dtype``) on ``device``."""
-    y = ds.targets.to(device)
-    return ds.features.to(device=device, dtype=dtype), y if ds.task == "classification" else y.to(
-        dtype
+# --- finish ------------------------------------------------------------------------------
+
+
+def finish(
+    ctx: ScanContext, loaded: Loaded, features: Features, scored: Scored, ranked: Ranked
+) -> ScanResult:
+    """Rank 0: mark the run complete, its last write (a resume's timings added to the
+    stored ones), and summarise it."""
+    ctx.writer.finish(
+        metrics=features.outputs.metrics,
+        ranking=ranked.record,
+        timings=ctx.total_timings(),
+        warnings=ctx.warnings,
     )
-
-
-@torch.no_grad()
-def model_outputs(model: ModelTask, theta, x, y) -> dict[str, torch.Tensor]:
-    """Per-point ``predicted``, ``probability`` and ``loss`` ``(n,)`` of the fitted model."""
-    out = model.outputs(theta, x)
-    predicted, probability = model.predict(out)
-    return {"predicted": predicted, "probability": probability, "loss": model.loss(out, y)}
-
-
-def _point_rows(ds: Dataset, out: dict[str, torch.Tensor]) -> list[dict]:
-    predicted = out["predicted"].double().cpu().tolist()
-    probability = out["probability"].double().cpu().tolist()
-    loss = out["loss"].double().cpu().tolist()
-    labels = ds.targets.double().tolist()
-    keep_features = ds.n_features <= MAX_STORED_FEATURES
-    rows = []
-    for i in range(len(ds)):
-        rows.append(
-            {
-                "idx": i,
-                "point_id": ds.ids[i],
-                "label": labels[i],
-                "predicted": predicted[i],
-                "probability": None if probability[i] != probability[i] else probability[i],
-                "loss": loss[i],
-                "image": None if ds.images is None else ds.images[i].numpy().tobytes(),
-                "features": ds.features[i].numpy().astype("<f4").tobytes()
-                if keep_features
-                else None,
-            }
-        )
-    return rows
+    return ScanResult(
+        ctx.run_id,
+        ctx.phases.timings,
+        ctx.warnings,
+        len(loaded.train) * len(loaded.test),
+        ranked.flag_counts,
+        ranks=ctx.comm.world,
+        resumed=ctx.resumed,
+        scored=scored.n_scored,
+    )

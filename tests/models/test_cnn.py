@@ -1,12 +1,14 @@
 """The CNN model: Hessians against autograd, influence over all or the last parameters,
 and (slow) the 10-class MNIST accuracy target."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from click.testing import CliRunner
 
 from auditor.cli import cli
-from auditor.config import DataArgs, SolverArgs
+from auditor.config import DataArgs, ModelArgs, ScanConfig, SolverArgs
 from auditor.errors import ConfigError
 from auditor.influence.gradients import per_example_grads
 from auditor.influence.hessian import HessianOperator
@@ -14,7 +16,7 @@ from auditor.influence.scores import self_influence
 from auditor.influence.solvers import solve
 from auditor.models.cnn import CNN
 from auditor.models.fit import fit, risk
-from auditor.pipeline.scan import load_data
+from auditor.pipeline.scan import load_data, scan
 from auditor.store import open_db, runs
 
 
@@ -105,3 +107,75 @@ def test_cnn_reaches_97_percent_on_ten_class_mnist_and_flags_little_of_it(tmp_pa
     # outliers (most gradients of a well-fitted network are near zero); the log scale
     # with the calibrated threshold flags a handful
     assert sum(run["ranking"]["flag_counts"].values()) <= 40, run["ranking"]["flag_counts"]
+
+
+def test_pretrain_trains_the_whole_network_without_changing_the_configuration(
+    small_digits, monkeypatch
+):
+    """Pretraining goes through the whole network's own risk: ``params`` (and every other
+    setting) stays as configured while it runs."""
+    x, y = small_digits
+    model = tiny("last")
+    settings = {k: v for k, v in vars(model).items() if k not in ("body_theta", "input_scale")}
+    seen = []
+    embed = CNN.embed
+
+    def spy(self, body, x):
+        seen.append((self.params, body.requires_grad))
+        return embed(self, body, x)
+
+    monkeypatch.setattr(CNN, "embed", spy)
+    start = model.pretrain(x, y, 1e-2, seed=0)
+    assert seen and set(seen) == {("last", True)}  # every minibatch trains the body too
+    assert start.shape == (model.n_params,) and model.body_theta.shape == (model.n_body,)
+    assert {k: v for k, v in vars(model).items() if k in settings} == settings
+
+
+def test_the_head_over_frozen_features_is_the_last_layer_model(small_digits):
+    """What the scan computes on the head over the embeddings equals the CNN's own."""
+    x, y = small_digits
+    model = tiny("last")
+    fitted = fit(model, x, y, 1e-2, seed=0)
+    features = model.frozen_features(x)
+    assert torch.equal(fitted.features, features) and features.shape == (60, 3)
+    assert not features.requires_grad
+    theta = fitted.theta
+    assert torch.equal(model.head.outputs(theta, features), model.outputs(theta, x))
+    torch.testing.assert_close(
+        per_example_grads(model.head, theta, features, y), per_example_grads(model, theta, x, y)
+    )
+    torch.testing.assert_close(
+        model.head.loss_hessian(theta, features, y), model.loss_hessian(theta, x, y)
+    )
+    assert tiny("all").frozen_features(x) is None
+
+
+def test_a_scan_embeds_the_training_and_test_points_once(tmp_path, mnist_dir, monkeypatch):
+    """With ``params="last"`` the frozen body's embeddings are computed once per split
+    (the fit's are reused); gradients, solves and refits run on the head over them."""
+    train, test = load_data(DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2))
+
+    def crop(ds, n):
+        images = ds.images[:n, :, 6:22, 6:22].contiguous()
+        features = images.reshape(n, -1).float() / 255.0
+        return replace(ds, features=features, targets=ds.targets[:n], ids=ds.ids[:n], images=images)
+
+    frozen = []
+    embed = CNN.embed
+
+    def spy(self, body, x):
+        if not torch.is_grad_enabled():  # not a pretraining minibatch
+            frozen.append(x.shape[0])
+        return embed(self, body, x)
+
+    monkeypatch.setattr(CNN, "embed", spy)
+    config = ScanConfig(
+        data=DataArgs(train="memory"),
+        model=ModelArgs(name="cnn", hidden=3, epochs=1),
+        solver=SolverArgs(solver="exact"),
+    )
+    engine = open_db(str(tmp_path / "cnn.db"))
+    result = scan(engine, config, datasets=(crop(train, 60), crop(test, 12)))
+    assert frozen == [60, 12]
+    run = runs.get_run(engine, result.run_id)
+    assert run["status"] == "complete" and run["ranking"]["refits"] >= 1
