@@ -170,7 +170,7 @@ def run_scan_case(spec: dict, device: str, workdir: Path) -> dict:
     start = time.perf_counter()
     read = sum(block.size for _, block in pairs.iter_pair_blocks(engine, result.run_id))
     read_s = time.perf_counter() - start
-    solver = runs.get_run(engine, result.run_id)["solver"]
+    solver = runs.get_run(engine, result.run_id).as_dict()["solver"]
     engine.dispose()
     return {
         "timings": timings,
@@ -204,7 +204,7 @@ def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:
     start = time.perf_counter()
     result = scan(engine, ScanConfig(data=data, device=device))
     product_s = time.perf_counter() - start
-    run = runs.get_run(engine, result.run_id, with_theta=True)
+    run = runs.get_run(engine, result.run_id, with_theta=True).as_dict()
     depth, scale = run["solver"]["iterations"], run["solver"]["scale"]
     stored = pairs.read_pair_scores(engine, result.run_id)
 

@@ -61,7 +61,7 @@ def run_state(db: str, run_id: int) -> dict:
     engine = open_db(db, create=False)
     try:
         train = points.read_points(engine, run_id, "train")
-        run = runs.get_run(engine, run_id, with_theta=True)
+        run = runs.get_run(engine, run_id, with_theta=True).as_dict()
         return {
             "status": run["status"],
             "theta": run["theta"],
@@ -92,7 +92,7 @@ def write_remove_decisions(engine, run_id: int, path: Path) -> list[dict]:
     flagged = [p for p in points.read_points(engine, run_id, "train") if p["flags"]]
     decisions = {
         "run": run_id,
-        "data_fingerprint": runs.get_run(engine, run_id)["data_fingerprint"],
+        "data_fingerprint": runs.get_run(engine, run_id).as_dict()["data_fingerprint"],
         "decisions": [
             {"index": p["idx"], "id": p["point_id"], "action": "remove"} for p in flagged
         ],

@@ -23,6 +23,7 @@ from auditor.errors import DataError
 from auditor.pipeline.scan import check_fingerprint, load_data
 from auditor.sources.writers import Decisions, target_value, write_cleaned
 from auditor.store import points, runs
+from auditor.store.runs import StoredRun
 
 ACTIONS = ("keep", "relabel", "remove")
 
@@ -45,7 +46,7 @@ class ApplyResult:
     test: str | None
 
 
-def read_decisions(path: Path, run: dict, train_ids: list[str]) -> Decisions:
+def read_decisions(path: Path, run: StoredRun, train_ids: list[str]) -> Decisions:
     """Parse and check a decisions file against the run it was made for.
 
     Raises:
@@ -58,13 +59,11 @@ def read_decisions(path: Path, run: dict, train_ids: list[str]) -> Decisions:
         raise DataError(f"cannot read decisions file {path}: {exc}") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("decisions"), list):
         raise DataError(f"{path}: expected an object with a 'decisions' list")
-    if payload.get("run") not in (None, run["id"]) or isinstance(payload.get("run"), bool):
-        raise DataError(f"{path} holds decisions for run {payload['run']!r}, not run {run['id']}")
+    if payload.get("run") not in (None, run.id) or isinstance(payload.get("run"), bool):
+        raise DataError(f"{path} holds decisions for run {payload['run']!r}, not run {run.id}")
     fp = payload.get("data_fingerprint")
-    if fp is not None and fp != run["data_fingerprint"]:
-        raise DataError(
-            f"{path} was made for other data (fingerprint differs from run {run['id']})"
-        )
+    if fp is not None and fp != run.data_fingerprint:
+        raise DataError(f"{path} was made for other data (fingerprint differs from run {run.id})")
     decisions: Decisions = {}
     first: dict[int, int] = {}  # index -> the decision that named it
     for n, item in enumerate(payload["decisions"]):
@@ -73,7 +72,7 @@ def read_decisions(path: Path, run: dict, train_ids: list[str]) -> Decisions:
             raise DataError(f"{where} is not an object")
         index, point_id, action = item.get("index"), item.get("id"), item.get("action")
         if not _is_index(index, len(train_ids)):
-            raise DataError(f"{where}: index {index!r} is not a training point of run {run['id']}")
+            raise DataError(f"{where}: index {index!r} is not a training point of run {run.id}")
         if index in first:
             raise DataError(
                 f"{where}: index {index} was already decided by decision {first[index]}"
@@ -113,11 +112,11 @@ def apply_decisions(
     _check_empty(out_dir)
     train_ids = [p["point_id"] for p in points.read_points(engine, run_id, "train")]
     decisions = read_decisions(decisions_path, run, train_ids)
-    config = ScanConfig.from_dict(run["config"])
+    config = ScanConfig.from_dict(run.config)
     data = _as_read(run, config.data)
     train, test = load_data(data)
     check_fingerprint(run, train, test)
-    source = SourceInfo(**run["sources"]["train"])
+    source = SourceInfo(**run.sources["train"])
     if data.test_split is None:
         written = write_cleaned(source, decisions, out_dir)
         train_spec, test_spec = _spec(source, out_dir), _original_test(run)
@@ -131,10 +130,10 @@ def apply_decisions(
     return ApplyResult(written, counts, config, train_spec, test_spec)
 
 
-def _as_read(run: dict, data: DataArgs) -> DataArgs:
+def _as_read(run: StoredRun, data: DataArgs) -> DataArgs:
     """``data`` naming the files the run read by their resolved paths (``apply`` may run
     in another folder than the scan; a ``--download`` run read two idx files)."""
-    train, test = (run["sources"][part]["path"] for part in ("train", "test"))
+    train, test = (run.sources[part]["path"] for part in ("train", "test"))
     if train is None:  # toy-linear
         return data
     separate = data.test is not None or (data.download and data.test_split is None)
@@ -171,29 +170,29 @@ def compare_runs(engine: Engine, run_a: int, run_b: int) -> Comparison:
         DataError: the runs are of different tasks (classification, regression).
     """
     a, b = runs.get_run(engine, run_a), runs.get_run(engine, run_b)
-    if a["task"] != b["task"]:
+    if a.task != b.task:
         raise DataError(
-            f"run {run_a} is {a['task']} and run {run_b} is {b['task']}: their losses and "
+            f"run {run_a} is {a.task} and run {run_b} is {b.task}: their losses and "
             "accuracies do not compare"
         )
     rows = [
-        ("training points", a["n_train"], b["n_train"], ".0f"),
-        ("test points", a["n_test"], b["n_test"], ".0f"),
+        ("training points", a.n_train, b.n_train, ".0f"),
+        ("test points", a.n_test, b.n_test, ".0f"),
     ]
     metrics = [("train loss", "train_loss", ".4f"), ("test loss", "test_loss", ".4f")]
-    if a["task"] == "classification":  # b's too: checked above
+    if a.task == "classification":  # b's too: checked above
         metrics += [("train accuracy", "train_accuracy", ".2%"),
                     ("test accuracy", "test_accuracy", ".2%")]  # fmt: skip
-    rows += [(label, a["metrics"][key], b["metrics"][key], spec) for label, key, spec in metrics]
-    same = a["metrics"].get("test_fingerprint") == b["metrics"].get("test_fingerprint")
+    rows += [(label, a.metrics[key], b.metrics[key], spec) for label, key, spec in metrics]
+    same = a.metrics.get("test_fingerprint") == b.metrics.get("test_fingerprint")
     return Comparison(rows, same)
 
 
-def _check_label(label: str, run: dict, where: str) -> str:
-    if run["task"] == "classification":
-        if label not in run["class_names"]:
+def _check_label(label: str, run: StoredRun, where: str) -> str:
+    if run.task == "classification":
+        if label not in run.class_names:
             raise DataError(
-                f"{where}: unknown class {label!r}; classes are {', '.join(run['class_names'])}"
+                f"{where}: unknown class {label!r}; classes are {', '.join(run.class_names)}"
             )
         return label
     target_value(label, where)
@@ -208,8 +207,8 @@ def _spec(source: SourceInfo, out_dir: Path) -> str:
     return str(out_dir if path.is_dir() else out_dir / path.name)
 
 
-def _original_test(run: dict) -> str:
+def _original_test(run: StoredRun) -> str:
     """The rescan's ``--test``: the test data the run read, by its resolved path (so the
     command works from any folder, and for ``--download`` runs)."""
-    test = run["sources"]["test"]
+    test = run.sources["test"]
     return sources.TOY_LINEAR if test["format"] == "toy-linear" else test["path"]

@@ -15,6 +15,7 @@ from auditor.config import FlagRule
 from auditor.errors import ConfigError
 from auditor.ranking.rule import influence_z, suspicion_tests
 from auditor.store import pairs, points, runs
+from auditor.store.runs import StoredRun
 
 EXPORT_FIELDS = [
     "index",
@@ -34,16 +35,16 @@ EXPORT_FIELDS = [
 ]
 
 
-def label_name(run: dict, value: float | None):
+def label_name(run: StoredRun, value: float | None):
     """A label as the user knows it: the class name, or the regression value."""
     if value is None:
         return None
-    if run["task"] == "classification" and run["class_names"]:
-        return run["class_names"][int(value)]
+    if run.task == "classification" and run.class_names:
+        return run.class_names[int(value)]
     return float(f"{value:.6g}")
 
 
-def train_records(engine: Engine, run_id: int, run: dict | None = None) -> list[dict]:
+def train_records(engine: Engine, run_id: int, run: StoredRun | None = None) -> list[dict]:
     """One record per training point, in training-index order, with the z-scores its
     flags were decided on (:func:`attach_flag_tests`). ``run``: the run's row, if the
     caller has read it already."""
@@ -71,10 +72,10 @@ def train_records(engine: Engine, run_id: int, run: dict | None = None) -> list[
     return records
 
 
-def flag_rule(run: dict) -> FlagRule:
+def flag_rule(run: StoredRun) -> FlagRule:
     """The flag rule a run applied (as stored with its ranking), thresholds unchecked: a
     run stored before they were checked keeps what it applied (the charts guard it)."""
-    stored = (run["ranking"] or {}).get("rule") or run["config"]["rule"]
+    stored = (run.ranking or {}).get("rule") or run.config["rule"]
     return FlagRule.from_dict(stored, checked=False)
 
 
@@ -102,7 +103,7 @@ def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
         r["union_z"], r["influence_z"] = u, z
 
 
-def run_summary(run: dict) -> dict:
+def run_summary(run: StoredRun) -> dict:
     """The parts of a run an export carries (configuration, metrics, diagnostics)."""
     keys = [
         "id",
@@ -124,7 +125,7 @@ def run_summary(run: dict) -> dict:
         "timings",
         "warnings",
     ]
-    summary = {k: run[k] for k in keys}
+    summary = {k: getattr(run, k) for k in keys}
     for k in ("created_at", "finished_at"):
         summary[k] = summary[k].isoformat() if summary[k] else None
     if summary["solver"]:
@@ -171,7 +172,7 @@ class PointInfluence:
 def influence_on_test(engine: Engine, run_id: int, test_index: int, top: int) -> PointInfluence:
     """The ``top`` most harmful and most helpful training points for one test point."""
     run = runs.get_run(engine, run_id)
-    _check_index(test_index, run["n_test"], "--test-index")
+    _check_index(test_index, run.n_test, "--test-index")
     scores = pairs.read_test_scores(engine, run_id, test_index)
     train = points.read_points(engine, run_id, "train")
     test = points.read_points(engine, run_id, "test")[test_index]
@@ -199,7 +200,7 @@ def influence_on_test(engine: Engine, run_id: int, test_index: int, top: int) ->
 def influence_of_train(engine: Engine, run_id: int, train_index: int, top: int) -> PointInfluence:
     """The ``top`` test points one training point hurts most."""
     run = runs.get_run(engine, run_id)
-    _check_index(train_index, run["n_train"], "--train-index")
+    _check_index(train_index, run.n_train, "--train-index")
     scores = pairs.read_train_scores(engine, run_id, train_index)
     train = points.read_points(engine, run_id, "train")[train_index]
     test = points.read_points(engine, run_id, "test")
@@ -214,7 +215,7 @@ def influence_of_train(engine: Engine, run_id: int, train_index: int, top: int) 
     )
 
 
-def _rows(run: dict, rows: list[dict], order, scores) -> list[InfluenceRow]:
+def _rows(run: StoredRun, rows: list[dict], order, scores) -> list[InfluenceRow]:
     return [
         (
             int(i),

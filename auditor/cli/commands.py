@@ -163,32 +163,32 @@ def list_runs(db: str) -> None:
         return
     stale, table = [], []
     for r in rows:
-        flags = (r["ranking"] or {}).get("flag_counts", {})
-        solver = (r["config"].get("solver") or {}).get("solver", "")
-        status = r["status"]
+        flags = (r.ranking or {}).get("flag_counts", {})
+        solver = (r.config.get("solver") or {}).get("solver", "")
+        status = r.status
         if runs.writer_state(r) == "gone":
             status = "stale"
             stale.append(r)
-        created = f"{r['created_at']:%Y-%m-%d %H:%M:%S}"
+        created = f"{r.created_at:%Y-%m-%d %H:%M:%S}"
         table.append(
             (
-                r["id"],
+                r.id,
                 status,
                 created,
-                r["dataset"],
-                r["model"],
+                r.dataset,
+                r.model,
                 solver,
-                r["n_train"],
-                r["n_test"],
-                f"{int(r['n_pairs']):,}",
+                r.n_train,
+                r.n_test,
+                f"{int(r.n_pairs):,}",
                 sum(flags.values()),
             )
         )
     echo_table(RUNS_COLUMNS, table, right=("id", "train", "test", "pairs", "flagged"))
     for r in stale:
         click.echo(
-            f"run {r['id']}: its scan (process {r['owner_pid']}) ended without marking it, "
-            f"in phase {r['phase']}; finish it with `{resume_command(r['id'], db)}`"
+            f"run {r.id}: its scan (process {r.owner_pid}) ended without marking it, "
+            f"in phase {r.phase}; finish it with `{resume_command(r.id, db)}`"
         )
 
 

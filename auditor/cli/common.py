@@ -87,10 +87,10 @@ def resolve_run(engine, run: int | None, db: str) -> int:
     """The id of ``run`` (default the latest) in database ``db``, which must have finished."""
     run_id = runs.latest_run_id(engine) if run is None else run
     row = runs.get_run(engine, run_id)
-    if row["status"] != "complete":
+    if row.status != "complete":
         runs.refuse_live_writer(row, "wait for it to finish")
         raise DataError(
-            f"run {run_id} is {row['status']} (stopped in phase {row['phase']}), not complete; "
+            f"run {run_id} is {row.status} (stopped in phase {row.phase}), not complete; "
             f"finish it with `{resume_command(run_id, db)}`"
         )
     return run_id

@@ -37,6 +37,7 @@ from auditor.pipeline.distributed import torch_device
 from auditor.pipeline.loading import dataset_tensors, load_data, model_for, model_outputs
 from auditor.pipeline.scan import scan
 from auditor.store import evaluations, points, runs
+from auditor.store.runs import StoredRun
 
 RANKINGS = ("training loss", "self-influence", "harmfulness", "combined", "random")
 FIX_RANKINGS = ("combined", "random")
@@ -219,7 +220,7 @@ def evaluate(
 
 def fix_experiment(
     config: ScanConfig,
-    run: dict,
+    run: StoredRun,
     clean: Dataset,
     faulty: Dataset,
     test: Dataset,
@@ -235,8 +236,8 @@ def fix_experiment(
     """
     base = _retrain(config, clean, test)
     worst = {
-        "test_loss": run["metrics"]["test_loss"],
-        "test_accuracy": run["metrics"].get("test_accuracy"),
+        "test_loss": run.metrics["test_loss"],
+        "test_accuracy": run.metrics.get("test_accuracy"),
     }
     out: dict[str, list[dict]] = {}
     for name, score in scores.items():

@@ -11,6 +11,7 @@ from auditor.config import ScanConfig
 from auditor.pipeline.distributed import Comm
 from auditor.pipeline.phases import Phases
 from auditor.pipeline.run_record import stored_warnings, total_timings
+from auditor.store.runs import StoredRun
 from auditor.store.writer import RunWriter
 
 #: ``progress(phase, done, total)``: how far a phase of the scan got.
@@ -38,7 +39,7 @@ class ScanContext:
     writer: RunWriter
     phases: Phases
     progress: Progress
-    previous: dict | None = None
+    previous: StoredRun | None = None
     run_id: int | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -49,7 +50,7 @@ class ScanContext:
         config: ScanConfig,
         comm: Comm,
         progress: Progress | None = None,
-        previous: dict | None = None,
+        previous: StoredRun | None = None,
     ) -> ScanContext:
         """The context of a new scan (or of a resume of the stored run ``previous``)."""
         writer = RunWriter(engine, comm.rank)

@@ -14,6 +14,7 @@ from auditor.data import Dataset, check_compatible, fingerprint, train_test_spli
 from auditor.errors import ConfigError, DataError
 from auditor.models import ModelTask, build_model, default_model_name
 from auditor.sources.idx import find_pairs
+from auditor.store.runs import StoredRun
 
 
 def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
@@ -72,25 +73,24 @@ def _has_test_part(spec: str) -> bool:
     return path.is_dir() and len(find_pairs(path)) >= 2
 
 
-def check_fingerprint(run: dict, train: Dataset, test: Dataset) -> None:
+def check_fingerprint(run: StoredRun, train: Dataset, test: Dataset) -> None:
     """Raise :class:`DataError` unless ``train`` and ``test`` are the data ``run`` read:
     the same fingerprint (features, targets, ids), task and class names (the fingerprint
     holds neither: renamed classes keep the targets, and changing it would invalidate
     stored runs and decisions files)."""
     found = fingerprint(train, test)
-    if found != run["data_fingerprint"]:
-        change = f"fingerprint {found[:12]}, the run has {run['data_fingerprint'][:12]}"
-    elif train.task != run["task"]:
-        change = f"a {train.task} task, the run has {run['task']}"
-    elif list(train.class_names or []) != list(run["class_names"] or []):
+    if found != run.data_fingerprint:
+        change = f"fingerprint {found[:12]}, the run has {run.data_fingerprint[:12]}"
+    elif train.task != run.task:
+        change = f"a {train.task} task, the run has {run.task}"
+    elif list(train.class_names or []) != list(run.class_names or []):
         change = (
-            f"classes {_short_list(train.class_names)}, "
-            f"the run has {_short_list(run['class_names'])}"
+            f"classes {_short_list(train.class_names)}, the run has {_short_list(run.class_names)}"
         )
     else:
         return
     raise DataError(
-        f"run {run['id']}: the data changed since the run started ({change}); start a new scan"
+        f"run {run.id}: the data changed since the run started ({change}); start a new scan"
     )
 
 

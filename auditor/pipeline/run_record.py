@@ -14,6 +14,7 @@ from auditor.data import Dataset
 from auditor.influence.conditioning import conditioning_warnings
 from auditor.models.fit import FitResult
 from auditor.pipeline.distributed import combine_diagnostics
+from auditor.store.runs import StoredRun
 
 #: Features stored per point when the data has at most this many (for scatter plots).
 MAX_STORED_FEATURES = 16
@@ -40,23 +41,23 @@ def resumed_solver_record(stored: dict | None, record: dict, solved: int, n_test
     return merged
 
 
-def stored_warnings(previous: dict | None) -> list[str]:
+def stored_warnings(previous: StoredRun | None) -> list[str]:
     """The warnings a resumed run stored, less the solve's (recomputed from the merged
     solver record)."""
     if previous is None:
         return []
-    stale = set(solve_warnings(previous["solver"] or {}))
-    return [w for w in previous["warnings"] or [] if w not in stale]
+    stale = set(solve_warnings(previous.solver or {}))
+    return [w for w in previous.warnings or [] if w not in stale]
 
 
 def add_warnings(warnings: list[str], new: list[str]) -> None:
     warnings.extend(w for w in new if w not in warnings)
 
 
-def total_timings(previous: dict | None, timings: dict[str, float]) -> dict[str, float]:
+def total_timings(previous: StoredRun | None, timings: dict[str, float]) -> dict[str, float]:
     """The run's seconds per phase: this scan's ``timings``, added on a resume to those
     the ``previous`` run stored."""
-    total = dict((previous or {}).get("timings") or {})
+    total = dict((previous.timings if previous else None) or {})
     for name, seconds in timings.items():
         total[name] = total.get(name, 0.0) + seconds
     return total

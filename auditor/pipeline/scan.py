@@ -78,6 +78,7 @@ from auditor.pipeline.run_record import (
 from auditor.ranking.refits import robust_ranking
 from auditor.ranking.rule import flag_lists, flag_masks, ranks, suspicion_tests
 from auditor.store import runs
+from auditor.store.runs import StoredRun
 
 __all__ = [
     "ScanResult",
@@ -161,9 +162,9 @@ def resume(
         DataError: The data no longer matches the run's fingerprint.
     """
     run = runs.get_run(engine, run_id, with_theta=True)
-    if run["status"] == "complete":
+    if run.status == "complete":
         raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
-    config = ScanConfig.from_dict(run["config"])
+    config = ScanConfig.from_dict(run.config)
     check_registered(config)
     with joined(comm, config.device) as comm:
         ctx = ScanContext.open(engine, config, comm, progress, previous=run)
@@ -304,7 +305,7 @@ def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
     continues from it; checked finite. Returns it with the fitted state as the run stores
     it (:func:`runs.theta_bytes`)."""
     model, config = loaded.model, ctx.config
-    stored = _stored_fit(ctx.previous, model, config) if ctx.resumed else None
+    stored = _stored_fit(ctx.previous, model, config) if ctx.previous is not None else None
     fitted = stored or fit(
         model,
         loaded.x,
@@ -326,18 +327,18 @@ def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
         )
         add_warnings(ctx.warnings, [far])
     if stored is not None:
-        return stored, ctx.previous["theta"]
+        return stored, ctx.previous.theta
     state = runs.theta_bytes(model.fitted_state(fitted.theta))
     ctx.writer.store_fit(state, fit_metrics(fitted))
     return fitted, state
 
 
-def _stored_fit(run: dict, model: ModelTask, config: ScanConfig) -> FitResult | None:
+def _stored_fit(run: StoredRun, model: ModelTask, config: ScanConfig) -> FitResult | None:
     """The fit a run stored when its fit phase ended, or ``None`` if it stopped before."""
-    metrics = run["metrics"] or {}
-    if not run["theta"] or "grad_norm" not in metrics:
+    metrics = run.metrics or {}
+    if not run.theta or "grad_norm" not in metrics:
         return None
-    state = runs.theta_from_bytes(run["theta"], config.model.dtype)
+    state = runs.theta_from_bytes(run.theta, config.model.dtype)
     theta = model.load_fitted_state(state.to(torch_device(config.device)))
     if theta is None:  # stored by an older auditor without the model's fitted state
         return None
@@ -488,7 +489,7 @@ def _store_solver_record(
         record["conditioning"] = conditioning
     if ctx.resumed:
         solved = sum(j1 - j0 for j0, j1 in plan.pending)
-        record = resumed_solver_record(ctx.previous["solver"], record, solved, plan.n_test)
+        record = resumed_solver_record(ctx.previous.solver, record, solved, plan.n_test)
     ctx.writer.update_solver(record)
     add_warnings(ctx.warnings, solve_warnings(record))
 

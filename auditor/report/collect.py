@@ -20,6 +20,7 @@ from auditor.report import charts
 from auditor.report.charts import INFLUENCE_LABELS
 from auditor.report.thumbnails import png_data_uri
 from auditor.store import evaluations, pairs, points, runs
+from auditor.store.runs import StoredRun
 
 HURTS = 3  # test points listed per flagged row
 NEIGHBOURS = 6  # most harmful / most helpful training points per test panel
@@ -112,14 +113,14 @@ def collect(
         raise ConfigError("--top must be >= 1")
     run = runs.get_run(engine, run_id, with_theta=True)
     for i in test_indexes:
-        if not 0 <= i < run["n_test"]:
+        if not 0 <= i < run.n_test:
             raise ConfigError(
-                f"--test-index {i} is out of range: run {run_id} has {run['n_test']} test points"
+                f"--test-index {i} is out of range: run {run_id} has {run.n_test} test points"
             )
     train = train_records(engine, run_id, run)
     test = points.read_points(engine, run_id, "test")
     rule = flag_rule(run)
-    thresholds = _thresholds(rule, run["task"])
+    thresholds = _thresholds(rule, run.task)
     scale = rule.influence_scale
 
     flagged = sorted((r for r in train if r["flags"]), key=lambda r: r["rank"])
@@ -146,26 +147,26 @@ def collect(
 
     _attach_pictures(engine, run, rows, panels)
     # Stored features only draw the regression scatter.
-    tabular_regression = run["task"] == "regression" and not run["image_shape"]
+    tabular_regression = run.task == "regression" and not run.image_shape
     features = _all_features(engine, run_id, run) if tabular_regression else None
     view = ReportView(
         run=run_summary(run),
         cards=_cards(run, rule, len(flagged)),
-        warnings=list(run["warnings"] or []),
+        warnings=list(run.warnings or []),
         rows=rows,
         n_flagged=len(flagged),
         tests=panels,
         tests_chosen=bool(chosen),
         histogram=_histogram(train, thresholds, scale),
         scatter=_scatter(run, train, test, features, thresholds) if features else None,
-        has_images=bool(run["image_shape"]),
+        has_images=bool(run.image_shape),
         detection=_detection(engine, run_id),
     )
     view.script_data = {
         "run": run_id,
-        "data_fingerprint": run["data_fingerprint"],
-        "task": run["task"],
-        "class_names": run["class_names"] or [],
+        "data_fingerprint": run.data_fingerprint,
+        "task": run.task,
+        "class_names": run.class_names or [],
         "ids": {str(r.record["index"]): r.record["id"] for r in rows},
     }
     return view
@@ -219,7 +220,7 @@ def _relabel_default(record: dict) -> str:
     return str(record["predicted"] if record["predicted"] is not None else record["label"])
 
 
-def _ref(run: dict, split: str, p: dict, score: float | None = None) -> PointRef:
+def _ref(run: StoredRun, split: str, p: dict, score: float | None = None) -> PointRef:
     """A :class:`PointRef` from a ``points`` row (test) or an export record (train)."""
     if "point_id" in p:  # a points row
         return PointRef(
@@ -236,14 +237,16 @@ def _ref(run: dict, split: str, p: dict, score: float | None = None) -> PointRef
     )
 
 
-def _hurts(run: dict, test: list[dict], column: np.ndarray) -> list[PointRef]:
+def _hurts(run: StoredRun, test: list[dict], column: np.ndarray) -> list[PointRef]:
     """The ``HURTS`` test points a training point harms most (positive scores only), from
     its column ``(n_test,)`` of pair scores."""
     order = np.argsort(-column, kind="stable")[:HURTS]
     return [_ref(run, "test", test[j], float(column[j])) for j in order if column[j] > 0]
 
 
-def _panel(run: dict, train: list[dict], test: list[dict], row: np.ndarray, j: int) -> TestPanel:
+def _panel(
+    run: StoredRun, train: list[dict], test: list[dict], row: np.ndarray, j: int
+) -> TestPanel:
     """Test point ``j`` with its most harmful and most helpful training points (``row`` is
     its ``(n_train,)`` pair scores). A harmful point has a positive score, a helpful one a
     negative score, so either list may be shorter than ``NEIGHBOURS``."""
@@ -258,7 +261,7 @@ def _panel(run: dict, train: list[dict], test: list[dict], row: np.ndarray, j: i
 
 
 def _attach_pictures(
-    engine: Engine, run: dict, rows: list[FlaggedRow], panels: list[TestPanel]
+    engine: Engine, run: StoredRun, rows: list[FlaggedRow], panels: list[TestPanel]
 ) -> None:
     """Fill ``thumb`` (image data) or ``features`` (tabular data) of every shown point,
     reading the blobs of those points only."""
@@ -271,11 +274,9 @@ def _attach_pictures(
     for item in items:
         wanted[item.split].add(item.index)
     blobs = {
-        s: points.read_point_blobs(engine, run["id"], s, sorted(ix))
-        for s, ix in wanted.items()
-        if ix
+        s: points.read_point_blobs(engine, run.id, s, sorted(ix)) for s, ix in wanted.items() if ix
     }
-    shape = run["image_shape"]
+    shape = run.image_shape
     cache: dict[tuple[str, int], str] = {}
     for item in items:
         split, index = item.split, item.index
@@ -288,7 +289,7 @@ def _attach_pictures(
             item.features = np.frombuffer(feats, dtype="<f4").tolist()
 
 
-def _all_features(engine: Engine, run_id: int, run: dict) -> dict[str, np.ndarray] | None:
+def _all_features(engine: Engine, run_id: int, run: StoredRun) -> dict[str, np.ndarray] | None:
     """``{"train": (n_train, d), "test": (n_test, d)}`` stored features, or None."""
     out = {}
     for split in ("train", "test"):
@@ -314,7 +315,7 @@ def _histogram(
 
 
 def _scatter(
-    run: dict, train: list[dict], test: list[dict], features: dict, thresholds: dict
+    run: StoredRun, train: list[dict], test: list[dict], features: dict, thresholds: dict
 ) -> charts.Scatter:
     """Regression only (:func:`collect` reads ``features`` for regression alone). One
     feature: ``x`` against the target with the line fitted from ``theta``; more features:
@@ -324,9 +325,9 @@ def _scatter(
         y = [float(r["label"]) for r in train]
         tests = [(float(features["test"][p["idx"], 0]), float(p["label"])) for p in test]
         axes = {"x_label": "x (the one feature)", "y_label": "target"}
-        dtype = run["config"]["model"].get("dtype", "float32")
-        theta = runs.theta_from_bytes(run["theta"] or b"", dtype)
-        if run["model"] == "linear" and theta.numel() == 2:
+        dtype = run.config["model"].get("dtype", "float32")
+        theta = runs.theta_from_bytes(run.theta or b"", dtype)
+        if run.model == "linear" and theta.numel() == 2:
             w, b = float(theta[0]), float(theta[1])
             axes.update(line=lambda v: w * v + b, line_label=f"fitted y = {w:.4g}·x + {b:.4g}")
     else:
@@ -355,22 +356,22 @@ def _scatter(
     )
 
 
-def _cards(run: dict, rule: FlagRule, n_flagged: int) -> list[Card]:
+def _cards(run: StoredRun, rule: FlagRule, n_flagged: int) -> list[Card]:
     """The header: data, model, solver, flag rule (as applied), time per phase."""
-    m, s = run["metrics"] or {}, run["solver"] or {}
-    ranking = run["ranking"] or {}
-    cfg = run["config"]
-    data = [Fact("dataset", run["dataset"]), Fact("task", run["task"])]
+    m, s = run.metrics or {}, run.solver or {}
+    ranking = run.ranking or {}
+    cfg = run.config
+    data = [Fact("dataset", run.dataset), Fact("task", run.task)]
     data += [
-        Fact("training points", f"{run['n_train']:,}"),
-        Fact("test points", f"{run['n_test']:,}"),
+        Fact("training points", f"{run.n_train:,}"),
+        Fact("test points", f"{run.n_test:,}"),
     ]
-    if run["class_names"]:
-        data.append(Fact("classes", ", ".join(run["class_names"])))
-    if run["image_shape"]:
-        data.append(Fact("image shape", "×".join(str(v) for v in run["image_shape"])))
-    data.append(Fact("fingerprint", run["data_fingerprint"][:12]))
-    model = [Fact("model", run["model"]), Fact("parameters", f"{run['n_params'] or 0:,}")]
+    if run.class_names:
+        data.append(Fact("classes", ", ".join(run.class_names)))
+    if run.image_shape:
+        data.append(Fact("image shape", "×".join(str(v) for v in run.image_shape)))
+    data.append(Fact("fingerprint", run.data_fingerprint[:12]))
+    model = [Fact("model", run.model), Fact("parameters", f"{run.n_params or 0:,}")]
     model.append(Fact("weight decay", f"{cfg['model']['weight_decay']:g}"))
     for split in ("train", "test"):
         if f"{split}_accuracy" in m:
@@ -398,21 +399,21 @@ def _cards(run: dict, rule: FlagRule, n_flagged: int) -> list[Card]:
             solver.append(Fact(name, form.format(s[key])))
     solver.append(Fact("damping", f"{cfg['solver']['damping']:g}"))
     flags = ranking.get("flag_counts", {})
-    calibrated = run["config"]["rule"].get("outlier_z", 0) is None
+    calibrated = run.config["rule"].get("outlier_z", 0) is None
     rule_facts = [
         Fact(
             "outlier",
             f"{INFLUENCE_LABELS[rule.influence_scale]} ≥ {rule.outlier_z:.3g}"
-            + (f" (calibrated to {run['n_train']:,} points)" if calibrated else ""),
+            + (f" (calibrated to {run.n_train:,} points)" if calibrated else ""),
         )
     ]
-    if run["task"] == "classification":
+    if run.task == "classification":
         rule_facts.append(Fact("mislabel", f"z ≥ {rule.mislabel_z:g} and prediction ≠ label"))
     rule_facts.append(Fact("trim", f"{rule.trim:g} ({ranking.get('refits', 0)} refits)"))
     rule_facts.append(
         Fact("flagged", f"{n_flagged:,}" + "".join(f" · {n} {k}" for k, n in sorted(flags.items())))
     )
-    timings = run["timings"] or {}
+    timings = run.timings or {}
     time_facts = [Fact(k, f"{v:.2f} s") for k, v in timings.items()]
     time_facts.append(Fact("total", f"{sum(timings.values()):.2f} s"))
     return [

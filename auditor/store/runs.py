@@ -4,19 +4,78 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from sqlalchemy import func, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from auditor import __version__
 from auditor.errors import RunNotFound, StoreError
-from auditor.store.schema import pair_scores, points, runs
+from auditor.store.schema import pair_scores, runs
 
 SUMMARY_COLUMNS = [c for c in runs.c if c.name != "theta"]
+
+RunStatus = Literal["running", "complete", "failed", "interrupted"]
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One row of ``runs``, typed: what a scan stored about itself.
+
+    The JSON columns keep their stored shape (``config`` is :meth:`ScanConfig.to_dict`,
+    ``metrics``, ``solver``, ``ranking`` and ``timings`` are the dicts the scan wrote);
+    ``theta`` is read only on request (:func:`get_run` ``with_theta``), ``n_pairs`` only
+    by :func:`list_runs`.
+    """
+
+    id: int
+    created_at: datetime
+    status: RunStatus
+    auditor_version: str
+    config: dict[str, Any]
+    dataset: str
+    task: Literal["classification", "regression"]
+    model: str
+    n_train: int
+    n_test: int
+    data_fingerprint: str
+    finished_at: datetime | None = None
+    phase: str | None = None
+    n_params: int | None = None
+    class_names: list[str] | None = None
+    sources: dict[str, Any] | None = None
+    image_shape: list[int] | None = None
+    metrics: dict[str, Any] | None = None
+    solver: dict[str, Any] | None = None
+    ranking: dict[str, Any] | None = None
+    timings: dict[str, float] | None = None
+    warnings: list[str] | None = None
+    error: str | None = None
+    theta: bytes | None = None
+    owner_host: str | None = None
+    owner_pid: int | None = None
+    owner_start: str | None = None
+    heartbeat_at: datetime | None = None
+    n_pairs: int | None = None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> StoredRun:
+        """The run of a ``runs`` row (a SQLAlchemy mapping), ignoring unknown columns."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The columns as a dict (what ``export --format json`` and tests read)."""
+        return asdict(self)
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status == "complete"
 
 
 def create_run(engine: Engine, **fields) -> int:
@@ -83,29 +142,29 @@ def current_owner() -> dict:
     }
 
 
-def writer_state(run: dict) -> str:
+def writer_state(run: StoredRun) -> str:
     """Whether the scan that owns a ``running`` run still runs: ``alive`` or ``gone``
     (checked on this host by pid and process start time), or ``unknown`` (another host,
     or a run written before owners were recorded). ``""`` for a run not ``running``."""
-    if run["status"] != "running":
+    if run.status != "running":
         return ""
-    if not run.get("owner_pid") or run.get("owner_host") != socket.gethostname():
+    if not run.owner_pid or run.owner_host != socket.gethostname():
         return "unknown"
-    start = _process_start(run["owner_pid"])
+    start = _process_start(run.owner_pid)
     if start is None:
         return "gone"
-    recorded = run.get("owner_start")
+    recorded = run.owner_start
     return "alive" if not recorded or not start or recorded == start else "gone"
 
 
-def refuse_live_writer(run: dict, advice: str) -> None:
+def refuse_live_writer(run: StoredRun, advice: str) -> None:
     """Raise :class:`StoreError` (exit 1) if a scan in another process on this host is
     still writing ``run`` (:func:`writer_state` ``alive``); ``advice`` ends the message:
     what the caller should do instead."""
-    if writer_state(run) == "alive" and run["owner_pid"] != os.getpid():
+    if writer_state(run) == "alive" and run.owner_pid != os.getpid():
         raise StoreError(
-            f"run {run['id']} is still being written by process {run['owner_pid']} on this "
-            f"host (phase {run['phase']}); {advice}"
+            f"run {run.id} is still being written by process {run.owner_pid} on this "
+            f"host (phase {run.phase}); {advice}"
         )
 
 
@@ -133,17 +192,17 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def get_run(engine: Engine, run_id: int, *, with_theta: bool = False) -> dict:
-    """One run as a dict of its columns; raises :class:`RunNotFound`."""
+def get_run(engine: Engine, run_id: int, *, with_theta: bool = False) -> StoredRun:
+    """One run; raises :class:`RunNotFound`."""
     columns = list(runs.c) if with_theta else SUMMARY_COLUMNS
     with engine.connect() as conn:
         row = conn.execute(select(*columns).where(runs.c.id == run_id)).mappings().first()
     if row is None:
         raise RunNotFound(f"run {run_id} does not exist in this database")
-    return dict(row)
+    return StoredRun.from_row(row)
 
 
-def list_runs(engine: Engine) -> list[dict]:
+def list_runs(engine: Engine) -> list[StoredRun]:
     """Every run, newest first, with its count of stored pair scores as ``n_pairs``."""
     n_pairs = (
         select(func.coalesce(func.sum(func.length(pair_scores.c.scores)), 0) / 4)
@@ -154,7 +213,7 @@ def list_runs(engine: Engine) -> list[dict]:
         rows = conn.execute(
             select(*SUMMARY_COLUMNS, n_pairs.label("n_pairs")).order_by(runs.c.id.desc())
         )
-        return [dict(r) for r in rows.mappings()]
+        return [StoredRun.from_row(r) for r in rows.mappings()]
 
 
 def latest_run_id(engine: Engine) -> int:
@@ -164,14 +223,6 @@ def latest_run_id(engine: Engine) -> int:
     if run_id is None:
         raise RunNotFound("the database holds no runs yet; run `auditor scan` first")
     return run_id
-
-
-def delete_run(engine: Engine, run_id: int) -> None:
-    """Remove a run with its points and pair scores."""
-    with engine.begin() as conn:
-        conn.execute(pair_scores.delete().where(pair_scores.c.run_id == run_id))
-        conn.execute(points.delete().where(points.c.run_id == run_id))
-        conn.execute(runs.delete().where(runs.c.id == run_id))
 
 
 def theta_bytes(theta: torch.Tensor) -> bytes:

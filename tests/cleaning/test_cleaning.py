@@ -31,10 +31,10 @@ def test_removing_the_toy_outliers_lowers_the_test_loss(tmp_path):
     assert rescan[:2] == ["auditor", "scan"]
     result = runner.invoke(cli, rescan[1:])
     assert result.exit_code == 0, result.output
-    after = runs.get_run(engine, 2)
+    after = runs.get_run(engine, 2).as_dict()
     assert after["n_train"] == 20 - len(flagged)
     assert {p["point_id"] for p in points.read_points(engine, 2, "train")}.isdisjoint({"x=-4.5"})
-    before = runs.get_run(engine, 1)
+    before = runs.get_run(engine, 1).as_dict()
     assert after["metrics"]["test_loss"] < before["metrics"]["test_loss"] / 10
     result = runner.invoke(cli, ["compare", "1", "2", "--db", db])
     assert result.exit_code == 0
@@ -82,7 +82,7 @@ def test_a_split_toy_run_is_written_back_with_the_same_test_points(tmp_path):
     train = points.read_points(open_db(db), 1, "train")
     apply_and_rescan(tmp_path, db, {"decisions": [{"index": 0, "action": "remove"}]})
     engine = open_db(db)
-    before, after = runs.get_run(engine, 1), runs.get_run(engine, 2)
+    before, after = runs.get_run(engine, 1).as_dict(), runs.get_run(engine, 2).as_dict()
     assert after["n_train"] == before["n_train"] - 1
     assert after["metrics"]["test_fingerprint"] == before["metrics"]["test_fingerprint"]
     kept = [p["point_id"] for p in points.read_points(engine, 2, "train")]
@@ -105,7 +105,7 @@ def test_a_split_idx_folder_with_two_pairs_keeps_its_held_out_points(tmp_path, m
     invoke("scan", "--train", str(src), *args)
     apply_and_rescan(tmp_path, db, {"decisions": []})
     engine = open_db(db)
-    before, after = runs.get_run(engine, 1), runs.get_run(engine, 2)
+    before, after = runs.get_run(engine, 1).as_dict(), runs.get_run(engine, 2).as_dict()
     assert (after["n_train"], after["n_test"]) == (before["n_train"], before["n_test"])
     assert after["metrics"]["test_fingerprint"] == before["metrics"]["test_fingerprint"]
     assert "different test points" not in invoke("compare", "1", "2", "--db", db).output
@@ -128,7 +128,7 @@ def test_the_rescan_repeats_every_stored_option_and_finds_the_test_data_from_any
     rescan = apply_and_rescan(tmp_path, db, {"decisions": [{"index": 2, "action": "remove"}]})
     assert rescan[rescan.index("--test") + 1] == str((data / "test.csv").resolve())
     engine = open_db(db)
-    want, got = (ScanConfig.from_dict(runs.get_run(engine, i)["config"]) for i in (1, 2))
+    want, got = (ScanConfig.from_dict(runs.get_run(engine, i).as_dict()["config"]) for i in (1, 2))
     assert replace(got, data=want.data) == want  # model, solver, rule, device, chunk
     assert (got.data.seed, got.data.classes) == (want.data.seed, want.data.classes)
 
@@ -183,7 +183,7 @@ def test_export_refuses_its_database_and_reports_an_unwritable_file_in_one_line(
     invoke("scan", "--train", "toy-linear", "--db", db)
     result = invoke("export", "--out", db, "--db", db, ok=False)
     assert result.exit_code == 2 and "is the database itself" in result.output
-    assert runs.get_run(open_db(db), 1)["status"] == "complete"
+    assert runs.get_run(open_db(db), 1).as_dict()["status"] == "complete"
     result = invoke("export", "--out", str(tmp_path / "no" / "x.json"), "--db", db, ok=False)
     assert result.exit_code == 1 and "No such file or directory" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -37,7 +37,7 @@ def test_every_command_has_help_with_an_example(runner, command):
 def test_scan_prints_the_run_id_and_a_summary(toy_db, runner):
     db, run_id = toy_db
     engine = open_db(db, create=False)
-    assert runs.get_run(engine, run_id)["status"] == "complete"
+    assert runs.get_run(engine, run_id).as_dict()["status"] == "complete"
     assert pairs.count_pairs(engine, run_id) == 20
 
 
@@ -132,7 +132,7 @@ def test_mnist_scan_from_the_command_line(runner, tmp_path, mnist_dir):
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     run_id = int(result.stdout.strip().splitlines()[-1])
-    run = runs.get_run(open_db(db), run_id)
+    run = runs.get_run(open_db(db), run_id).as_dict()
     assert (run["n_train"], run["n_test"], run["class_names"]) == (1730, 433, ["1", "7"])
     assert pairs.count_pairs(open_db(db), run_id) == 1730 * 433
     assert run["metrics"]["test_accuracy"] > 0.95
@@ -145,7 +145,7 @@ def test_mnist_scan_from_the_command_line(runner, tmp_path, mnist_dir):
 def scan_run(runner, args: list[str], db: str):
     result = runner.invoke(cli, ["scan", *args, "--test-split", "0.25", "--db", db])
     assert result.exit_code == 0, result.output
-    return result, runs.get_run(open_db(db), int(result.stdout.strip().splitlines()[-1]))
+    return result, runs.get_run(open_db(db), int(result.stdout.strip().splitlines()[-1])).as_dict()
 
 
 @pytest.mark.parametrize("solver", ["exact", "cg", "lissa"])
@@ -255,7 +255,7 @@ def test_bad_data_writes_nothing(runner, tmp_path):
         cli, ["scan", "--train", str(bad), "--test-split", "0.5", "--db", str(db)]
     )
     assert result.exit_code == 1
-    assert runs.list_runs(open_db(str(db))) == []
+    assert [r.as_dict() for r in runs.list_runs(open_db(str(db)))] == []
 
 
 def test_show_unknown_run_and_index(toy_db, runner):

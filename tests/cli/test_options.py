@@ -229,7 +229,7 @@ def test_an_unregistered_solver_fails_as_before_and_writes_nothing(tmp_path):
     with pytest.raises(ConfigError) as error:
         run_scan(engine, config)
     assert str(error.value) == message
-    assert runs.list_runs(engine) == []
+    assert [r.as_dict() for r in runs.list_runs(engine)] == []
     result = CliRunner().invoke(cli, ["scan", "--train", "toy-linear", "--solver", "magic"])
     assert result.exit_code == 2
     assert "'lissa', 'exact', 'cg'" in result.output

@@ -109,7 +109,7 @@ def test_evaluate_usage_errors(tmp_path):
         result = run([*outlier, option, value])
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
-    assert not Path(db).exists() or runs.list_runs(open_db(db)) == []
+    assert not Path(db).exists() or [r.as_dict() for r in runs.list_runs(open_db(db))] == []
 
 
 def test_evaluate_toy_regression_outliers(tmp_path):
@@ -134,7 +134,7 @@ def test_evaluate_prints_each_scans_warnings(tmp_path):
     assert result.exit_code == 0, result.output
     engine = open_db(db)
     for seed, run_id in ((0, 1), (1, 2)):
-        stored = runs.get_run(engine, run_id)["warnings"]
+        stored = runs.get_run(engine, run_id).as_dict()["warnings"]
         assert any(w.startswith("the fit is not at an optimum") for w in stored)
         for warning in stored:
             assert result.stderr.count(f"warning: seed {seed} (run {run_id}): {warning}") == 1

@@ -160,11 +160,11 @@ def test_a_resumed_run_keeps_one_copy_of_the_warning(tmp_path):
 
     with pytest.raises(Interrupted):
         scan(engine, config, progress=ctrl_c_in_the_ranking)
-    interrupted = runs.list_runs(engine)[0]["id"]
+    interrupted = [r.as_dict() for r in runs.list_runs(engine)][0]["id"]
     resumed = resume(engine, interrupted)
     (warning,) = whole.warnings
     assert "not at an optimum" in warning
-    assert resumed.warnings == runs.get_run(engine, interrupted)["warnings"] == [warning]
+    assert resumed.warnings == runs.get_run(engine, interrupted).as_dict()["warnings"] == [warning]
 
 
 def test_without_an_optimum_both_warnings_advise_weight_decay_only():

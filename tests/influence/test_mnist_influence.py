@@ -33,7 +33,7 @@ def test_lissa_matches_exact_on_all_pairs(scans):
 
 def test_lissa_records_convergence(scans):
     engine, _, lissa_id = scans
-    solver = runs.get_run(engine, lissa_id)["solver"]
+    solver = runs.get_run(engine, lissa_id).as_dict()["solver"]
     assert solver["solver"] == "lissa" and solver["converged"]
     assert solver["residual_max"] <= solver["tol"]
     assert solver["scale"] > solver["lambda_max"] > 0

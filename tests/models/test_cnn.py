@@ -98,7 +98,7 @@ def test_cnn_reaches_97_percent_on_ten_class_mnist_and_flags_little_of_it(tmp_pa
         + ["--solver", "exact", "--weight-decay", "1e-4", "--trim", "0", "--db", db],
     )
     assert result.exit_code == 0, result.output
-    run = runs.get_run(open_db(db), int(result.stdout.strip()))
+    run = runs.get_run(open_db(db), int(result.stdout.strip())).as_dict()
     assert run["config"]["model"]["params"] == "last" and run["model"] == "cnn"
     assert (run["n_train"], run["n_test"]) == (8000, 2000)
     assert run["metrics"]["test_accuracy"] >= 0.97
@@ -177,5 +177,5 @@ def test_a_scan_embeds_the_training_and_test_points_once(tmp_path, mnist_dir, mo
     engine = open_db(str(tmp_path / "cnn.db"))
     result = scan(engine, config, datasets=(crop(train, 60), crop(test, 12)))
     assert frozen == [60, 12]
-    run = runs.get_run(engine, result.run_id)
+    run = runs.get_run(engine, result.run_id).as_dict()
     assert run["status"] == "complete" and run["ranking"]["refits"] >= 1

@@ -79,7 +79,7 @@ def stop_when(proc: subprocess.Popen, db: Path, ready, sig=signal.SIGKILL) -> tu
 def assert_incomplete(db: Path) -> None:
     """The run reads as unfinished everywhere a user could look."""
     engine = open_db(str(db), create=False)
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert run["status"] in ("running", "interrupted"), run["status"]
     listing = CliRunner().invoke(cli, ["runs", "--db", str(db)])
     # killed outright, the run still says running; its dead writer makes it stale
@@ -97,7 +97,7 @@ def assert_incomplete(db: Path) -> None:
 
 def snapshot(db: Path, run_id: int) -> dict:
     engine = open_db(str(db), create=False)
-    run = runs.get_run(engine, run_id)
+    run = runs.get_run(engine, run_id).as_dict()
     keep = ("idx", "point_id", "label", "predicted", "loss", "self_influence", "harmfulness",
             "suspicion", "rank", "flags")  # fmt: skip
     out = {
@@ -198,7 +198,7 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(tmp_path, mnist_dir, uninterru
         f"`auditor scan --resume 1 --db {db}`"
     ]
     engine = open_db(str(db), create=False)
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert run["status"] == "interrupted" and run["error"] == "interrupted"
     assert 40 <= pairs.count_pairs(engine, 1) // 1730 < N_TEST
     engine.dispose()

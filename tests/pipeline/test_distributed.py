@@ -188,7 +188,7 @@ def test_a_killed_rank_leaves_the_run_incomplete_and_resume_scores_only_its_bloc
 ):
     db = killed_scan(tmp_path, mnist_dir)
     engine = open_db(db, create=False)
-    run = runs.get_run(engine, 1, with_theta=True)
+    run = runs.get_run(engine, 1, with_theta=True).as_dict()
     # rank 0 saw the lost peer (gloo raises a plain RuntimeError) or torchrun's SIGTERM
     # first; either way the run is marked, not left "running"
     assert run["status"] in ("failed", "interrupted"), run["status"]

@@ -45,10 +45,10 @@ def owned_by(engine, pid: int, start: str | None = None) -> None:
 
 def test_a_finished_scan_records_its_process(toy_run):
     _, engine = toy_run
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert run["owner_pid"] == os.getpid() and run["owner_host"]
     assert run["heartbeat_at"] >= run["created_at"] and run["finished_at"] == run["heartbeat_at"]
-    assert runs.writer_state(run) == ""  # complete: nothing to check
+    assert runs.writer_state(runs.get_run(engine, 1)) == ""  # complete: nothing to check
 
 
 def test_a_run_whose_writer_died_is_listed_stale_and_resumes(toy_run, tmp_path):
@@ -67,7 +67,7 @@ def test_a_run_whose_writer_died_is_listed_stale_and_resumes(toy_run, tmp_path):
         assert refused.exit_code == 1 and f"scan --resume 1 --db {db}" in refused.output
     resumed = CliRunner().invoke(cli, ["scan", "--resume", "1", "--db", db])
     assert resumed.exit_code == 0, resumed.output
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert run["status"] == "complete" and run["owner_pid"] == os.getpid()
 
 
@@ -88,7 +88,7 @@ def test_resume_refuses_a_run_that_a_live_scan_is_writing(toy_run, tmp_path):
             assert f"still being written by process {writer.pid}" in refused.output
         listing = CliRunner().invoke(cli, ["runs", "--db", db])
         assert listing.output.splitlines()[1].split()[:2] == ["1", "running"]
-        assert runs.get_run(engine, 1)["status"] == "running"  # the refusal wrote nothing
+        assert runs.get_run(engine, 1).as_dict()["status"] == "running"  # the refusal wrote nothing
     finally:
         writer.kill()
         writer.wait()

@@ -97,7 +97,7 @@ def test_resume_scores_only_the_missing_blocks(finished):
     # harmfulness sums the stored scores, marked ones included
     np.testing.assert_allclose([p["harmfulness"] for p in resumed], got.sum(axis=0), rtol=1e-5)
     # (ranks are not compared: the combined suspicion reads harmfulness, which the marks change)
-    assert runs.get_run(engine, 1)["status"] == "complete"
+    assert runs.get_run(engine, 1).as_dict()["status"] == "complete"
 
 
 def test_resume_refits_when_the_fit_was_never_stored(finished):
@@ -117,7 +117,7 @@ def test_resume_refuses_changed_data_and_leaves_the_run_alone(finished, tmp_path
     result = invoke("scan", "--resume", "1", "--db", db)
     assert result.exit_code == 1
     one_error(result.output, "run 1: the data changed since the run started")
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert (run["status"], run["phase"]) == ("running", "pair_scores")
     assert pairs.count_pairs(engine, 1) == 2 * 30
 
@@ -140,7 +140,7 @@ def test_resume_refuses_data_whose_classes_were_renamed(tmp_path):
     result = invoke("scan", "--resume", "1", "--db", db)
     assert result.exit_code == 1
     one_error(result.output, "run 1: the data changed since the run started", "'emu'", "'dog'")
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert (run["status"], run["phase"], run["class_names"]) == (
         "running",
         "pair_scores",
@@ -149,7 +149,7 @@ def test_resume_refuses_data_whose_classes_were_renamed(tmp_path):
     write(["cat", "dog"])  # the data as it was: resumed
     result = invoke("scan", "--resume", "1", "--db", db)
     assert result.exit_code == 0, result.output
-    assert runs.get_run(engine, 1)["status"] == "complete"
+    assert runs.get_run(engine, 1).as_dict()["status"] == "complete"
 
 
 def test_resume_finishes_a_failed_run(finished):
@@ -159,7 +159,7 @@ def test_resume_finishes_a_failed_run(finished):
     assert invoke("runs", "--db", db).output.splitlines()[1].split()[1] == "failed"
     result = invoke("scan", "--resume", "1", "--db", db)
     assert result.exit_code == 0, result.output
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert (run["status"], run["error"]) == ("complete", None)
     np.testing.assert_array_equal(pairs.read_pair_scores(engine, 1), scores)
 
@@ -172,12 +172,12 @@ def test_scores_beyond_float32_are_never_stored(tmp_path):
     assert result.exit_code == 1
     one_error(result.output, "non-finite pair scores")
     engine = open_db(db)
-    assert runs.get_run(engine, 1)["status"] == "failed"
+    assert runs.get_run(engine, 1).as_dict()["status"] == "failed"
     assert pairs.count_pairs(engine, 1) == 0
     result = invoke(*args)  # float32: the fit itself overflows
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "the fit overflowed" in result.output
-    assert runs.get_run(engine, 2)["status"] == "failed"
+    assert runs.get_run(engine, 2).as_dict()["status"] == "failed"
     assert pairs.count_pairs(engine, 2) == 0
 
 
@@ -189,7 +189,7 @@ def test_lissa_divergence_fails_the_run_with_the_scale_that_converges(tmp_path):
     assert result.exit_code == 1
     one_error(result.output, "diverged", "--scale")
     engine = open_db(db)
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert run["status"] == "failed" and "diverged" in run["error"]
     assert pairs.count_pairs(engine, 1) == 0
 
@@ -197,7 +197,7 @@ def test_lissa_divergence_fails_the_run_with_the_scale_that_converges(tmp_path):
 def test_a_fit_far_from_an_optimum_is_flagged_in_the_run_and_the_report(tmp_path):
     data = regression_csv(tmp_path / "d.csv", scale=30.0)
     engine, result = run_scan(tmp_path / "f.db", DataArgs(train=data, test_split=0.25), max_iter=1)
-    run = runs.get_run(engine, result.run_id)
+    run = runs.get_run(engine, result.run_id).as_dict()
     assert run["metrics"]["grad_norm"] > 1e-3
     far = [w for w in run["warnings"] if "far from an optimum" in w]
     assert far == [w for w in result.warnings if "far from an optimum" in w] and len(far) == 1
@@ -221,7 +221,7 @@ def test_a_second_scan_resuming_the_same_run_is_detected(finished):
 
     with pytest.raises(StoreError, match="test points 4..5 appeared .* another scan"):
         resume(engine, 1, progress=other_scan_writes_ahead)
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert run["status"] == "failed" and "another scan" in run["error"]
 
 
@@ -238,12 +238,12 @@ def test_a_resume_keeps_the_runs_solver_record_warnings_and_timings(tmp_path):
 
     with pytest.raises(Interrupted):
         scan(engine, config, progress=ctrl_c_in_the_ranking)
-    before = runs.get_run(engine, 1)
+    before = runs.get_run(engine, 1).as_dict()
     assert (before["status"], before["phase"]) == ("interrupted", "ranking")
     assert before["solver"]["converged"] is False
     result = invoke("scan", "--resume", "1", "--db", db)
     assert result.exit_code == 0, result.output
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert run["status"] == "complete"
     for key in ("solver", "converged", "residual_max", "residual_mean", "iterations", "tol"):
         assert run["solver"][key] == before["solver"][key], key
@@ -261,12 +261,12 @@ def test_a_resume_merges_the_stored_solve_with_the_columns_it_solves(tmp_path):
     data = regression_csv(tmp_path / "l.csv")
     db = str(tmp_path / "l.db")
     engine = scan_in_blocks(data, db, "--solver", "lissa", "--depth", "3")
-    before = runs.get_run(engine, 1)
+    before = runs.get_run(engine, 1).as_dict()
     assert before["solver"]["converged"] is False and len(before["warnings"]) == 1
     crash(engine, keep_blocks_below=4)  # 6 of the 10 columns are solved again
     result = invoke("scan", "--resume", "1", "--db", db)
     assert result.exit_code == 0, result.output
-    run = runs.get_run(engine, 1)
+    run = runs.get_run(engine, 1).as_dict()
     assert run["solver"]["converged"] is False
     assert run["solver"]["residual_max"] >= before["solver"]["residual_max"]
     assert run["solver"]["iterations"] == 3
@@ -293,4 +293,4 @@ def test_a_cnn_run_resumes_from_its_stored_network(tmp_path, mnist_dir):
     got = pairs.read_pair_scores(engine, 1)
     np.testing.assert_array_equal(got[:64], scores[:64])
     np.testing.assert_allclose(got[64:], scores[64:], rtol=1e-5, atol=1e-7)
-    assert runs.get_run(engine, 1)["status"] == "complete"
+    assert runs.get_run(engine, 1).as_dict()["status"] == "complete"

@@ -45,11 +45,11 @@ def test_the_run_writer_writes_nothing_off_rank_0(tmp_path):
     engine = open_db(str(tmp_path / "a.db"))
     writer = RunWriter(engine, rank=1)
     every_write(writer)
-    assert writer.run_id is None and runs.list_runs(engine) == []
+    assert writer.run_id is None and [r.as_dict() for r in runs.list_runs(engine)] == []
     run_id = RunWriter(engine).create(FIELDS)
-    before = runs.get_run(engine, run_id, with_theta=True)
+    before = runs.get_run(engine, run_id, with_theta=True).as_dict()
     every_write(RunWriter(engine, rank=3), run_id)  # a resume's other rank
-    assert runs.get_run(engine, run_id, with_theta=True) == before
+    assert runs.get_run(engine, run_id, with_theta=True).as_dict() == before
     assert points.read_points(engine, run_id, "train") == []
 
 
@@ -57,7 +57,7 @@ def test_the_run_writer_on_rank_0_writes_the_run(tmp_path):
     engine = open_db(str(tmp_path / "a.db"))
     writer = RunWriter(engine)
     every_write(writer)
-    run = runs.get_run(engine, writer.run_id, with_theta=True)
+    run = runs.get_run(engine, writer.run_id, with_theta=True).as_dict()
     assert (run["status"], run["phase"], run["theta"]) == ("complete", "done", b"\0\0\0\0")
     assert run["solver"] == {"solver": "exact"} and run["timings"] == {"fit": 2.0}
     assert len(points.read_points(engine, writer.run_id, "test")) == 1
@@ -76,7 +76,7 @@ def test_a_signal_during_a_write_of_the_run_writer_waits_for_it(tmp_path, monkey
     monkeypatch.setattr(runs, "mark_phase", interrupted_write)
     with pytest.raises(Interrupted), interruptible(writer.run_id):
         writer.mark_phase("ihvp")
-    assert runs.get_run(engine, writer.run_id)["phase"] == "ihvp"  # the write finished
+    assert runs.get_run(engine, writer.run_id).as_dict()["phase"] == "ihvp"  # the write finished
 
 
 def test_the_collective_helpers_are_the_identity_in_one_process():

@@ -73,14 +73,14 @@ def test_scan_stores_the_threshold_it_applied_and_the_cli_takes_auto_or_a_number
         )
         assert result.exit_code == 0, result.output
     engine = open_db(db)
-    auto, fixed = runs.get_run(engine, 1), runs.get_run(engine, 2)
+    auto, fixed = runs.get_run(engine, 1).as_dict(), runs.get_run(engine, 2).as_dict()
     assert auto["config"]["rule"]["outlier_z"] is None
     assert auto["ranking"]["rule"]["outlier_z"] == pytest.approx(2.807, abs=1e-3)
     assert fixed["config"]["rule"]["outlier_z"] == fixed["ranking"]["rule"]["outlier_z"] == 3.5
     assert ScanConfig.from_dict(auto["config"]).rule == FlagRule()
     bad = runner.invoke(cli, ["scan", "--train", "toy-linear", "--outlier-z", "high", "--db", db])
     assert bad.exit_code == 2 and "neither auto nor a number" in bad.output
-    assert len(runs.list_runs(engine)) == 2  # the bad value wrote no run
+    assert len([r.as_dict() for r in runs.list_runs(engine)]) == 2  # the bad value wrote no run
 
 
 def test_normal_scores_are_ranks_on_the_normal_scale_with_ties_averaged():

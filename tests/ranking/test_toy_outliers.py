@@ -51,7 +51,10 @@ def test_iterative_self_influences_find_the_same_outliers(tmp_path, solver):
         solver=SolverArgs(solver=solver, self_influence="same"),
     )
     result = scan(engine, config)
-    assert runs.get_run(engine, result.run_id)["solver"]["self_influence"]["solver"] == solver
+    assert (
+        runs.get_run(engine, result.run_id).as_dict()["solver"]["self_influence"]["solver"]
+        == solver
+    )
     flagged, top_rank, top_self = flagged_and_top(engine, result.run_id, 2)
     assert top_self == top_rank == {1, 15}
     assert {1, 15} <= flagged

@@ -93,7 +93,7 @@ def test_mnist_report_shows_every_flagged_point_with_its_thumbnail(tmp_path, mni
     rows = soup.select("table#flagged tbody tr[data-index]")
     assert len(rows) == min(200, len(flagged)) > 0
     assert [int(r["data-index"]) for r in rows] == [p["idx"] for p in flagged]  # rank order
-    shape = runs.get_run(engine, run_id)["image_shape"]
+    shape = runs.get_run(engine, run_id).as_dict()["image_shape"]
     blobs = points.read_point_blobs(engine, run_id, "train", [p["idx"] for p in flagged])
     for row in rows:
         png = decode_data_uri(row.select_one("img.thumb")["src"])
@@ -115,7 +115,7 @@ def test_mnist_report_shows_every_flagged_point_with_its_thumbnail(tmp_path, mni
 def test_mnist_report_rows_carry_the_decision_controls(tmp_path, mnist_db):
     db, engine, run_id = mnist_db
     _, soup = report(tmp_path, db, str(run_id), "--top", "5")
-    run = runs.get_run(engine, run_id)
+    run = runs.get_run(engine, run_id).as_dict()
     data = run_data(soup)
     assert data["run"] == run_id and data["data_fingerprint"] == run["data_fingerprint"]
     rows = soup.select("tr[data-index]")
@@ -166,7 +166,7 @@ def test_test_index_selects_panels_with_the_stored_scores(tmp_path, mnist_db):
 
 def test_out_of_range_test_index_and_unknown_run(tmp_path, mnist_db):
     db, engine, run_id = mnist_db
-    n_test = runs.get_run(engine, run_id)["n_test"]
+    n_test = runs.get_run(engine, run_id).as_dict()["n_test"]
     result, soup = report(tmp_path, db, "--test-index", str(n_test))
     assert result.exit_code == 2 and soup is None
     message = [line for line in result.output.splitlines() if line.startswith("Error")]
@@ -249,7 +249,7 @@ def test_a_run_stored_with_a_threshold_no_longer_accepted_still_reports(tmp_path
     """Scans once accepted --outlier-z / --mislabel-z 0, nan and inf; the report of such a
     stored run draws its charts instead of crashing."""
     engine, result = run_scan(tmp_path / "z.db", DataArgs(train="toy-linear"))
-    run = runs.get_run(engine, result.run_id)
+    run = runs.get_run(engine, result.run_id).as_dict()
     rule = {**run["ranking"]["rule"], "outlier_z": bad, "mislabel_z": bad}
     ranking = {**run["ranking"], "rule": rule}
     config = {**run["config"], "rule": {**run["config"]["rule"], "outlier_z": bad}}
@@ -350,7 +350,7 @@ def test_report_of_an_evaluation_without_faults_shows_no_share_found(tmp_path):
 @pytest.mark.parametrize("fixture", ["mnist_db", "toy_db"])
 def test_stored_flag_tests_reproduce_the_flags_and_the_fallback_recomputes_them(fixture, request):
     db, engine, run_id = request.getfixturevalue(fixture)
-    run = runs.get_run(engine, run_id)
+    run = runs.get_run(engine, run_id).as_dict()
     rule = FlagRule.from_dict(run["ranking"]["rule"])
     assert rule.influence_scale == "log" and rule.outlier_z is not None
     train = train_records(engine, run_id)

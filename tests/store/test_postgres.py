@@ -150,7 +150,7 @@ def test_cleaning_loop_on_postgresql(tmp_path, pg_url):
     rescan = shlex.split(out.strip().splitlines()[-1])
     assert rescan[-2:] == ["--db", pg_url]
     assert invoke(*rescan[1:]).strip() == "2"
-    assert runs.get_run(engine, 2)["n_train"] == 20 - len(flagged)
+    assert runs.get_run(engine, 2).as_dict()["n_train"] == 20 - len(flagged)
     compared = invoke("compare", "1", "2", "--db", pg_url)
     assert "test loss" in compared
     engine.dispose()

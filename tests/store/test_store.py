@@ -39,7 +39,7 @@ def test_pair_table_has_no_rowid(tmp_path):
 
 def test_a_scan_stores_every_pair_and_reads_them_back(tmp_path):
     engine, result = run_scan(tmp_path / "a.db", DataArgs(train="toy-linear"))
-    run = runs.get_run(engine, result.run_id)
+    run = runs.get_run(engine, result.run_id).as_dict()
     assert run["status"] == "complete"
     assert pairs.count_pairs(engine, result.run_id) == run["n_train"] * run["n_test"] == 20
     scores = pairs.read_pair_scores(engine, result.run_id)
@@ -53,7 +53,7 @@ def test_a_scan_stores_every_pair_and_reads_them_back(tmp_path):
 def test_run_records_configuration_fingerprint_metrics_and_timings(tmp_path):
     engine, a = run_scan(tmp_path / "a.db", DataArgs(train="toy-linear"))
     _, b = run_scan(tmp_path / "a.db", DataArgs(train="toy-linear"))
-    ra, rb = runs.get_run(engine, a.run_id), runs.get_run(engine, b.run_id)
+    ra, rb = runs.get_run(engine, a.run_id).as_dict(), runs.get_run(engine, b.run_id).as_dict()
     assert ra["data_fingerprint"] == rb["data_fingerprint"]
     assert ra["config"]["data"]["train"] == "toy-linear"
     assert ra["metrics"]["grad_norm"] < 1e-3
@@ -72,7 +72,7 @@ def test_run_records_configuration_fingerprint_metrics_and_timings(tmp_path):
 def test_unknown_run_and_empty_database(tmp_path):
     engine = open_db(str(tmp_path / "a.db"))
     with pytest.raises(RunNotFound):
-        runs.get_run(engine, 7)
+        runs.get_run(engine, 7).as_dict()
     with pytest.raises(RunNotFound):
         runs.latest_run_id(engine)
 

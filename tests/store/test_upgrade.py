@@ -72,7 +72,7 @@ def test_the_upgraded_runs_read_back_through_the_library_and_cli(upgraded, tmp_p
     engine = open_db(str(db), create=False)
     n_scores = {r[0]: len(r[2]) // 4 for r in before["pair_scores"][1]}
     for run_id in (1, 2):
-        run = runs.get_run(engine, run_id)
+        run = runs.get_run(engine, run_id).as_dict()
         scores = pairs.read_pair_scores(engine, run_id)
         assert scores.shape == (run["n_test"], run["n_train"])
         assert scores.shape[1] == n_scores[run_id]
@@ -129,13 +129,13 @@ def test_an_interrupted_run_from_revision_0001_resumes_after_the_upgrade(upgrade
     result = CliRunner().invoke(cli, ["scan", "--resume", "3", "--db", str(db)])
     assert result.exit_code == 0, result.output
     engine = open_db(str(db), create=False)
-    assert runs.get_run(engine, 3)["status"] == "complete"
+    assert runs.get_run(engine, 3).as_dict()["status"] == "complete"
     # run 1 is the same scan, finished without interruption
     np.testing.assert_array_equal(
         pairs.read_pair_scores(engine, 3), pairs.read_pair_scores(engine, 1)
     )
     # run 1 was ranked by the code of revision 0001; today's ranking of the same scan:
-    fresh = scan(engine, ScanConfig.from_dict(runs.get_run(engine, 1)["config"])).run_id
+    fresh = scan(engine, ScanConfig.from_dict(runs.get_run(engine, 1).as_dict()["config"])).run_id
     ranks = [
         [(p["rank"], p["flags"]) for p in points.read_points(engine, r, "train")]
         for r in (fresh, 3)
