@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Literal, TypedDict
 
 import torch
 
@@ -59,11 +60,55 @@ ADVISED_WEIGHT_DECAY = 0.01
 LANCZOS_STEPS = 30
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
+#: How ``lambda_min`` was measured (:func:`extreme_eigenvalues`).
+Method = Literal["factor", "lanczos"]
+
+
+class ExtremeEigenvalues(TypedDict):
+    """What :func:`extreme_eigenvalues` measures of ``A``.
+
+    Attributes:
+        lambda_min / lambda_max: The extreme eigenvalues, ``None`` when not finite (JSON,
+            which the run is stored as, has no infinity).
+        condition: ``lambda_max / lambda_min``, ``None`` when either is not positive
+            (singular or indefinite).
+        method: ``factor`` (``lambda_min`` through the cached Cholesky factor) or
+            ``lanczos`` (``lambda_min`` an upper bound, from Lanczos on ``A``).
+        steps: Lanczos steps taken, on ``A`` and on ``A^{-1}`` together.
+    """
+
+    lambda_min: float | None
+    lambda_max: float | None
+    condition: float | None
+    method: Method
+    steps: int
+
+
+class Conditioning(ExtremeEigenvalues):
+    """The run's ``solver.conditioning`` record (:func:`check_conditioning`), stored as
+    JSON with these keys in this order and read back by :func:`conditioning_warnings`.
+
+    Attributes:
+        decrease: The share of the risk a gradient step would still remove
+            (:func:`relative_decrease`); ``None`` for regression or a curvature along the
+            gradient that is not positive.
+        risk: The regularised risk at the fit.
+        theta_norm: ``||theta||`` at the fit.
+        weight_decay / damping: The shift of ``A``'s two parts.
+        seconds: What the check took.
+    """
+
+    decrease: float | None
+    risk: float
+    theta_norm: float
+    weight_decay: float
+    damping: float
+    seconds: float
 
 
 def lanczos_extremes(
     matvec: Matvec, start: torch.Tensor, steps: int = LANCZOS_STEPS, breakdown: float = 1e-12
-):
+) -> tuple[float, float, int]:
     """The smallest and largest Ritz values of the symmetric operator ``matvec`` after
     ``steps`` Lanczos steps from ``start`` ``(p,)`` (fewer once the Krylov space closes:
     a new direction shorter than ``breakdown`` times the largest Ritz value so far, the
@@ -106,14 +151,14 @@ def float64_matvec(op: HessianOperator) -> Matvec:
 
 def extreme_eigenvalues(
     op: HessianOperator, start: torch.Tensor, steps: int = LANCZOS_STEPS
-) -> dict:
+) -> ExtremeEigenvalues:
     """``lambda_min``, ``lambda_max`` and ``condition`` of ``A`` (``None`` when ``lambda_min``
     is not positive: singular or indefinite; JSON, which the run is stored as, has no
     infinity) from Lanczos started at ``start`` ``(p,)``, with ``method``: ``factor``
     (``lambda_min`` through the cached Cholesky factor) or ``lanczos`` (an upper bound)."""
     low, high, taken = lanczos_extremes(float64_matvec(op), start, steps, _rounding(op.theta.dtype))
     factor = op.cached_cholesky()
-    method = "lanczos"
+    method: Method = "lanczos"
     if factor is not None:
 
         def a_inverse_times(v: torch.Tensor) -> torch.Tensor:
@@ -152,7 +197,9 @@ def relative_decrease(op: HessianOperator, grad: torch.Tensor, risk: float) -> f
     return norm**2 / (2 * curvature * risk)
 
 
-def risk_gradient(train_grads: torch.Tensor, theta: torch.Tensor, weight_decay: float):
+def risk_gradient(
+    train_grads: torch.Tensor, theta: torch.Tensor, weight_decay: float
+) -> torch.Tensor:
     """``grad R = mean_i grad L_i + weight_decay * theta`` ``(p,)`` in float64, from the
     per-example gradients ``(n, p)`` the scan holds anyway (summed in blocks, in float64:
     at an optimum the mean is many orders of magnitude below the terms)."""
@@ -168,7 +215,7 @@ def check_conditioning(
     risk: float,
     seed: int = 0,
     task: str = "classification",
-) -> dict:
+) -> Conditioning:
     """What the run stores under ``solver.conditioning``: the extreme eigenvalues and
     condition number of ``A``, the share of the risk a gradient step would still remove
     (classification only, ``None`` for regression: a squared loss is bounded below by a
@@ -181,20 +228,20 @@ def check_conditioning(
     start = (train_grads.T @ weights.to(train_grads.device)).to(torch.float64)
     if not float(start.norm()) > 0:  # every gradient is 0: any direction will do
         start = torch.randn(op.p, generator=gen, dtype=torch.float64).to(train_grads.device)
-    record = extreme_eigenvalues(op, start)
+    extremes = extreme_eigenvalues(op, start)
     grad = risk_gradient(train_grads, op.theta, op.weight_decay)
-    record.update(
-        decrease=relative_decrease(op, grad, risk) if task == "classification" else None,
-        risk=risk,
-        theta_norm=float(op.theta.norm()),
-        weight_decay=op.weight_decay,
-        damping=op.damping,
-        seconds=time.perf_counter() - start_time,
-    )
-    return record
+    return {
+        **extremes,
+        "decrease": relative_decrease(op, grad, risk) if task == "classification" else None,
+        "risk": risk,
+        "theta_norm": float(op.theta.norm()),
+        "weight_decay": op.weight_decay,
+        "damping": op.damping,
+        "seconds": time.perf_counter() - start_time,
+    }
 
 
-def conditioning_warnings(c: dict | None) -> list[str]:
+def conditioning_warnings(c: Conditioning | None) -> list[str]:
     """One line per check that failed, saying what is wrong and which option fixes it.
     Without an optimum only weight decay helps (damping changes the solve, not the fit),
     so the condition number's advice then names weight decay alone."""
@@ -206,7 +253,7 @@ def conditioning_warnings(c: dict | None) -> list[str]:
     decrease = c.get("decrease")
     no_optimum = decrease is not None and decrease >= NOT_AN_OPTIMUM
     advised = max(ADVISED_WEIGHT_DECAY, 10 * wd)
-    warnings = []
+    warnings: list[str] = []
     condition = c["condition"]
     if condition is None or condition >= ILL_CONDITIONED:
         if condition is not None:
@@ -224,7 +271,7 @@ def conditioning_warnings(c: dict | None) -> list[str]:
             f"the Hessian is {what}, λ_max {hi:.2g}, with --weight-decay {wd:g} and "
             f"--damping {damping:g}): influence scores are dominated by noise; use {advice}"
         )
-    if no_optimum:
+    if no_optimum and decrease is not None:
         warnings.append(
             f"the fit is not at an optimum and the Hessian there is nearly zero (λ_max "
             f"{hi - damping:.2g}, |θ| {c['theta_norm']:.3g}): a step along the gradient would still "

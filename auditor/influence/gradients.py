@@ -35,7 +35,7 @@ def batch_hvp(
 
     Uses the model's closed form when it has one, else forward-over-reverse autograd.
     """
-    closed = model.hvp(theta, x, y, v)
+    closed: torch.Tensor | None = model.hvp(theta, x, y, v)
     if closed is not None:
         return closed
 
@@ -43,7 +43,9 @@ def batch_hvp(
         return model.loss(model.outputs(t, x), y).mean()
 
     def hvp_column(col: torch.Tensor) -> torch.Tensor:
-        return jvp(grad(mean_loss), (theta,), (col,))[1]
+        # torch.func.jvp is typed as returning a tuple of Any: its tangent here is a tensor
+        tangent: torch.Tensor = jvp(grad(mean_loss), (theta,), (col,))[1]
+        return tangent
 
     return vmap(hvp_column, in_dims=1, out_dims=1)(v)
 

@@ -141,15 +141,17 @@ class HessianOperator:
         rows = self.chunk
         if self.model.has_closed_form_hessian:
             rows = max(rows, 2**25 // max(self.x[0].numel(), 1))
-        h = None
+        h: torch.Tensor | None = None
         for start in range(0, self.n, rows):
             s = slice(start, min(start + rows, self.n))
-            block = self.model.loss_hessian(self.theta, self.x[s], self.y[s])
+            block: torch.Tensor | None = self.model.loss_hessian(self.theta, self.x[s], self.y[s])
             if block is None:
                 eye = torch.eye(self.p, dtype=self.theta.dtype, device=self.theta.device)
                 block = batch_hvp(self.model, self.theta, self.x[s], self.y[s], eye)
             block.mul_((s.stop - s.start) / self.n)
             h = block if h is None else h.add_(block)
+        if h is None:
+            raise ValueError("the loss Hessian of no training points")
         # Symmetric to the last bit (the products are symmetric only up to rounding).
         return h.add_(h.T.clone()).mul_(0.5)
 

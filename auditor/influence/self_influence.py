@@ -4,6 +4,7 @@ factor when the dense Hessian is affordable, else through the chosen solver."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -24,7 +25,7 @@ def self_influence_from_factor(op: HessianOperator, args: SolverArgs) -> bool:
 
 def self_influences(
     op: HessianOperator, grads: torch.Tensor, args: SolverArgs
-) -> tuple[torch.Tensor, dict]:
+) -> tuple[torch.Tensor, dict[str, Any]]:
     """Self-influence ``-g_i^T A^{-1} g_i`` of every row of ``grads`` ``(n, p)``: ``(n,)``.
 
     With ``args.self_influence == "auto"`` and an affordable dense Hessian this is

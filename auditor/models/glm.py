@@ -25,18 +25,20 @@ class _GeneralizedLinear(ModelTask):
         super().__init__(n_features, n_outputs)
         self.n_params = n_features + 1
 
-    def outputs(self, theta, x):
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x @ theta[:-1, None] + theta[-1]
 
-    def _curvature(self, theta, x) -> torch.Tensor:
+    def _curvature(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Second derivative of the loss in the output, per example: ``(n,)``."""
         return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
 
-    def hvp(self, theta, x, y, v):
+    def hvp(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
         xb = _with_bias(x)
         return xb.T @ (self._curvature(theta, x)[:, None] * (xb @ v)) / x.shape[0]
 
-    def loss_hessian(self, theta, x, y):
+    def loss_hessian(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         xb = _with_bias(x)
         return (xb * self._curvature(theta, x)[:, None]).T @ xb / x.shape[0]
 
@@ -49,10 +51,10 @@ class LinearRegression(_GeneralizedLinear):
     def __init__(self, n_features: int, n_outputs: int = 1) -> None:
         super().__init__(n_features, 1)
 
-    def loss(self, outputs, y):
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return 0.5 * (outputs[:, 0] - y) ** 2
 
-    def predict(self, outputs):
+    def predict(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return outputs[:, 0], torch.full_like(outputs[:, 0], math.nan)
 
 
@@ -64,17 +66,17 @@ class BinaryLogistic(_GeneralizedLinear):
     def __init__(self, n_features: int, n_outputs: int = 2) -> None:
         super().__init__(n_features, 2)
 
-    def loss(self, outputs, y):
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(
             outputs[:, 0], y.to(outputs.dtype), reduction="none"
         )
 
-    def predict(self, outputs):
+    def predict(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p1 = torch.sigmoid(outputs[:, 0])
         pred = (p1 >= 0.5).long()
         return pred, torch.where(pred == 1, p1, 1 - p1)
 
-    def _curvature(self, theta, x):
+    def _curvature(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         p1 = torch.sigmoid(self.outputs(theta, x)[:, 0])
         return p1 * (1 - p1)
 
@@ -89,21 +91,23 @@ class MultinomialLogistic(ModelTask):
         super().__init__(n_features, n_outputs)
         self.n_params = (n_features + 1) * n_outputs
 
-    def _weights(self, theta):
+    def _weights(self, theta: torch.Tensor) -> torch.Tensor:
         return theta.reshape(self.n_features + 1, self.n_outputs)
 
-    def outputs(self, theta, x):
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         w = self._weights(theta)
         return x @ w[:-1] + w[-1]
 
-    def loss(self, outputs, y):
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, y, reduction="none")
 
-    def predict(self, outputs):
+    def predict(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         prob, pred = torch.softmax(outputs, dim=1).max(dim=1)
         return pred, prob
 
-    def hvp(self, theta, x, y, v):
+    def hvp(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
         # H v for softmax regression: X^T (S.Z - s (s^T Z)) / n with Z = X V, per column of v.
         xb = _with_bias(x)
         k, m = self.n_outputs, v.shape[1]
@@ -114,7 +118,7 @@ class MultinomialLogistic(ModelTask):
         hv = torch.einsum("nd,mnk->mdk", xb, mz) / x.shape[0]
         return hv.reshape(m, -1).T
 
-    def loss_hessian(self, theta, x, y):
+    def loss_hessian(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # Block (a, b) of size (d+1)^2 is X^T diag(s_a (delta_ab - s_b)) X / n. The weights
         # of a row of blocks sum to zero (s sums to one), so the last class's blocks are
         # minus the sum of the others: k(k-1)/2 products instead of k(k+1)/2.

@@ -19,30 +19,32 @@ class MLP(ModelTask):
 
     name = "mlp"
 
-    def __init__(self, n_features: int, n_outputs: int, hidden: int = 32, regression: bool = False):
+    def __init__(
+        self, n_features: int, n_outputs: int, hidden: int = 32, regression: bool = False
+    ) -> None:
         super().__init__(n_features, 1 if regression else n_outputs)
         self.hidden = hidden
         self.regression = regression
         self.n_params = n_features * hidden + hidden + hidden * self.n_outputs + self.n_outputs
 
-    def init_params(self, generator, dtype):
+    def init_params(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
         d, h, k = self.n_features, self.hidden, self.n_outputs
         w1 = torch.randn(d * h, generator=generator, dtype=dtype) / math.sqrt(d)
         w2 = torch.randn(h * k, generator=generator, dtype=dtype) / math.sqrt(h)
         return torch.cat([w1, torch.zeros(h, dtype=dtype), w2, torch.zeros(k, dtype=dtype)])
 
-    def outputs(self, theta, x):
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         d, h, k = self.n_features, self.hidden, self.n_outputs
         w1, b1, w2, b2 = torch.split(theta, [d * h, h, h * k, k])
         hidden = torch.tanh(x @ w1.reshape(d, h) + b1)
         return hidden @ w2.reshape(h, k) + b2
 
-    def loss(self, outputs, y):
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.regression:
             return 0.5 * (outputs[:, 0] - y) ** 2
         return F.cross_entropy(outputs, y, reduction="none")
 
-    def predict(self, outputs):
+    def predict(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.regression:
             return outputs[:, 0], torch.full_like(outputs[:, 0], math.nan)
         prob, pred = torch.softmax(outputs, dim=1).max(dim=1)

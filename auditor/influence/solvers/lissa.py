@@ -94,7 +94,14 @@ def _squaring_pays(op: HessianOperator, v: torch.Tensor, args: SolverArgs, scale
     return doublings * per_doubling < steps * 2 * p**2 * m
 
 
-def _squaring(op, v, args, scale, lambda_max, history):
+def _squaring(
+    op: HessianOperator,
+    v: torch.Tensor,
+    args: SolverArgs,
+    scale: float,
+    lambda_max: float,
+    history: list[list[float]],
+) -> tuple[torch.Tensor, int]:
     """Full-batch LiSSA by repeated squaring; returns ``h_t`` ``(p, m)`` and ``t``.
 
     ``h_t`` is the recursion's own iterate (the same polynomial in ``A``), for the first
@@ -106,7 +113,8 @@ def _squaring(op, v, args, scale, lambda_max, history):
     power = op.dense().mul_(-1.0 / scale)  # R^n, n = 1
     power.diagonal().add_(1.0)
     by_columns = v.shape[1] < op.p
-    partial = v.clone() if by_columns else None  # S_n v, or S_n (None stands for S_1 = I)
+    # S_n v, or S_n (None stands for S_1 = I)
+    partial: torch.Tensor | None = v.clone() if by_columns else None
     residual = power @ v  # R^n v
     n, best = 1, math.inf
     while True:
@@ -116,17 +124,15 @@ def _squaring(op, v, args, scale, lambda_max, history):
         best = min(best, rel)
         history.append([n - 1, rel])
         if rel <= args.tol or 2 * n > args.depth + 1:
-            h = partial if by_columns else v.clone() if partial is None else partial @ v
+            h = v.clone() if partial is None else partial if by_columns else partial @ v
             if rel <= args.tol:
                 return h, n - 1
             # finish the remaining steps one at a time
             return _recursion(op, v, args, scale, lambda_max, True, None, history, h0=h, first=n)
-        if by_columns:
-            partial = partial + power @ partial  # S_2n v = S_n v + R^n (S_n v)
-        elif partial is None:
+        if partial is None:  # S_2 = I + R
             partial = power.clone()
             partial.diagonal().add_(1.0)
-        else:
+        else:  # S_2n = S_n + R^n S_n, or S_2n v = S_n v + R^n (S_n v)
             partial = partial + power @ partial
         residual = power @ residual  # R^{2n} v without squaring R yet
         if float((residual.norm(dim=0) / v_norm).max()) > args.tol:
@@ -134,7 +140,18 @@ def _squaring(op, v, args, scale, lambda_max, history):
         n *= 2
 
 
-def _recursion(op, v, args, scale, lambda_max, full_batch, gen, history, h0=None, first=1):
+def _recursion(
+    op: HessianOperator,
+    v: torch.Tensor,
+    args: SolverArgs,
+    scale: float,
+    lambda_max: float,
+    full_batch: bool,
+    gen: torch.Generator | None,
+    history: list[list[float]],
+    h0: torch.Tensor | None = None,
+    first: int = 1,
+) -> tuple[torch.Tensor, int]:
     """One LiSSA recursion; returns ``h_T`` ``(p, m)`` and the steps taken.
 
     ``h0`` and ``first`` resume it from the iterate ``h_{first - 1}``.
@@ -144,15 +161,17 @@ def _recursion(op, v, args, scale, lambda_max, full_batch, gen, history, h0=None
     the bracket is the residual of ``h / scale`` itself.
     """
     v_norm = v.norm(dim=0).clamp_min(torch.finfo(v.dtype).tiny)
-    check_every = 1 if full_batch else max(25, 2 * math.ceil(op.n / args.batch_size))
+    batch_size = op.n if args.batch_size is None else args.batch_size  # used without full_batch
+    check_every = 1 if full_batch else max(25, 2 * math.ceil(op.n / batch_size))
     best = math.inf
     h = v.clone() if h0 is None else h0
     for step in range(first, args.depth + 1):
+        rel: float | None
         if full_batch:
             r = op.matvec(h).mul_(-1.0 / scale).add_(v)  # v - A h / scale
             rel = float((r.norm(dim=0) / v_norm).max())
         else:
-            index = torch.randint(op.n, (args.batch_size,), generator=gen).to(op.x.device)
+            index = torch.randint(op.n, (batch_size,), generator=gen).to(op.x.device)
             r = op.matvec(h, index).mul_(-1.0 / scale).add_(v)
             rel = None
             if step % check_every == 0:
