@@ -149,14 +149,14 @@ def float64_matvec(op: HessianOperator) -> Matvec:
     return lambda v: op.matvec(v.to(op.theta.dtype)).to(torch.float64)
 
 
-def extreme_eigenvalues(
-    op: HessianOperator, start: torch.Tensor, steps: int = LANCZOS_STEPS
-) -> ExtremeEigenvalues:
+def extreme_eigenvalues(op: HessianOperator, start: torch.Tensor) -> ExtremeEigenvalues:
     """``lambda_min``, ``lambda_max`` and ``condition`` of ``A`` (``None`` when ``lambda_min``
     is not positive: singular or indefinite; JSON, which the run is stored as, has no
     infinity) from Lanczos started at ``start`` ``(p,)``, with ``method``: ``factor``
     (``lambda_min`` through the cached Cholesky factor) or ``lanczos`` (an upper bound)."""
-    low, high, taken = lanczos_extremes(float64_matvec(op), start, steps, _rounding(op.theta.dtype))
+    low, high, taken = lanczos_extremes(
+        float64_matvec(op), start, LANCZOS_STEPS, _rounding(op.theta.dtype)
+    )
     factor = op.cached_cholesky()
     method: Method = "lanczos"
     if factor is not None:
@@ -165,7 +165,7 @@ def extreme_eigenvalues(
             return torch.cholesky_solve(v.to(factor.dtype), factor).to(torch.float64)
 
         _, inverse_high, inverse_taken = lanczos_extremes(
-            a_inverse_times, start, steps, _rounding(factor.dtype)
+            a_inverse_times, start, LANCZOS_STEPS, _rounding(factor.dtype)
         )
         taken += inverse_taken
         if inverse_high > 0:

@@ -24,6 +24,9 @@ from auditor.models.base import ModelTask
 #: in float32 at this size).
 DENSE_MAX_PARAMS = 8192
 
+#: Power-iteration steps of :meth:`HessianOperator.max_eigenvalue` (LiSSA's scale).
+POWER_ITERATIONS = 30
+
 
 @dataclass
 class HessianOperator:
@@ -44,9 +47,7 @@ class HessianOperator:
     chunk: int = 2048
     dense_matvec: bool | None = None
     _loss_hessian: torch.Tensor | None = field(default=None, init=False, repr=False)
-    _max_eigenvalues: dict[tuple[int, int], float] = field(
-        default_factory=dict, init=False, repr=False
-    )
+    _max_eigenvalues: dict[int, float] = field(default_factory=dict, init=False, repr=False)
     _factor: tuple[float, torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -159,18 +160,18 @@ class HessianOperator:
         """``||A s - v|| / ||v||`` per column ``(m,)`` (0 where ``v`` is 0)."""
         return _relative(self.matvec(solution) - v, v)
 
-    def max_eigenvalue(self, iters: int = 30, seed: int = 0) -> float:
-        """Power-iteration estimate of the largest eigenvalue of ``A`` (from below), cached
-        per ``(iters, seed)``: the test solve and the self-influences share it."""
-        key = (iters, seed)
-        if key not in self._max_eigenvalues:
-            self._max_eigenvalues[key] = self._power_iteration(iters, seed)
-        return self._max_eigenvalues[key]
+    def max_eigenvalue(self, seed: int = 0) -> float:
+        """Power-iteration estimate (:data:`POWER_ITERATIONS` steps) of the largest
+        eigenvalue of ``A`` (from below), cached per ``seed``: the test solve and the
+        self-influences share it."""
+        if seed not in self._max_eigenvalues:
+            self._max_eigenvalues[seed] = self._power_iteration(POWER_ITERATIONS, seed)
+        return self._max_eigenvalues[seed]
 
-    def use_max_eigenvalue(self, value: float, iters: int = 30, seed: int = 0) -> None:
-        """Adopt ``value``, estimated elsewhere with the same ``iters`` and ``seed`` (e.g.
-        broadcast by another rank), as :meth:`max_eigenvalue`'s result."""
-        self._max_eigenvalues[(iters, seed)] = value
+    def use_max_eigenvalue(self, value: float, seed: int = 0) -> None:
+        """Adopt ``value``, estimated elsewhere with the same ``seed`` (e.g. broadcast by
+        another rank), as :meth:`max_eigenvalue`'s result."""
+        self._max_eigenvalues[seed] = value
 
     def _power_iteration(self, iters: int, seed: int) -> float:
         gen = torch.Generator().manual_seed(seed)

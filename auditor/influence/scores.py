@@ -46,8 +46,3 @@ def harmfulness(train_grads: torch.Tensor, test_ihvps: torch.Tensor) -> torch.Te
     Equals the row sums of the pair-score matrix, computed as one matrix-vector product.
     """
     return -(train_grads @ test_ihvps.sum(dim=1))
-
-
-def predicted_loss_change(scores: torch.Tensor, n_train: int) -> torch.Tensor:
-    """Predicted change in test loss when removing each training point: ``-I / n``."""
-    return -scores / n_train

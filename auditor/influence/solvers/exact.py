@@ -54,12 +54,18 @@ def exact_ihvp(
     )
 
 
-def exact_quadratic_forms(op: HessianOperator, g: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+#: Rows of gradients per triangular solve in :func:`exact_quadratic_forms`.
+QUADRATIC_CHUNK = 4096
+
+
+def exact_quadratic_forms(op: HessianOperator, g: torch.Tensor) -> torch.Tensor:
     """``g_i^T A^{-1} g_i`` for each row of ``g`` ``(n, p)``: ``(n,)``.
 
     With ``A = L L^T`` this is ``||L^{-1} g_i||^2``: one triangular solve per block of rows
-    (``p^2`` flops per row, half a full solve) and no ``(p, n)`` solution kept.
+    (``p^2`` flops per row, half a full solve; :data:`QUADRATIC_CHUNK` rows at a time)
+    and no ``(p, n)`` solution kept.
     """
+    chunk = QUADRATIC_CHUNK
     factor = factor_or_raise(op).to(g.dtype)
     out = torch.empty(g.shape[0], dtype=g.dtype, device=g.device)
     for start in range(0, g.shape[0], chunk):
