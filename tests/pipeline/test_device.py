@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from auditor.config import DataArgs, ScanConfig, SolverArgs
+from auditor.config import DataArgs, ModelArgs, ScanConfig, SolverArgs
 from auditor.pipeline.scan import scan
-from auditor.store import open_db, pairs, points
+from auditor.store import open_db, pairs, points, runs
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -31,3 +31,23 @@ def test_cuda_scan_matches_cpu_scan(tmp_path, mnist_dir, solver):
     top = {r["idx"] for r in sorted(cpu_train, key=lambda r: r["rank"])[:20]}
     top_gpu = {r["idx"] for r in sorted(gpu_train, key=lambda r: r["rank"])[:20]}
     assert len(top & top_gpu) >= 18
+
+
+@pytest.mark.parametrize("params", ["last", "all"])
+def test_cuda_cnn_scan_completes_on_the_gpu(tmp_path, mnist_dir, params):
+    """The CNN on the GPU: its frozen body's embeddings (``last``) or all its weights
+    (``all``, CG over every parameter) stay on the device through fit, gradients, solves
+    and refits, and the run is complete with finite scores and a fitted model."""
+    data = DataArgs(train=str(mnist_dir), classes=["1", "7"], test_split=0.2)
+    engine = open_db(str(tmp_path / "cnn.db"))
+    config = ScanConfig(
+        data=data,
+        model=ModelArgs(name="cnn", params=params, epochs=2),
+        solver=SolverArgs(solver="exact" if params == "last" else "cg"),
+        device="cuda",
+    )
+    run_id = scan(engine, config).run_id
+    run = runs.get_run(engine, run_id)
+    assert run.status == "complete"
+    assert run.metrics is not None and run.metrics["test_accuracy"] >= 0.95
+    assert np.isfinite(pairs.read_pair_scores(engine, run_id)).all()
