@@ -317,3 +317,16 @@ def test_an_exact_solve_of_one_column_equals_it_solved_with_others(dtype):
         alone, _ = solve(op, v[:, j : j + 1], SolverArgs(solver="exact"))
         error = float((alone[:, 0] - together[:, j]).norm() / together[:, j].norm())
         assert error <= bound, (j, error, bound)
+
+
+def test_autograd_hvps_in_column_chunks_equal_the_dense_hessian(monkeypatch):
+    """A bounded number of (example, column) pairs per autograd call (here 3 columns of
+    the MLP's 60 examples at a time) gives the dense Hessian times each column."""
+    from auditor.influence import gradients
+
+    model, theta, x, y = problem("mlp", "classification", 3)
+    theta, x = theta.double(), x.double()
+    v = torch.randn(model.n_params, 10, dtype=torch.float64)
+    dense = hessian(lambda t: model.loss(model.outputs(t, x), y).mean())(theta)
+    monkeypatch.setattr(gradients, "HVP_EXAMPLE_COLUMNS", 3 * x.shape[0])
+    assert torch.allclose(batch_hvp(model, theta, x, y, v), dense @ v, rtol=1e-10, atol=1e-12)
