@@ -108,11 +108,11 @@ def validate(dataset: Dataset, role: str) -> None:
     if dataset.n_features == 0:
         raise DataError(f"{where} has no features: every point is an empty vector")
     if not torch.isfinite(dataset.features).all():
-        bad = (~torch.isfinite(dataset.features)).any(dim=1).nonzero()[0].item()
+        bad = int((~torch.isfinite(dataset.features)).any(dim=1).nonzero()[0].item())
         raise DataError(f"{where}: non-finite feature value (NaN or inf) at {dataset.ids[bad]}")
     if dataset.task == "regression":
         if not torch.isfinite(dataset.targets).all():
-            bad = (~torch.isfinite(dataset.targets)).nonzero()[0].item()
+            bad = int((~torch.isfinite(dataset.targets)).nonzero()[0].item())
             raise DataError(f"{where}: non-finite target at {dataset.ids[bad]}")
         return
     k = dataset.n_classes

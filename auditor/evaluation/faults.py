@@ -94,6 +94,7 @@ def inject(ds: Dataset, spec: FaultSpec, seed: int) -> tuple[Dataset, np.ndarray
         for name in (spec.source, spec.target):
             if name not in names:
                 raise DataError(f"class-flip: class {name!r} is not one of {names}")
+        assert spec.source is not None and spec.target is not None  # both are in names
         source, target = names.index(spec.source), names.index(spec.target)
         if source == target:
             raise DataError("class-flip: the source and the target class must differ")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from auditor.config import SolverArgs
+from auditor.data import Task
 from auditor.influence.gradients import per_example_grads
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.self_influence import self_influences
@@ -42,7 +43,7 @@ def robust_ranking(
     predicted: torch.Tensor,
     first_self_influence: torch.Tensor,
     *,
-    task: str,
+    task: Task,
     weight_decay: float,
     solver: SolverArgs,
     rule: FlagRule,
@@ -94,8 +95,10 @@ def robust_ranking(
             refit(keep)
         union = suspicion_tests(loss, harmfulness, si.cpu()).union
         mislabel, _ = flag_masks(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
+        outlier_z = rule.outlier_z
+        assert outlier_z is not None, "robust_ranking needs a resolved rule (FlagRule.resolved)"
         # ``outlier`` flags are a subset of ``z >= outlier_z`` (their first condition)
-        singled_out = (mislabel | (z.cpu() >= rule.outlier_z)).to(x.device)
+        singled_out = (mislabel | (z.cpu() >= outlier_z)).to(x.device)
         if singled_out.any() and not singled_out.all():
             refit(~singled_out)
     return RobustRanking(si, z, refits, kept, diagnostics)

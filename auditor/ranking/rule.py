@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from auditor.config import FlagRule
+from auditor.data import Task
 
 
 def robust_z(values: torch.Tensor) -> torch.Tensor:
@@ -170,7 +171,7 @@ def flag_masks(
     influence: torch.Tensor,
     predicted: torch.Tensor,
     targets: torch.Tensor,
-    task: str,
+    task: Task,
     rule: FlagRule,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Boolean masks ``(mislabel, outlier)``, each ``(n,)``: ``mislabel`` when the
@@ -181,11 +182,13 @@ def flag_masks(
     ``outlier_support_z`` (by default ``outlier_z`` itself, which that already implies).
     Regression data has no mislabels."""
     rule = rule.resolved(union_z.shape[0])
+    outlier_z, support_z = rule.outlier_z, rule.outlier_support_z
+    assert outlier_z is not None and support_z is not None  # resolved() sets both
     if task == "classification":
         mislabel = predicted.ne(targets) & (union_z >= rule.mislabel_z)
     else:
         mislabel = torch.zeros_like(union_z, dtype=torch.bool)
-    outlier = (influence >= rule.outlier_z) & (union_z >= rule.outlier_support_z)
+    outlier = (influence >= outlier_z) & (union_z >= support_z)
     return mislabel, ~mislabel & outlier
 
 

@@ -149,6 +149,7 @@ def match_channels(train: Dataset, test: Dataset) -> tuple[Dataset, Dataset]:
 
 def _promoted(dataset: Dataset) -> Dataset:
     """A gray image dataset as RGB: images and features, as an image folder's promotion."""
+    assert dataset.images is not None  # match_channels promotes image datasets only
     images = to_rgb(dataset.images)
     normalize = dataset.source.options.get("normalize", "unit")
     return replace(dataset, images=images, features=images_to_features(images, normalize))

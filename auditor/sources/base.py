@@ -96,11 +96,13 @@ def plan(
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise DataError(f"{where}: {len(unknown)} decision id(s) not in the data: {shown}")
-    keep, relabel = [], {}
+    keep: list[int] = []
+    relabel: dict[int, str] = {}
     for i, point_id in enumerate(ids):
         action, new = decisions.get(point_id, (unlisted, None))
         if action != "remove":
             keep.append(i)
         if action == "relabel":
+            assert new is not None  # check_decisions: a relabel carries a new label
             relabel[i] = new.strip()
     return keep, relabel

@@ -232,6 +232,7 @@ def write_idx_cleaned(
 ) -> list[Path]:
     """idx: the audited pair under its own names (same compression); a folder's other
     pairs are not copied (the rescan reads the run's own test data)."""
+    assert source.path is not None  # write_cleaned refuses a file source without one
     path = Path(source.path)
     images_path, labels_path = select_pair(path, source.options.get("role", "train"))
     pixels, labels = read_pair(images_path, labels_path)
@@ -253,7 +254,8 @@ def _detect(path: Path) -> bool:
     return bool(find_pairs(path)) if path.is_dir() else is_images_file(path)
 
 
-def _read(path: Path, options: ReadOptions) -> Dataset:
+def _read(path: Path | None, options: ReadOptions) -> Dataset:
+    assert path is not None  # only a built-in data set is read without a path
     return load_idx(path, options.role, options.normalize)
 
 

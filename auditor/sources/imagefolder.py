@@ -169,6 +169,7 @@ def write_imagefolder_cleaned(
 ) -> list[Path]:
     """Image folder: the same tree minus removed files; relabelled files moved to the new
     class folder (created; a ``-1``, ``-2``... suffix avoids name clashes)."""
+    assert source.path is not None  # write_cleaned refuses a file source without one
     root = Path(source.path)
     entries = find_images(root)
     ids = [rel for rel, _ in entries]
@@ -210,7 +211,8 @@ def _unique(path: PurePosixPath, taken: set[PurePosixPath]) -> PurePosixPath:
     return candidate
 
 
-def _read(path: Path, options: ReadOptions) -> Dataset:
+def _read(path: Path | None, options: ReadOptions) -> Dataset:
+    assert path is not None  # only a built-in data set is read without a path
     return load_imagefolder(path, options.normalize, options.resize)
 
 

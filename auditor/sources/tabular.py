@@ -15,6 +15,7 @@ import math
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -27,6 +28,16 @@ from auditor.sources.labels import canonical_labels, encode_labels
 
 LABEL, TARGET = "label", "target"
 TOO_LARGE = "NaN or inf, or too large for float32"
+
+
+class _Common(TypedDict):
+    """The :class:`Dataset` fields a loader knows before it reads the targets."""
+
+    features: torch.Tensor
+    ids: list[str]
+    images: NotRequired[torch.Tensor | None]
+    source: SourceInfo
+    name: str
 
 
 def read_csv_table(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
@@ -137,7 +148,7 @@ def load_csv(path: Path, normalize: str = "unit") -> Dataset:
         for i, (line, row) in enumerate(data)
     ]
     raw = [row[col] for _, row in data]
-    common = {
+    common: _Common = {
         "features": torch.tensor(features, dtype=torch.float32),
         "ids": [f"{path.name}#{i}" for i in range(len(data))],
         "source": SourceInfo("csv", str(path.resolve()), {"normalize": normalize}),
@@ -200,7 +211,7 @@ def load_npz(path: Path, normalize: str = "unit") -> Dataset:
         raise DataError(f"{path}: y must have shape ({len(x)},) to match X, got {y.shape}")
     ids = [f"{path.name}#{i}" for i in range(len(x))]
     images, features = _npz_features(x, normalize, path, ids)
-    common = {
+    common: _Common = {
         "features": features,
         "ids": ids,
         "images": images,
@@ -266,6 +277,7 @@ def write_csv_cleaned(
     source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
 ) -> list[Path]:
     """CSV: same header and columns; rows removed, ``label`` / ``target`` cells changed."""
+    assert source.path is not None  # write_cleaned refuses a file source without one
     path = Path(source.path)
     header, data = read_csv_table(path)
     col, kind = target_column(header, path)
@@ -287,6 +299,7 @@ def write_npz_cleaned(
     source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
 ) -> list[Path]:
     """NPZ: every array with ``n`` rows loses the removed rows; ``y`` relabelled; dtypes kept."""
+    assert source.path is not None  # write_cleaned refuses a file source without one
     path = Path(source.path)
     arrays = read_npz(path)
     if "X" not in arrays or "y" not in arrays:
@@ -302,7 +315,9 @@ def write_npz_cleaned(
     out = out_dir / path.name
     save = np.savez_compressed if _is_compressed(path) else np.savez
     with out.open("wb") as f:
-        save(f, **cleaned)
+        # Not a stub gap: numpy's own keyword ``allow_pickle`` shares the array names, so an
+        # array named "allow_pickle" is taken for it (and left out of the copy).
+        save(f, **cleaned)  # type: ignore[arg-type]
     return [out]
 
 
@@ -333,11 +348,13 @@ def _has_suffix(suffix: str) -> Callable[[Path], bool]:
     return detect
 
 
-def _read_csv(path: Path, options: ReadOptions) -> Dataset:
+def _read_csv(path: Path | None, options: ReadOptions) -> Dataset:
+    assert path is not None  # only a built-in data set is read without a path
     return load_csv(path, options.normalize)
 
 
-def _read_npz(path: Path, options: ReadOptions) -> Dataset:
+def _read_npz(path: Path | None, options: ReadOptions) -> Dataset:
+    assert path is not None  # only a built-in data set is read without a path
     return load_npz(path, options.normalize)
 
 

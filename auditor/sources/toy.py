@@ -65,7 +65,7 @@ def write_toy_cleaned(
     return [out]
 
 
-def _read(path: None, options: ReadOptions) -> Dataset:
+def _read(path: Path | None, options: ReadOptions) -> Dataset:
     """The ``role`` part, seeded with ``seed``; ``normalize`` is only recorded."""
     toy = toy_linear(options.seed)[0 if options.role == "train" else 1]
     source = replace(toy.source, options={**toy.source.options, "normalize": options.normalize})

@@ -24,7 +24,9 @@ def write_evaluation(engine: Engine, results: list[dict], **fields) -> int:
         **_json_columns_safe(fields),
     }
     with engine.begin() as conn:
-        eval_id = conn.execute(evaluations.insert().values(**values)).inserted_primary_key[0]
+        key = conn.execute(evaluations.insert().values(**values)).inserted_primary_key
+        assert key is not None  # a single-row insert reports its primary key
+        eval_id: int = key[0]
         if results:
             rows = [dict(_json_columns_safe(r), evaluation_id=eval_id) for r in results]
             conn.execute(evaluation_results.insert(), rows)

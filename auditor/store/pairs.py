@@ -114,7 +114,7 @@ def count_pairs(engine: Engine, run_id: int) -> int:
         pair_scores.c.run_id == run_id
     )
     with engine.connect() as conn:
-        return int(conn.execute(query).scalar()) // DTYPE.itemsize
+        return int(conn.execute(query).scalar_one()) // DTYPE.itemsize
 
 
 def read_test_range(engine: Engine, run_id: int, first: int, stop: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from auditor import __version__
+from auditor.data import Task
 from auditor.errors import RunNotFound, StoreError
 from auditor.store.schema import pair_scores, runs
 
@@ -39,7 +40,7 @@ class StoredRun:
     auditor_version: str
     config: dict[str, Any]
     dataset: str
-    task: Literal["classification", "regression"]
+    task: Task
     model: str
     n_train: int
     n_test: int
@@ -93,7 +94,10 @@ def create_run(engine: Engine, **fields) -> int:
         **fields,
     }
     with engine.begin() as conn:
-        return conn.execute(runs.insert().values(**values)).inserted_primary_key[0]
+        key = conn.execute(runs.insert().values(**values)).inserted_primary_key
+        assert key is not None  # a single-row insert reports its primary key
+        run_id: int = key[0]
+        return run_id
 
 
 def update_run(engine: Engine, run_id: int, **fields) -> None:
