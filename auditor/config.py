@@ -298,7 +298,7 @@ class ModelArgs:
         if self.hidden < 1 or self.max_iter < 1:
             raise ConfigError("--hidden and the iteration limit must be >= 1")
 
-    def fit_kwargs(self) -> dict:
+    def fit_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`auditor.models.fit.fit` these options set."""
         return {"max_iter": self.max_iter, "grad_tol": self.grad_tol}
 
@@ -382,7 +382,7 @@ class SolverArgs:
         if not self.tol > 0:
             raise ConfigError(f"--tol (the solver tolerance) must be > 0, got {self.tol}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -445,7 +445,7 @@ class FlagRule:
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{option} must be a positive finite number, got {value}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def resolved(self, n: int) -> FlagRule:
@@ -457,7 +457,7 @@ class FlagRule:
         return replace(self, outlier_z=outlier_z, outlier_support_z=support)
 
     @classmethod
-    def from_dict(cls, d: dict, *, checked: bool = True) -> FlagRule:
+    def from_dict(cls, d: dict[str, Any], *, checked: bool = True) -> FlagRule:
         """The rule a run stored; one stored before ``influence_scale`` existed used
         ``sqrt`` (and its thresholds were stored with it).
 
@@ -503,11 +503,11 @@ class ScanConfig:
         ),
     )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> ScanConfig:
+    def from_dict(cls, d: dict[str, Any]) -> ScanConfig:
         data = dict(d["data"])
         if data.get("resize") is not None:
             data["resize"] = tuple(data["resize"])

@@ -56,12 +56,16 @@ class ModelTask(ABC):
         """Loss of one example: ``x`` ``(d,)``, ``y`` scalar -> scalar (for ``vmap(grad)``)."""
         return self.loss(self.outputs(theta, x[None]), y[None])[0]
 
-    def hvp(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor):
+    def hvp(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor | None:
         """Hessian of the mean loss over ``(x, y)`` times ``v`` ``(p, m)``, or ``None`` when the
         model has no closed form (autograd is used then)."""
         return None
 
-    def loss_hessian(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor):
+    def loss_hessian(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor | None:
         """Hessian ``(p, p)`` of the mean loss over ``(x, y)``, or ``None`` without a closed
         form."""
         return None
@@ -71,7 +75,9 @@ class ModelTask(ABC):
         """Whether :meth:`loss_hessian` is implemented (cheap dense Hessians)."""
         return type(self).loss_hessian is not ModelTask.loss_hessian
 
-    def pretrain(self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int):
+    def pretrain(
+        self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int
+    ) -> torch.Tensor | None:
         """Starting point ``(p,)`` of the L-BFGS fit from minibatch training, or ``None``
         (the default) to start from :meth:`init_params`. Deep models override it."""
         return None

@@ -77,7 +77,7 @@ class CNN(ModelTask):
             "fc.b": (hidden,),
         }
         self.n_body = sum(math.prod(s) for s in self.shapes.values())
-        self.head = (
+        self.head: BinaryLogistic | MultinomialLogistic = (
             BinaryLogistic(hidden) if n_outputs == 2 else MultinomialLogistic(hidden, n_outputs)
         )
         self.n_head = self.head.n_params
@@ -118,32 +118,46 @@ class CNN(ModelTask):
         ``params="last"`` (no gradient flows into them), ``None`` for ``params="all"``."""
         if self.params == "all":
             return None
+        return self._frozen_embed(x)
+
+    def _frozen_embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen body's embeddings ``(n, hidden)`` of ``x`` ``(n, d)`` (no gradient
+        flows into them): :meth:`frozen_features` of ``params="last"``."""
+        body = self._trained_body()
+        with torch.no_grad():
+            return self.embed(body.to(x.dtype), x)
+
+    def _trained_body(self) -> torch.Tensor:
+        """The frozen body ``(n_body,)`` that :meth:`pretrain` trained."""
         if self.body_theta is None:
             raise RuntimeError("the CNN's body is not trained yet: call pretrain first")
-        with torch.no_grad():
-            return self.embed(self.body_theta.to(x.dtype), x)
+        return self.body_theta
 
-    def outputs(self, theta, x):
+    def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if self.params == "all":
             return self._full_outputs(theta, x)
-        return self.head.outputs(theta, self.frozen_features(x))
+        return self.head.outputs(theta, self._frozen_embed(x))
 
-    def loss(self, outputs, y):
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.head.loss(outputs, y)
 
-    def predict(self, outputs):
+    def predict(self, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.head.predict(outputs)
 
     # --- closed forms when only the head counts ----------------------------------------
-    def hvp(self, theta, x, y, v):
+    def hvp(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor | None:
         if self.params == "all":
             return None
-        return self.head.hvp(theta, self.frozen_features(x), y, v)
+        return self.head.hvp(theta, self._frozen_embed(x), y, v)
 
-    def loss_hessian(self, theta, x, y):
+    def loss_hessian(
+        self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor | None:
         if self.params == "all":
             return None
-        return self.head.loss_hessian(theta, self.frozen_features(x), y)
+        return self.head.loss_hessian(theta, self._frozen_embed(x), y)
 
     # --- training ----------------------------------------------------------------------
     def _init_body_and_head(self, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -169,7 +183,7 @@ class CNN(ModelTask):
     def fitted_state(self, theta: torch.Tensor) -> torch.Tensor:
         """``[input_scale, body (params="last" only), theta]``: a resumed run or another
         rank rebuilds the same network from it."""
-        body = self.body_theta if self.params == "last" else theta[:0]
+        body = self._trained_body() if self.params == "last" else theta[:0]
         return torch.cat([theta.new_tensor([self.input_scale]), body.to(theta), theta])
 
     def load_fitted_state(self, state: torch.Tensor) -> torch.Tensor | None:
@@ -211,7 +225,8 @@ class CNN(ModelTask):
             for start in range(0, n, self.batch_size):
                 b = order[start : start + self.batch_size]
                 optimizer.zero_grad()
-                self._full_risk(theta, x[b], y[b], weight_decay).backward()
+                # what Tensor.backward() does, typed (torch leaves that one unannotated)
+                torch.autograd.backward(self._full_risk(theta, x[b], y[b], weight_decay))
                 optimizer.step()
                 schedule.step()
         theta = theta.detach()

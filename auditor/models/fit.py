@@ -68,8 +68,18 @@ def fit(
     max_iter = min(max_iter, getattr(model, "max_polish_iter", max_iter))
     features = model.frozen_features(x)
     if features is not None:
-        kwargs = {"max_iter": max_iter, "grad_tol": grad_tol, "theta0": theta0}
-        head = fit(model.head, features, y, weight_decay, seed=seed, **kwargs)
+        if model.head is None:
+            raise TypeError(f"model {model.name!r} has frozen features but no head to fit")
+        head = fit(
+            model.head,
+            features,
+            y,
+            weight_decay,
+            seed=seed,
+            max_iter=max_iter,
+            grad_tol=grad_tol,
+            theta0=theta0,
+        )
         return replace(head, features=features)
     theta = model.init_params(gen, x.dtype).to(x.device) if theta0 is None else theta0.clone()
     theta.requires_grad_(True)
@@ -86,13 +96,13 @@ def fit(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         value = risk(model, theta, x, y, weight_decay)
-        value.backward()
+        torch.autograd.backward(value)  # value.backward(), typed (torch leaves it unannotated)
         return value
 
     # L-BFGS can stop early on a stalled line search; a restart from there often goes on.
     try:
         for _ in range(3):
-            optimizer.step(closure)
+            optimizer.step(closure)  # type: ignore[no-untyped-call]  # LBFGS.step is unannotated
             grad_norm = _grad_norm(model, theta, x, y, weight_decay)
             if grad_norm <= grad_tol:
                 break
@@ -151,7 +161,10 @@ def _newton_polish(
     for _ in range(steps):
         t = theta.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(risk(model, t, x, y, weight_decay), t)
-        hessian = model.loss_hessian(theta, x, y).double() + weight_decay * eye
+        loss_hessian = model.loss_hessian(theta, x, y)
+        if loss_hessian is None:  # no closed form after all: nothing to polish with
+            break
+        hessian = loss_hessian.double() + weight_decay * eye
         factor, info = torch.linalg.cholesky_ex(hessian)
         if int(info) != 0:
             break
@@ -164,7 +177,9 @@ def _newton_polish(
     return theta, grad_norm, taken
 
 
-def _grad_norm(model, theta, x, y, weight_decay) -> float:
+def _grad_norm(
+    model: ModelTask, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, weight_decay: float
+) -> float:
     t = theta.detach().requires_grad_(True)
     (g,) = torch.autograd.grad(risk(model, t, x, y, weight_decay), t)
     return float(g.norm())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
 
 from auditor.config import SolverArgs
 
@@ -33,7 +36,7 @@ class SolveDiagnostics:
     history: list[list[float]] = field(default_factory=list)
     reached_tol: bool | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -41,6 +44,6 @@ class SolveDiagnostics:
 TOL_SLACK = 1.01
 
 
-def within_tol(residual, tol: float) -> bool:
+def within_tol(residual: torch.Tensor, tol: float) -> bool:
     """Whether every column's measured relative residual ``(m,)`` is within ``tol``."""
     return bool(residual.max() <= tol * TOL_SLACK)
