@@ -295,6 +295,17 @@ def write_csv_cleaned(
     return [out]
 
 
+def _write_npz(out: Path, arrays: dict[str, np.ndarray], *, compressed: bool) -> None:
+    """Write ``arrays`` as the members ``NAME.npy`` of an NPZ archive, as ``np.savez``
+    does, but for any array name: ``np.savez(f, **arrays)`` takes an array named
+    ``allow_pickle`` for its own keyword and leaves it out of the copy."""
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(out, "w", compression=method, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
 def write_npz_cleaned(
     source: SourceInfo, decisions: Decisions, out_dir: Path, unlisted: str
 ) -> list[Path]:
@@ -313,11 +324,7 @@ def write_npz_cleaned(
     arrays["y"] = y
     cleaned = {k: a[keep] if a.ndim >= 1 and len(a) == n else a for k, a in arrays.items()}
     out = out_dir / path.name
-    save = np.savez_compressed if _is_compressed(path) else np.savez
-    with out.open("wb") as f:
-        # Not a stub gap: numpy's own keyword ``allow_pickle`` shares the array names, so an
-        # array named "allow_pickle" is taken for it (and left out of the copy).
-        save(f, **cleaned)  # type: ignore[arg-type]
+    _write_npz(out, cleaned, compressed=_is_compressed(path))
     return [out]
 
 

@@ -157,6 +157,24 @@ def test_npz_remove_and_relabel_round_trip(tmp_path, compressed):
     assert again.targets.tolist() == [1, 0, 1, 1, 1] and len(again) == 5
 
 
+def test_npz_arrays_named_like_numpys_own_keywords_are_kept(tmp_path):
+    """``np.savez(f, **arrays)`` would take an array named ``allow_pickle`` for its own
+    keyword and drop it from the cleaned copy."""
+    x = np.arange(8, dtype=np.float32).reshape(4, 2)
+    y = np.array([0, 1, 0, 1])
+    extra = {"allow_pickle": np.array([5, 6, 7, 8]), "file": np.array([1, 2, 3, 4])}
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        for name, array in {"X": x, "y": y, **extra}.items():
+            with archive.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, array)
+    data = load(str(tmp_path / "d.npz"))
+    (out,) = write_cleaned(data.source, {"d.npz#1": ("remove", None)}, tmp_path / "out")
+    with np.load(out) as cleaned:
+        assert sorted(cleaned.files) == ["X", "allow_pickle", "file", "y"]
+        assert cleaned["allow_pickle"].tolist() == [5, 7, 8]
+        assert cleaned["file"].tolist() == [1, 3, 4]
+
+
 def test_npz_relabel_must_fit_the_dtype(tmp_path):
     np.savez(tmp_path / "d.npz", X=np.zeros((2, 1)), y=np.array([0, 1], dtype=np.uint8))
     data = load(str(tmp_path / "d.npz"))
