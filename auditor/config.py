@@ -335,7 +335,7 @@ class SolverArgs:
         metadata=cli(
             "--solver",
             "solver",
-            "Inverse-Hessian-vector products: lissa (stochastic), exact (Cholesky) or cg.",
+            "How the inverse-Hessian-vector products are solved (docs/method.md).",
             registry="solvers",
             always=True,
         ),
