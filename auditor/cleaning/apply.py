@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeGuard
 
 from sqlalchemy.engine import Engine
 
@@ -91,7 +92,7 @@ def read_decisions(path: Path, run: StoredRun, train_ids: list[str]) -> Decision
     return decisions
 
 
-def _is_index(value: object, n: int) -> bool:
+def _is_index(value: object, n: int) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < n
 
 
@@ -116,13 +117,14 @@ def apply_decisions(
     data = _as_read(run, config.data)
     train, test = load_data(data)
     check_fingerprint(run, train, test)
-    source = SourceInfo(**run.sources["train"])
+    source = SourceInfo(**_sources(run)["train"])
     if data.test_split is None:
         written = write_cleaned(source, decisions, out_dir)
         train_spec, test_spec = _spec(source, out_dir), _original_test(run)
     else:
-        train_decisions = {**{i: ("remove", None) for i in test.ids}, **decisions}
-        test_decisions = {i: ("keep", None) for i in test.ids}  # the rest of the source goes
+        train_decisions: Decisions = {**{i: ("remove", None) for i in test.ids}, **decisions}
+        # the test points are kept; the rest of the source goes
+        test_decisions: Decisions = {i: ("keep", None) for i in test.ids}
         written = write_cleaned(source, train_decisions, out_dir / "train")
         written += write_cleaned(source, test_decisions, out_dir / "test", unlisted="remove")
         train_spec, test_spec = _spec(source, out_dir / "train"), _spec(source, out_dir / "test")
@@ -133,7 +135,7 @@ def apply_decisions(
 def _as_read(run: StoredRun, data: DataArgs) -> DataArgs:
     """``data`` naming the files the run read by their resolved paths (``apply`` may run
     in another folder than the scan; a ``--download`` run read two idx files)."""
-    train, test = (run.sources[part]["path"] for part in ("train", "test"))
+    train, test = (_sources(run)[part]["path"] for part in ("train", "test"))
     if train is None:  # toy-linear
         return data
     separate = data.test is not None or (data.download and data.test_split is None)
@@ -175,7 +177,7 @@ def compare_runs(engine: Engine, run_a: int, run_b: int) -> Comparison:
             f"run {run_a} is {a.task} and run {run_b} is {b.task}: their losses and "
             "accuracies do not compare"
         )
-    rows = [
+    rows: list[tuple[str, float, float, str]] = [
         ("training points", a.n_train, b.n_train, ".0f"),
         ("test points", a.n_test, b.n_test, ".0f"),
     ]
@@ -183,16 +185,18 @@ def compare_runs(engine: Engine, run_a: int, run_b: int) -> Comparison:
     if a.task == "classification":  # b's too: checked above
         metrics += [("train accuracy", "train_accuracy", ".2%"),
                     ("test accuracy", "test_accuracy", ".2%")]  # fmt: skip
-    rows += [(label, a.metrics[key], b.metrics[key], spec) for label, key, spec in metrics]
-    same = a.metrics.get("test_fingerprint") == b.metrics.get("test_fingerprint")
+    metrics_a, metrics_b = _metrics(a), _metrics(b)
+    rows += [(label, metrics_a[key], metrics_b[key], spec) for label, key, spec in metrics]
+    same = metrics_a.get("test_fingerprint") == metrics_b.get("test_fingerprint")
     return Comparison(rows, same)
 
 
 def _check_label(label: str, run: StoredRun, where: str) -> str:
     if run.task == "classification":
-        if label not in run.class_names:
+        class_names = run.class_names or []
+        if label not in class_names:
             raise DataError(
-                f"{where}: unknown class {label!r}; classes are {', '.join(run.class_names)}"
+                f"{where}: unknown class {label!r}; classes are {', '.join(class_names)}"
             )
         return label
     target_value(label, where)
@@ -210,5 +214,17 @@ def _spec(source: SourceInfo, out_dir: Path) -> str:
 def _original_test(run: StoredRun) -> str:
     """The rescan's ``--test``: the test data the run read, by its resolved path (so the
     command works from any folder, and for ``--download`` runs)."""
-    test = run.sources["test"]
+    test = _sources(run)["test"]
     return sources.TOY_LINEAR if test["format"] == "toy-linear" else test["path"]
+
+
+def _sources(run: StoredRun) -> dict[str, Any]:
+    """Where the run's ``train`` and ``test`` data came from (every run stores it)."""
+    assert run.sources is not None, f"run {run.id} stored no sources"
+    return run.sources
+
+
+def _metrics(run: StoredRun) -> dict[str, Any]:
+    """The metrics of a complete run (the CLI checks that it is complete)."""
+    assert run.metrics is not None, f"run {run.id} stored no metrics"
+    return run.metrics

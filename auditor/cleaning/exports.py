@@ -35,7 +35,7 @@ EXPORT_FIELDS = [
 ]
 
 
-def label_name(run: StoredRun, value: float | None):
+def label_name(run: StoredRun, value: float | None) -> str | float | None:
     """A label as the user knows it: the class name, or the regression value."""
     if value is None:
         return None
@@ -215,7 +215,9 @@ def influence_of_train(engine: Engine, run_id: int, train_index: int, top: int) 
     )
 
 
-def _rows(run: StoredRun, rows: list[dict], order, scores) -> list[InfluenceRow]:
+def _rows(
+    run: StoredRun, rows: list[dict], order: np.ndarray, scores: np.ndarray
+) -> list[InfluenceRow]:
     return [
         (
             int(i),

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -33,6 +35,7 @@ from auditor.cli.tables import echo_table
 from auditor.errors import AuditorError
 from auditor.pipeline import distributed
 from auditor.pipeline.interrupts import exit_after_interrupt
+from auditor.pipeline.scan import ScanResult
 from auditor.pipeline.scan import resume as resume_scan
 from auditor.pipeline.scan import scan as run_scan
 from auditor.store import display_url, runs
@@ -62,7 +65,7 @@ def cli() -> None:
 )
 @db_option
 @handle_errors
-def scan(**opts) -> None:
+def scan(**opts: Any) -> None:
     """Fit a model, score every (train, test) pair by influence, rank and flag.
 
     Prints the id of the run it wrote to standard output. Under torchrun the test points
@@ -101,7 +104,9 @@ def scan(**opts) -> None:
         _report_scan(opts, progress, lambda: run_scan(engine, config, progress=progress, comm=comm))
 
 
-def _report_scan(opts: dict, progress: PhaseProgress, run) -> None:
+def _report_scan(
+    opts: dict[str, Any], progress: PhaseProgress, run: Callable[[], ScanResult | None]
+) -> None:
     """Run a scan (or resume) with its progress shown and print its summary and run id
     (on rank 0 of a torchrun job only)."""
     start = time.perf_counter()
@@ -165,7 +170,7 @@ def list_runs(db: str) -> None:
     for r in rows:
         flags = (r.ranking or {}).get("flag_counts", {})
         solver = (r.config.get("solver") or {}).get("solver", "")
-        status = r.status
+        status: str = r.status
         if runs.writer_state(r) == "gone":
             status = "stale"
             stale.append(r)
@@ -180,7 +185,7 @@ def list_runs(db: str) -> None:
                 solver,
                 r.n_train,
                 r.n_test,
-                f"{int(r.n_pairs):,}",
+                f"{int(r.n_pairs or 0):,}",  # list_runs counts them
                 sum(flags.values()),
             )
         )
@@ -222,6 +227,7 @@ def show(
     if test_index is not None:
         view = exports.influence_on_test(engine, run_id, test_index, top)
     else:
+        assert train_index is not None, "exactly one index was given (checked above)"
         view = exports.influence_of_train(engine, run_id, train_index, top)
     click.echo(view.summary)
     for caption, rows in view.tables:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import click
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, OperationalError
 
 from auditor.errors import AuditorError, ConfigError, DataError, Interrupted
@@ -15,14 +18,18 @@ from auditor.pipeline import distributed
 from auditor.pipeline.interrupts import ignore_signals_until_exit
 from auditor.store import database_url, display_url, open_db, runs, sqlite_file
 
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
-def handle_errors(func):
+
+def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
     """Turn library errors into one clean line and the right exit status. Under torchrun
     only rank 0 prints it (a failure on another rank reaches rank 0 as "rank k stopped");
     the other ranks exit with the same status, silently."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return _mapped(func, *args, **kwargs)
         except click.ClickException as error:
@@ -33,7 +40,7 @@ def handle_errors(func):
     return wrapper
 
 
-def _mapped(func, *args, **kwargs):
+def _mapped(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """``func(*args, **kwargs)`` with library errors as :class:`click.ClickException`."""
     try:
         return func(*args, **kwargs)
@@ -41,7 +48,7 @@ def _mapped(func, *args, **kwargs):
         raise click.UsageError(str(exc)) from None
     except AuditorError as exc:  # an Interrupted scan already ignores further signals
         error = click.ClickException(str(exc))
-        error.exit_code = exc.exit_code
+        error.exit_code = exc.exit_code  # type: ignore[misc]  # a ClassVar in click's types; click reads it per instance
         raise error from None
     except OperationalError as exc:  # disk full, read-only file system, lock timeout
         raise click.ClickException(f"database error: {exc.orig or exc}") from None
@@ -51,11 +58,11 @@ def _mapped(func, *args, **kwargs):
     except KeyboardInterrupt:
         ignore_signals_until_exit()
         error = click.ClickException("interrupted")
-        error.exit_code = Interrupted.exit_code
+        error.exit_code = Interrupted.exit_code  # type: ignore[misc]  # a ClassVar in click's types; click reads it per instance
         raise error from None
 
 
-def db_option(func):
+def db_option(func: F) -> F:
     return click.option(
         "--db",
         default="audit.db",
@@ -64,12 +71,12 @@ def db_option(func):
     )(func)
 
 
-def open_existing(db: str):
+def open_existing(db: str) -> Engine:
     """Open a database that must already exist (read commands)."""
     return dispose_on_close(open_db(db, create=False))
 
 
-def dispose_on_close(engine):
+def dispose_on_close(engine: Engine) -> Engine:
     """Close ``engine``'s pooled connections when the running command ends (a server
     database otherwise keeps them open until they are garbage-collected)."""
     ctx = click.get_current_context(silent=True)
@@ -83,7 +90,7 @@ def resume_command(run_id: int, db: str) -> str:
     return shlex.join(["auditor", "scan", "--resume", str(run_id), "--db", display_url(db)])
 
 
-def resolve_run(engine, run: int | None, db: str) -> int:
+def resolve_run(engine: Engine, run: int | None, db: str) -> int:
     """The id of ``run`` (default the latest) in database ``db``, which must have finished."""
     run_id = runs.latest_run_id(engine) if run is None else run
     row = runs.get_run(engine, run_id)

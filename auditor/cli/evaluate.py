@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import click
 
@@ -19,14 +20,14 @@ from auditor.store import open_db
 from auditor.store.evaluations import json_safe
 
 
-def _ints(_ctx, _param, value: str) -> list[int]:
+def _ints(_ctx: click.Context, _param: click.Parameter, value: str) -> list[int]:
     try:
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
 
 
-def _fractions(_ctx, _param, value: str) -> tuple[float, ...]:
+def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in value.split(",") if v.strip())
     except ValueError:
@@ -67,7 +68,7 @@ def _fractions(_ctx, _param, value: str) -> tuple[float, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead.")
 @db_option
 @handle_errors
-def evaluate(**opts) -> None:
+def evaluate(**opts: Any) -> None:
     """Inject known faults, scan, and measure how well each ranking finds them.
 
     Rankings: training loss, self-influence, harmfulness, combined (the product's
@@ -120,6 +121,7 @@ def _echo_summary(evaluation: Evaluation) -> None:
     fix_columns = ("checked", "ranking", "test accuracy", "test loss")
     echo_table(fix_columns, rows, right=fix_columns[2:])
     b = summary.baseline
+    assert b is not None, "the fix experiment ran: its first row is the baseline"
     click.echo(
         f"(first seed: faulty model {_num(b['faulty_test_accuracy'])} accuracy, "
         f"{b['faulty_test_loss']:.4f} loss; clean {_num(b['clean_test_accuracy'])}, "

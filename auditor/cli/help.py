@@ -5,6 +5,7 @@ then the command's other options."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import click
 
@@ -20,7 +21,7 @@ class SectionOption(click.Option):
     """A :class:`click.Option` listed under ``section`` (one of
     :data:`~auditor.config.SECTIONS`) by :class:`SectionedCommand`."""
 
-    def __init__(self, *args, section: str | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, section: str | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.section = section
 

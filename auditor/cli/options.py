@@ -86,7 +86,9 @@ def _plain_type(flag: str, hint: Any) -> type:
     raise TypeError(f"{flag}: a {hint} field needs parse= in its cli metadata")
 
 
-def _parser(parse: Callable[[str], Any]):
+def _parser(
+    parse: Callable[[str], Any],
+) -> Callable[[click.Context, click.Parameter, str | None], Any]:
     """A Click callback that parses the typed text (a :class:`ConfigError` is a usage
     error of the option)."""
 

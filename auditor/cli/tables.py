@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Collection, Iterable, Sequence
+from typing import TextIO
 
 import click
 from rich.console import Console
@@ -54,7 +55,7 @@ def echo_table(
     click.echo(render_table(headers, rows, right=right, terminal=_isatty(sys.stdout)))
 
 
-def _isatty(stream) -> bool:
+def _isatty(stream: TextIO) -> bool:
     try:
         return stream.isatty()
     except ValueError:  # closed

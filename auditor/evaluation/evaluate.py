@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -43,6 +44,39 @@ RANKINGS = ("training loss", "self-influence", "harmfulness", "combined", "rando
 FIX_RANKINGS = ("combined", "random")
 
 Progress = Callable[[str, int, int], None]
+
+
+class HeldOutMetrics(TypedDict):
+    """A model's loss and accuracy on the test points (``None``: regression)."""
+
+    test_loss: float
+    test_accuracy: float | None
+
+
+class FixRow(TypedDict):
+    """One checked share of the fix experiment for one ranking (:func:`fix_experiment`),
+    stored in a result row's ``fix`` list with these keys in this order.
+
+    Attributes:
+        fraction / k: The checked share and the points it checks.
+        fixed: The faults among them, restored.
+        test_loss / test_accuracy: The model retrained after the fix.
+        clean_* / faulty_*: The model trained without faults, and the scan's (faulty) one.
+        loss_recovered / accuracy_recovered: The share of the gap between the faulty and
+            the clean model that the fix closes (NaN without a gap).
+    """
+
+    fraction: float
+    k: int
+    fixed: int
+    test_loss: float
+    test_accuracy: float | None
+    clean_test_loss: float
+    clean_test_accuracy: float | None
+    faulty_test_loss: float
+    faulty_test_accuracy: float | None
+    loss_recovered: float
+    accuracy_recovered: float
 
 
 @dataclass
@@ -127,6 +161,7 @@ def scan_with_faults(
     clean, test = load_data(config.data)
     faulty, fault_index = inject(clean, faults, seed)
     result = scan(engine, config, progress, datasets=(faulty, test))
+    assert result is not None, "an evaluation scans in one process, rank 0"
     is_fault = np.zeros(len(faulty), dtype=bool)
     is_fault[fault_index] = True
     return FaultyScan(config, clean, faulty, test, result.run_id, is_fault, result.warnings)
@@ -150,7 +185,7 @@ def ranking_scores(train_points: list[dict], seed: int) -> dict[str, np.ndarray]
     }
 
 
-def detection_metrics(scores: np.ndarray, is_fault: np.ndarray, fractions) -> dict:
+def detection_metrics(scores: np.ndarray, is_fault: np.ndarray, fractions: Sequence[float]) -> dict:
     """AUROC, average precision, share found after each fraction, and the curve."""
     shares, found = detection.detection_curve(scores, is_fault)
     return {
@@ -178,7 +213,7 @@ def evaluate(
         timings["scan"] += time.perf_counter() - start
         is_fault = done.is_fault
         scores = ranking_scores(points.read_points(engine, done.run_id, "train"), seed)
-        fixes: dict[str, list[dict]] = {}
+        fixes: dict[str, list[FixRow]] = {}
         if args.fix and is_fault.any():
             start = time.perf_counter()
             fixes = fix_experiment(
@@ -226,8 +261,8 @@ def fix_experiment(
     test: Dataset,
     scores: dict[str, np.ndarray],
     is_fault: np.ndarray,
-    fractions,
-) -> dict[str, list[dict]]:
+    fractions: Sequence[float],
+) -> dict[str, list[FixRow]]:
     """Retrain after restoring the faults among each ranking's top ``k`` points.
 
     Returns ``{ranking: [{fraction, k, fixed, test_loss, test_accuracy, loss_recovered,
@@ -235,14 +270,15 @@ def fix_experiment(
     and the clean model that the fix closes (NaN when there is no gap).
     """
     base = _retrain(config, clean, test)
-    worst = {
+    assert run.metrics is not None, f"run {run.id} is complete: it stored its metrics"
+    worst: HeldOutMetrics = {
         "test_loss": run.metrics["test_loss"],
         "test_accuracy": run.metrics.get("test_accuracy"),
     }
-    out: dict[str, list[dict]] = {}
+    out: dict[str, list[FixRow]] = {}
     for name, score in scores.items():
         order = detection.top_order(score)
-        rows = []
+        rows: list[FixRow] = []
         for f in fractions:
             k = detection.checked_count(f, len(faulty))
             checked = order[:k]
@@ -277,12 +313,13 @@ def _restore(faulty: Dataset, clean: Dataset, index: np.ndarray) -> Dataset:
     features[idx], targets[idx] = clean.features[idx], clean.targets[idx]
     images = None
     if faulty.images is not None:
+        assert clean.images is not None, "faults keep the images of the points"
         images = faulty.images.clone()
         images[idx] = clean.images[idx]
     return replace(faulty, features=features, targets=targets, images=images)
 
 
-def _retrain(config: ScanConfig, train: Dataset, test: Dataset) -> dict:
+def _retrain(config: ScanConfig, train: Dataset, test: Dataset) -> HeldOutMetrics:
     """Fit a fresh model on ``train`` as the scan would; its test loss and accuracy."""
     dtype, device = getattr(torch, config.model.dtype), torch_device(config.device)
     model = model_for(config, train)
@@ -303,7 +340,7 @@ def _share(worst: float | None, value: float | None, best: float | None) -> floa
     return (value - worst) / (best - worst)
 
 
-def summarize(results: list[dict], fractions) -> dict[str, dict[str, list[float]]]:
+def summarize(results: list[dict], fractions: Sequence[float]) -> dict[str, dict[str, list[float]]]:
     """``{ranking: {metric: [mean, spread]}}`` over seeds; metrics ``auroc``,
     ``average_precision``, ``found@F`` and, for the fix rankings, ``accuracy@F`` and
     ``loss@F`` (test accuracy and loss after the fix)."""
@@ -359,7 +396,7 @@ class SummaryRows:
     columns: list[str]
     detection: list[tuple[str, list[list[float]]]]
     fix: list[tuple[float, str, list[float], list[float]]]
-    baseline: dict | None
+    baseline: FixRow | None
 
 
 def summary_rows(evaluation: Evaluation) -> SummaryRows:

@@ -49,7 +49,9 @@ def plan_blocks(ctx: ScanContext, n_test: int) -> BlockPlan:
     are done."""
     comm = ctx.comm
     done = comm.broadcast(
-        pairs.stored_test_indexes(ctx.engine, ctx.run_id) if comm.is_root and ctx.resumed else set()
+        pairs.stored_test_indexes(ctx.engine, ctx.existing_run_id)
+        if comm.is_root and ctx.resumed
+        else set()
     )
     blocks = test_blocks(n_test, ctx.config.score_chunk)
     pending = [b for b in blocks if not all(j in done for j in range(*b))]
@@ -70,7 +72,7 @@ def score_and_store(
 
     Scores and storage are timed apart ("pair_scores" and "storage") so that the
     benchmark shows where time goes."""
-    engine, run_id, phases = ctx.engine, ctx.run_id, ctx.phases
+    engine, run_id, phases = ctx.engine, ctx.existing_run_id, ctx.phases
     harm = np.zeros(train_grads.shape[0], dtype=np.float64)
     total = sum(j1 - j0 for j0, j1 in plan.mine)
     scored = 0

@@ -69,6 +69,12 @@ class ScanContext:
         return self.writer.engine
 
     @property
+    def existing_run_id(self) -> int:
+        """``run_id`` once the run exists: every stage after the load, on every rank."""
+        assert self.run_id is not None, "the scan has no run yet: it is created after the load"
+        return self.run_id
+
+    @property
     def resumed(self) -> bool:
         """Whether this scan resumes a stored run."""
         return self.previous is not None

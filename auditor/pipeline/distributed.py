@@ -45,7 +45,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -333,26 +333,28 @@ def share_operator(comm: Comm, op: HessianOperator, args: SolverArgs) -> Hessian
 def combine_diagnostics(parts: list[tuple[dict | None, int]]) -> dict | None:
     """One solve record from every rank's ``(diagnostics, columns)``: worst residual,
     slowest rank, column-weighted mean residual; ``None`` when no rank solved anything."""
-    parts = [(d, c) for d, c in parts if d is not None and c > 0]
-    if not parts:
+    solved = [(d, c) for d, c in parts if d is not None and c > 0]
+    if not solved:
         return None
-    if len(parts) == 1:
-        return parts[0][0]
-    columns = sum(c for _, c in parts)
-    combined = dict(parts[0][0])
+    if len(solved) == 1:
+        return solved[0][0]
+    columns = sum(c for _, c in solved)
+    combined = dict(solved[0][0])
     combined.update(
-        converged=all(d["converged"] for d, _ in parts),
+        converged=all(d["converged"] for d, _ in solved),
         reached_tol=None
-        if any(d.get("reached_tol") is None for d, _ in parts)
-        else all(d["reached_tol"] for d, _ in parts),
-        residual_max=max(d["residual_max"] for d, _ in parts),
-        residual_mean=sum(d["residual_mean"] * c for d, c in parts) / columns,
-        iterations=max(d["iterations"] for d, _ in parts),
-        seconds=max(d["seconds"] for d, _ in parts),
+        if any(d.get("reached_tol") is None for d, _ in solved)
+        else all(d["reached_tol"] for d, _ in solved),
+        residual_max=max(d["residual_max"] for d, _ in solved),
+        residual_mean=sum(d["residual_mean"] * c for d, c in solved) / columns,
+        iterations=max(d["iterations"] for d, _ in solved),
+        seconds=max(d["seconds"] for d, _ in solved),
     )
     return combined
 
 
 def sum_in_rank_order(arrays: list[np.ndarray]) -> np.ndarray:
     """The float64 sum of the ranks' partial sums (rank 0's first)."""
-    return np.sum(arrays, axis=0, dtype=np.float64)
+    # numpy's stubs type a sum as a scalar or an array; along axis 0 of (n,) arrays it
+    # is an (n,) array
+    return cast(np.ndarray, np.sum(arrays, axis=0, dtype=np.float64))

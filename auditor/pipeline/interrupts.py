@@ -17,6 +17,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 
 from auditor.errors import Interrupted
 from auditor.store import deferral
@@ -66,6 +67,6 @@ def interruptible(run_id: int | None) -> Iterator[None]:
             ignore_signals_until_exit()
 
 
-def _on_signal(_signum, _frame) -> None:
+def _on_signal(_signum: int, _frame: FrameType | None) -> None:
     if not deferral.hold():
         raise KeyboardInterrupt

@@ -5,6 +5,7 @@ outputs; and the check that a resumed run reads the data it started with."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -17,9 +18,17 @@ from auditor.sources.idx import find_pairs
 from auditor.store.runs import StoredRun
 
 
+class _ReadOptions(TypedDict):
+    """The options every data source takes from a :class:`DataArgs`."""
+
+    classes: list[str] | None
+    normalize: str
+
+
 def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
     """The train and test datasets a :class:`DataArgs` names, validated and aligned."""
-    kwargs = {"classes": args.classes, "normalize": args.normalize}
+    kwargs: _ReadOptions = {"classes": args.classes, "normalize": args.normalize}
+    test: Dataset | None
     if args.download:
         if args.download != "mnist":
             raise ConfigError(f"--download knows only 'mnist', got {args.download!r}")
@@ -30,6 +39,7 @@ def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
             else sources.download_mnist(args.download_root, "test", **kwargs)
         )
     else:
+        assert args.train is not None, "DataArgs asks for --train without --download"
         train = sources.load(args.train, role="train", resize=args.resize, seed=args.seed, **kwargs)
         test = None
         if args.test is not None:
@@ -41,12 +51,13 @@ def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
                 test = sources.load(args.train, role="test", seed=args.seed, **kwargs)
             else:
                 raise ConfigError("give --test DATA or --test-split FRACTION")
-    if test is None:
+    if test is None:  # every way of reading no test data above needs --test-split
+        assert args.test_split is not None, "no test data and no --test-split"
         validate(train, "train")
         train, test = train_test_split(train, args.test_split, args.seed)
     train, test = sources.match_channels(train, test)
     if train.task == "classification" and test.class_names != train.class_names:
-        test = sources.align_classes(test, train.class_names)
+        test = sources.align_classes(test, train.class_names or [])
     validate(train, "train")
     validate(test, "test")
     check_compatible(train, test)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from auditor.data import Dataset
+from auditor.data import Dataset, Task
 from auditor.influence.conditioning import conditioning_warnings
 from auditor.models.fit import FitResult
 from auditor.pipeline.distributed import combine_diagnostics
@@ -93,7 +93,14 @@ def fit_metrics(fitted: FitResult) -> dict:
     }
 
 
-def run_metrics(task, fitted, train_out, y, test_out, y_test) -> dict:
+def run_metrics(
+    task: Task,
+    fitted: FitResult,
+    train_out: dict[str, torch.Tensor],
+    y: torch.Tensor,
+    test_out: dict[str, torch.Tensor],
+    y_test: torch.Tensor,
+) -> dict:
     metrics = {
         "train_loss": float(train_out["loss"].mean()),
         "test_loss": float(test_out["loss"].mean()),

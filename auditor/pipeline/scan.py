@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from sqlalchemy.engine import Engine
 
-from auditor.config import ScanConfig
-from auditor.data import Dataset, fingerprint, points_fingerprint
+from auditor.config import ScanConfig, SolverArgs
+from auditor.data import Dataset, Task, fingerprint, points_fingerprint
 from auditor.errors import AuditorError, ConfigError, Interrupted, SolverError
-from auditor.influence.conditioning import check_conditioning
+from auditor.influence.conditioning import Conditioning, check_conditioning
 from auditor.influence.gradients import per_example_grads
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.self_influence import self_influences
@@ -259,7 +259,7 @@ def _load(
 def _create_run(ctx: ScanContext, loaded: Loaded) -> int:
     """Rank 0: insert the run row with the columns a new run starts with; its id."""
     train, test, model = loaded.train, loaded.test, loaded.model
-    return ctx.writer.create(
+    run_id = ctx.writer.create(
         {
             "config": ctx.config.to_dict(),
             "dataset": train.name,
@@ -274,6 +274,8 @@ def _create_run(ctx: ScanContext, loaded: Loaded) -> int:
             "image_shape": None if train.images is None else list(train.images.shape[1:]),
         }
     )
+    assert run_id is not None, "rank 0's writer returns the run it created"
+    return run_id
 
 
 # --- fit ---------------------------------------------------------------------------------
@@ -295,9 +297,12 @@ def fit_model(ctx: ScanContext, loaded: Loaded) -> Fitted:
         result, state = ctx.comm.root_step(_fit_on_root, ctx, loaded) or (None, None)
         state = ctx.comm.broadcast(state)  # the identity in one process
         if ctx.comm.is_root:
+            assert result is not None, "rank 0 fits"
             return Fitted(result.theta, result)
         fitted_state = runs.theta_from_bytes(state, ctx.config.model.dtype)
-        return Fitted(loaded.model.load_fitted_state(fitted_state.to(ctx.comm.device)), None)
+        theta = loaded.model.load_fitted_state(fitted_state.to(ctx.comm.device))
+        assert theta is not None, "rank 0 stored a fitted state that the model reads"
+        return Fitted(theta, None)
 
 
 def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
@@ -306,13 +311,17 @@ def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
     it (:func:`runs.theta_bytes`)."""
     model, config = loaded.model, ctx.config
     stored = _stored_fit(ctx.previous, model, config) if ctx.previous is not None else None
-    fitted = stored or fit(
-        model,
-        loaded.x,
-        loaded.y,
-        config.model.weight_decay,
-        seed=config.data.seed,
-        **config.model.fit_kwargs(),
+    fitted = (
+        stored[0]
+        if stored is not None
+        else fit(
+            model,
+            loaded.x,
+            loaded.y,
+            config.model.weight_decay,
+            seed=config.data.seed,
+            **config.model.fit_kwargs(),
+        )
     )
     if not torch.isfinite(fitted.theta).all():
         raise SolverError(
@@ -327,14 +336,17 @@ def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
         )
         add_warnings(ctx.warnings, [far])
     if stored is not None:
-        return stored, ctx.previous.theta
+        return stored
     state = runs.theta_bytes(model.fitted_state(fitted.theta))
     ctx.writer.store_fit(state, fit_metrics(fitted))
     return fitted, state
 
 
-def _stored_fit(run: StoredRun, model: ModelTask, config: ScanConfig) -> FitResult | None:
-    """The fit a run stored when its fit phase ended, or ``None`` if it stopped before."""
+def _stored_fit(
+    run: StoredRun, model: ModelTask, config: ScanConfig
+) -> tuple[FitResult, bytes] | None:
+    """The fit a run stored when its fit phase ended, with its stored fitted state
+    (``run.theta``), or ``None`` if it stopped before."""
     metrics = run.metrics or {}
     if not run.theta or "grad_norm" not in metrics:
         return None
@@ -342,13 +354,14 @@ def _stored_fit(run: StoredRun, model: ModelTask, config: ScanConfig) -> FitResu
     theta = model.load_fitted_state(state.to(torch_device(config.device)))
     if theta is None:  # stored by an older auditor without the model's fitted state
         return None
-    return FitResult(
+    fitted = FitResult(
         theta=theta,
         risk=metrics["risk"],
         grad_norm=metrics["grad_norm"],
         iterations=metrics["fit_iterations"],
         converged=metrics["fit_converged"],
     )
+    return fitted, run.theta
 
 
 # --- features ----------------------------------------------------------------------------
@@ -391,8 +404,9 @@ def embed(ctx: ScanContext, loaded: Loaded, fitted: Fitted) -> Features:
         if x is None:
             features = Features(model, loaded.x, loaded.y, loaded.x_test, loaded.y_test)
         else:
-            x_test = model.frozen_features(loaded.x_test)
-            features = Features(model.head, x, loaded.y, x_test, loaded.y_test)
+            x_test, head = model.frozen_features(loaded.x_test), model.head
+            assert x_test is not None and head is not None, f"{model.name} has a frozen body"
+            features = Features(head, x, loaded.y, x_test, loaded.y_test)
         features.outputs = ctx.comm.root_step(_outputs, ctx, loaded, features, fitted)
     return features
 
@@ -403,6 +417,7 @@ def _outputs(ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitte
     train_out = model_outputs(f.model, theta, f.x, f.y)
     test_out = model_outputs(f.model, theta, f.x_test, f.y_test)
     ctx.writer.write_points("test", point_rows(loaded.test, test_out))
+    assert fitted.result is not None, "rank 0 holds the fit"
     metrics = run_metrics(loaded.train.task, fitted.result, train_out, f.y, test_out, f.y_test)
     metrics["test_fingerprint"] = points_fingerprint(loaded.test)
     return Outputs(train_out, metrics)
@@ -481,20 +496,22 @@ def solve_ihvps(
 
 
 def _store_solver_record(
-    ctx: ScanContext, record: dict, conditioning: dict | None, plan: BlockPlan
+    ctx: ScanContext, record: dict, conditioning: Conditioning | None, plan: BlockPlan
 ) -> None:
     """Store the run's solver record (every rank's solves, rank 0's ``conditioning``
     check, on a resume merged with the stored solve's) and add its warnings."""
     if conditioning is not None:
         record["conditioning"] = conditioning
-    if ctx.resumed:
+    if ctx.previous is not None:  # a resume
         solved = sum(j1 - j0 for j0, j1 in plan.pending)
         record = resumed_solver_record(ctx.previous.solver, record, solved, plan.n_test)
     ctx.writer.update_solver(record)
     add_warnings(ctx.warnings, solve_warnings(record))
 
 
-def _solve(op: HessianOperator, columns: torch.Tensor, args) -> tuple[torch.Tensor, dict | None]:
+def _solve(
+    op: HessianOperator, columns: torch.Tensor, args: SolverArgs
+) -> tuple[torch.Tensor, dict | None]:
     """``A^{-1} V`` ``(p, m)`` and the diagnostics as a dict; nothing to solve for ``m = 0``
     (a rank with no block left on a resume)."""
     if columns.shape[1] == 0:
@@ -503,9 +520,12 @@ def _solve(op: HessianOperator, columns: torch.Tensor, args) -> tuple[torch.Tens
     return ihvps, diag.to_dict()
 
 
-def _conditioning(ctx: ScanContext, op, grads: Gradients, fitted: Fitted, task: str) -> dict:
+def _conditioning(
+    ctx: ScanContext, op: HessianOperator, grads: Gradients, fitted: Fitted, task: Task
+) -> Conditioning:
     """Rank 0: :func:`check_conditioning` of ``op`` at the fit."""
     seed = ctx.config.solver.seed
+    assert fitted.result is not None, "rank 0 holds the fit"
     return check_conditioning(op, grads.train, fitted.result.risk, seed, task)
 
 
@@ -536,7 +556,7 @@ def score_pairs(ctx: ScanContext, grads: Gradients, solved: Solved) -> Scored:
     )
     ctx.phases.timings = comm.slowest(ctx.phases.timings)
     if comm.is_root:
-        check_all_stored(ctx.engine, ctx.run_id, plan.n_test)
+        check_all_stored(ctx.engine, ctx.existing_run_id, plan.n_test)
     return scored
 
 
@@ -558,6 +578,7 @@ def rank_points(
     the model influence is taken over) and store them."""
     config, f, train = ctx.config, features, loaded.train
     rule = config.rule.resolved(len(train))
+    assert f.outputs is not None, "rank 0 computed the outputs"
     train_out = f.outputs.train
     loss, harmfulness = train_out["loss"].cpu(), torch.from_numpy(scored.harm)
     with ctx.phases("ranking"):
@@ -639,6 +660,7 @@ def finish(
 ) -> ScanResult:
     """Rank 0: mark the run complete, its last write (a resume's timings added to the
     stored ones), and summarise it."""
+    assert features.outputs is not None, "rank 0 computed the outputs"
     ctx.writer.finish(
         metrics=features.outputs.metrics,
         ranking=ranked.record,
@@ -646,7 +668,7 @@ def finish(
         warnings=ctx.warnings,
     )
     return ScanResult(
-        ctx.run_id,
+        ctx.existing_run_id,
         ctx.phases.timings,
         ctx.warnings,
         len(loaded.train) * len(loaded.test),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 MARGIN = {"left": 64, "right": 16, "top": 14, "bottom": 44}
 #: ``(width, height)`` of each chart, in SVG user units.
@@ -139,7 +140,7 @@ def _padded(values: Sequence[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _usable(threshold: float | None) -> bool:
+def _usable(threshold: float | None) -> TypeGuard[float]:
     """Whether a threshold can scale a chart: positive and finite (a run stored before they
     were checked may hold 0, NaN or infinity)."""
     return threshold is not None and math.isfinite(threshold) and threshold > 0
@@ -163,13 +164,14 @@ def scatter(
     *,
     x_label: str,
     y_label: str,
-    colour_max: float,
+    colour_max: float | None,
     line: Callable[[float], float] | None = None,
     line_label: str = "",
     tests: Sequence[tuple[float, float, str]] = (),
 ) -> Scatter:
     """Scatter plot of training points coloured by ``colour`` (the suspicion, ramped over
-    ``[0, colour_max]``), with ``line`` (the fitted model) drawn across.
+    ``[0, colour_max]``; ``None`` or a threshold that cannot scale it: the largest
+    positive colour), with ``line`` (the fitted model) drawn across.
 
     Args:
         x, y, colour, flagged, titles: One entry per training point, ``(n,)``.

@@ -6,7 +6,7 @@ the points (with their stored pixels or features) and the pair scores.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from auditor.cleaning.exports import flag_rule, label_name, run_summary, train_records
 from auditor.config import FlagRule
+from auditor.data import Task
 from auditor.errors import ConfigError
 from auditor.evaluation.evaluate import RANKINGS
 from auditor.report import charts
@@ -187,14 +188,16 @@ def _detection(engine: Engine, run_id: int) -> charts.DetectionChart | None:
     )
 
 
-def _thresholds(rule: FlagRule, task: str) -> dict[str, float]:
-    out = {"outlier": rule.outlier_z}
+def _thresholds(rule: FlagRule, task: Task) -> dict[str, float | None]:
+    """The thresholds the run applied, by flag; ``outlier`` is ``None`` only for a rule
+    never resolved (a run that stopped before its ranking, with ``--outlier-z auto``)."""
+    out: dict[str, float | None] = {"outlier": rule.outlier_z}
     if task == "classification":
         out["mislabel"] = rule.mislabel_z
     return out
 
 
-def _reason(record: dict, thresholds: dict[str, float]) -> str:
+def _reason(record: dict, thresholds: dict[str, float | None]) -> str:
     """Why a point was flagged, in words: the rule and the z-scores it compared."""
     union = _first_known(record.get("union_z"), record["suspicion"])
     influence = _first_known(record.get("influence_z"), record["suspicion"])
@@ -301,41 +304,48 @@ def _all_features(engine: Engine, run_id: int, run: StoredRun) -> dict[str, np.n
 
 
 def _histogram(
-    train: list[dict], thresholds: dict[str, float], scale: str
+    train: list[dict], thresholds: dict[str, float | None], scale: str
 ) -> charts.Histogram | None:
     """The influence z of every training point, with the outlier threshold (the one that
     applies to this quantity; mislabel flags come from the strongest of the tests)."""
-    z = [r.get("influence_z") for r in train]
-    if not z or any(v is None for v in z):
+    known = [r.get("influence_z") for r in train]
+    z: list[float] = [v for v in known if v is not None]
+    if not z or len(z) < len(known):  # no points, or one without its z
         return None
+    outlier = thresholds["outlier"]
+    assert outlier is not None, "a run that ranked its points resolved --outlier-z"
     kinds = [r["flags"][0] if r["flags"] else "none" for r in train]
-    return charts.histogram(
-        z, kinds, {"outlier": thresholds["outlier"]}, label=INFLUENCE_LABELS[scale]
-    )
+    return charts.histogram(z, kinds, {"outlier": outlier}, label=INFLUENCE_LABELS[scale])
 
 
 def _scatter(
-    run: StoredRun, train: list[dict], test: list[dict], features: dict, thresholds: dict
+    run: StoredRun,
+    train: list[dict],
+    test: list[dict],
+    features: dict[str, np.ndarray],
+    thresholds: dict[str, float | None],
 ) -> charts.Scatter:
     """Regression only (:func:`collect` reads ``features`` for regression alone). One
     feature: ``x`` against the target with the line fitted from ``theta``; more features:
     the target against the prediction with the diagonal."""
+    line: Callable[[float], float] | None = None  # charts.scatter's defaults: no line
+    line_label = ""
     if features["train"].shape[1] == 1:
         x = features["train"][:, 0].tolist()
         y = [float(r["label"]) for r in train]
         tests = [(float(features["test"][p["idx"], 0]), float(p["label"])) for p in test]
-        axes = {"x_label": "x (the one feature)", "y_label": "target"}
+        x_label, y_label = "x (the one feature)", "target"
         dtype = run.config["model"].get("dtype", "float32")
         theta = runs.theta_from_bytes(run.theta or b"", dtype)
         if run.model == "linear" and theta.numel() == 2:
             w, b = float(theta[0]), float(theta[1])
-            axes.update(line=lambda v: w * v + b, line_label=f"fitted y = {w:.4g}·x + {b:.4g}")
+            line, line_label = _fitted_line(w, b), f"fitted y = {w:.4g}·x + {b:.4g}"
     else:
         x = [float(r["label"]) for r in train]
         y = [float(r["predicted"]) for r in train]
         tests = [(float(p["label"]), float(p["predicted"])) for p in test]
-        axes = {"x_label": "given target", "y_label": "prediction"}
-        axes.update(line=lambda v: v, line_label="prediction = target")
+        x_label, y_label = "given target", "prediction"
+        line, line_label = _identity, "prediction = target"
     titles = [
         f"#{r['index']} {r['id']}: target {r['label']}, predicted {r['predicted']}, "
         f"z {charts.fmt(r['suspicion'] or 0.0)}" + "".join(f", {f}" for f in r["flags"])
@@ -347,13 +357,25 @@ def _scatter(
         [r["suspicion"] or 0.0 for r in train],
         [bool(r["flags"]) for r in train],
         titles,
+        x_label=x_label,
+        y_label=y_label,
         colour_max=thresholds["outlier"],
+        line=line,
+        line_label=line_label,
         tests=[
             (tx, ty, f"test #{p['idx']} {p['point_id']}")
             for (tx, ty), p in zip(tests, test, strict=True)
         ],
-        **axes,
     )
+
+
+def _fitted_line(w: float, b: float) -> Callable[[float], float]:
+    """``v -> w * v + b``."""
+    return lambda v: w * v + b
+
+
+def _identity(v: float) -> float:
+    return v
 
 
 def _cards(run: StoredRun, rule: FlagRule, n_flagged: int) -> list[Card]:
