@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from auditor.config import DataArgs, ModelArgs, ScanConfig, SolverArgs
-from auditor.evaluation.evaluate import RANKINGS, EvalArgs, evaluate
+from auditor.evaluation.evaluate import EvalArgs, evaluate
 from auditor.evaluation.faults import FaultSpec
-from auditor.evaluation.metrics import fraction_key
+from auditor.evaluation.metrics import RANKINGS, fraction_key
 from auditor.store import open_db
 
 MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")

@@ -33,6 +33,7 @@ from auditor.data import Dataset
 from auditor.errors import ConfigError
 from auditor.evaluation import metrics as detection
 from auditor.evaluation.faults import FaultSpec, inject
+from auditor.evaluation.metrics import RANKINGS
 from auditor.models.fit import fit
 from auditor.pipeline.distributed import torch_device
 from auditor.pipeline.loading import dataset_tensors, load_data, model_for, model_outputs
@@ -40,7 +41,6 @@ from auditor.pipeline.scan import scan
 from auditor.store import evaluations, points, runs
 from auditor.store.runs import StoredRun
 
-RANKINGS = ("training loss", "self-influence", "harmfulness", "combined", "random")
 FIX_RANKINGS = ("combined", "random")
 
 Progress = Callable[[str, int, int], None]

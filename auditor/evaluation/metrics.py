@@ -12,6 +12,9 @@ import numpy as np
 
 from auditor.ranking.rule import average_ranks
 
+#: The rankings an evaluation measures, in the order tables and charts show them.
+RANKINGS = ("training loss", "self-influence", "harmfulness", "combined", "random")
+
 
 def auroc(scores: np.ndarray, is_fault: np.ndarray) -> float:
     """Area under the ROC curve: the probability that a random fault scores above a random

@@ -75,7 +75,7 @@ from auditor.pipeline.run_record import (
     run_metrics,
     solve_warnings,
 )
-from auditor.ranking.refits import robust_ranking
+from auditor.ranking.refits import FirstPass, TrainingProblem, robust_ranking
 from auditor.ranking.rule import flag_lists, flag_masks, ranks, suspicion_tests
 from auditor.store import runs
 from auditor.store.runs import StoredRun
@@ -584,22 +584,19 @@ def rank_points(
     with ctx.phases("ranking"):
         check_finite(scored.self_influence.cpu().numpy(), "self-influence")  # before the refits
         check_finite(scored.harm, "harmfulness")
-        ranked = robust_ranking(
+        problem = TrainingProblem(
             f.model,
             fitted.theta,
             f.x,
             f.y,
-            train_out["predicted"].to(f.y.dtype),
-            scored.self_influence,
-            task=train.task,
-            weight_decay=config.model.weight_decay,
-            solver=config.solver,
-            rule=rule,
-            fit_kwargs=_refit_kwargs(config, loaded.model),
-            progress=_counter(ctx.progress, "ranking refits", rule.rounds + 1),
-            loss=loss,
-            harmfulness=harmfulness,
+            train.task,
+            config.model.weight_decay,
+            _refit_kwargs(config, loaded.model),
         )
+        predicted = train_out["predicted"].to(f.y.dtype)
+        first = FirstPass(scored.self_influence, predicted, loss, harmfulness)
+        progress = _counter(ctx.progress, "ranking refits", rule.rounds + 1)
+        ranked = robust_ranking(problem, first, rule, config.solver, progress)
         self_influence, influence = ranked.self_influence.cpu(), ranked.z.cpu()
         if ranked.refits:  # else it is the first self-influence, checked above
             check_finite(self_influence.numpy(), "self-influence")

@@ -4,7 +4,8 @@ most suspicious points (see :mod:`auditor.ranking.rule` for the rule itself)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -35,37 +36,57 @@ class RobustRanking:
     diagnostics: list[dict]
 
 
+@dataclass
+class TrainingProblem:
+    """What a refit repeats: the model, the training data and how it was fitted.
+
+    Attributes:
+        theta: Parameters fitted on all points ``(p,)`` (each refit starts from them).
+        x, y: Training features ``(n, d)`` and targets ``(n,)``.
+        fit_kwargs: Options of :func:`~auditor.models.fit.fit` (iteration limit, tolerance).
+    """
+
+    model: ModelTask
+    theta: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    task: Task
+    weight_decay: float
+    fit_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FirstPass:
+    """The full fit's signals per training point, each ``(n,)``.
+
+    Attributes:
+        self_influence: Self-influence under the full fit.
+        predicted: The full model's predictions (for the mislabel rule).
+        loss, harmfulness: Training loss and harmfulness: with them the last refit leaves
+            out what the scan's flags (:func:`~auditor.ranking.rule.flag_masks`) flag.
+    """
+
+    self_influence: torch.Tensor
+    predicted: torch.Tensor
+    loss: torch.Tensor
+    harmfulness: torch.Tensor
+
+
 def robust_ranking(
-    model: ModelTask,
-    theta: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    predicted: torch.Tensor,
-    first_self_influence: torch.Tensor,
-    *,
-    task: Task,
-    weight_decay: float,
-    solver: SolverArgs,
+    problem: TrainingProblem,
+    first: FirstPass,
     rule: FlagRule,
-    loss: torch.Tensor,
-    harmfulness: torch.Tensor,
-    fit_kwargs: dict | None = None,
+    solver: SolverArgs,
     progress: Callable[[int], None] | None = None,
 ) -> RobustRanking:
     """Self-influence and its influence z, refitting around suspected clusters of bad
     points (the last refit leaves out the points the flag rule would flag and any whose
     influence z reached ``outlier_z`` on the last concentration refit: readmitted, a
-    cluster masks itself again).
-
-    Args:
-        theta: Parameters fitted on all points ``(p,)``.
-        x, y: Training features ``(n, d)`` and targets ``(n,)``.
-        predicted: The full model's predictions ``(n,)`` (for the mislabel rule).
-        first_self_influence: Self-influence under the full fit ``(n,)``.
-        loss, harmfulness: Per-point training loss and harmfulness ``(n,)``: with them the
-            last refit leaves out what the scan's flags (:func:`~auditor.ranking.rule.flag_masks`)
-            flag.
+    cluster masks itself again). ``rule`` must be resolved (:meth:`FlagRule.resolved`).
     """
+    model, theta, x, y = problem.model, problem.theta, problem.x, problem.y
+    weight_decay = problem.weight_decay
+    first_self_influence = first.self_influence
     z = influence_z(first_self_influence, rule.influence_scale)
     si = first_self_influence
     diagnostics: list[dict] = []
@@ -74,7 +95,7 @@ def robust_ranking(
 
     def refit(keep: torch.Tensor) -> None:
         nonlocal si, z, refits, kept
-        fitted = fit(model, x[keep], y[keep], weight_decay, theta0=theta, **(fit_kwargs or {}))
+        fitted = fit(model, x[keep], y[keep], weight_decay, theta0=theta, **problem.fit_kwargs)
         grads = per_example_grads(model, fitted.theta, x, y)
         op = HessianOperator(model, fitted.theta, x[keep], y[keep], weight_decay, solver.damping)
         si, diag = self_influences(op, grads, solver)
@@ -93,8 +114,9 @@ def robust_ranking(
                 break
             previous = keep
             refit(keep)
-        union = suspicion_tests(loss, harmfulness, si.cpu()).union
-        mislabel, _ = flag_masks(union, z.cpu(), predicted.cpu(), y.cpu(), task, rule)
+        union = suspicion_tests(first.loss, first.harmfulness, si.cpu()).union
+        predicted = first.predicted.cpu()
+        mislabel, _ = flag_masks(union, z.cpu(), predicted, y.cpu(), problem.task, rule)
         outlier_z = rule.outlier_z
         assert outlier_z is not None, "robust_ranking needs a resolved rule (FlagRule.resolved)"
         # ``outlier`` flags are a subset of ``z >= outlier_z`` (their first condition)

@@ -16,7 +16,7 @@ from auditor.cleaning.exports import flag_rule, label_name, run_summary, train_r
 from auditor.config import FlagRule
 from auditor.data import Task
 from auditor.errors import ConfigError
-from auditor.evaluation.evaluate import RANKINGS
+from auditor.evaluation.metrics import RANKINGS
 from auditor.report import charts
 from auditor.report.charts import INFLUENCE_LABELS
 from auditor.report.thumbnails import png_data_uri

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from auditor.cli import cli
-from auditor.evaluation.evaluate import RANKINGS
+from auditor.evaluation.metrics import RANKINGS
 from auditor.store import open_db, points, runs
 from auditor.store.evaluations import read_evaluation, results_for_run
 from tests.helpers import separable_csv

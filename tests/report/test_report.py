@@ -17,7 +17,7 @@ from torchvision.io import decode_png
 from auditor.cleaning.exports import attach_flag_tests, train_records
 from auditor.cli import cli
 from auditor.config import DataArgs, FlagRule
-from auditor.evaluation.evaluate import RANKINGS
+from auditor.evaluation.metrics import RANKINGS
 from auditor.report import charts
 from auditor.report.render import num as render_num
 from auditor.report.thumbnails import thumbnail
