@@ -41,6 +41,7 @@ from typing import Literal, TypedDict
 
 import torch
 
+from auditor.data import Task
 from auditor.influence.hessian import HessianOperator
 
 #: Condition number of A at and above which a run is warned. The healthy settings of
@@ -214,7 +215,7 @@ def check_conditioning(
     train_grads: torch.Tensor,
     risk: float,
     seed: int = 0,
-    task: str = "classification",
+    task: Task = "classification",
 ) -> Conditioning:
     """What the run stores under ``solver.conditioning``: the extreme eigenvalues and
     condition number of ``A``, the share of the risk a gradient step would still remove
