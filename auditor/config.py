@@ -323,6 +323,7 @@ class ModelArgs:
             "model",
             "Side in pixels images are resized to for --features (default: the weights' own, "
             "224 for most).",
+            metavar="PIXELS",
             minimum=1,
         ),
     )
