@@ -34,6 +34,7 @@ from auditor.report.collect import collect
 from auditor.sources.idx import read_pair, write_idx
 from auditor.store import open_db, pairs, runs
 from tests.helpers import one_error
+from tests.pipeline.test_resume import crash
 from tests.test_bad_input import no_runs
 
 SIZE = 32
@@ -153,10 +154,10 @@ def test_a_features_scan_is_the_logistic_model_on_the_backbones_embeddings(
 ):
     """A scan through the CLI: complete, with the exact solver by default, and pair
     scores equal to the logistic regression on the embeddings computed directly with the
-    backbone. A rescan takes the embeddings from the cache: no forward pass."""
+    backbone. A rescan and a resume take the embeddings from the cache: no forward pass."""
     forwards = count_forwards(monkeypatch)
     db = tmp_path / "audit.db"
-    result = CliRunner().invoke(cli, scan_args(digits, weights, db))
+    result = CliRunner().invoke(cli, scan_args(digits, weights, db, "--chunk", "16"))
     assert result.exit_code == 0, result.output
     assert forwards == [64, 64, 64, 48]  # 192 training points, then 48 test points
     engine = open_db(str(db))
@@ -189,10 +190,16 @@ def test_a_features_scan_is_the_logistic_model_on_the_backbones_embeddings(
     assert np.abs(scores - reference).max() <= 1e-3 * np.abs(reference).max()
 
     forwards.clear()
-    again = CliRunner().invoke(cli, scan_args(digits, weights, db))
+    again = CliRunner().invoke(cli, scan_args(digits, weights, db, "--chunk", "16"))
     assert again.exit_code == 0, again.output
     assert forwards == []
     np.testing.assert_array_equal(pairs.read_pair_scores(engine, 2), scores)
+
+    crash(engine, keep_blocks_below=16)  # run 1 killed after its first block of 16
+    resumed = CliRunner().invoke(cli, ["scan", "--resume", "1", "--db", str(db)])
+    assert resumed.exit_code == 0, resumed.output
+    assert forwards == [] and runs.get_run(engine, 1).status == "complete"
+    np.testing.assert_array_equal(pairs.read_pair_scores(engine, 1), scores)
 
 
 def test_the_command_line_defaults_to_the_exact_solver_and_the_rescan_repeats_the_features(
