@@ -13,6 +13,7 @@ with their code) are looked up by the CLI, not here (``registry``).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from statistics import NormalDist
@@ -130,6 +131,9 @@ DOWNLOADS = ("mnist",)
 PARAMS = ("last", "all")
 DTYPES = ("float32", "float64")
 SELF_INFLUENCE = ("auto", "same")
+#: The solver ``auditor scan --features`` uses unless ``--solver`` is given: the head
+#: over the embeddings is small, so its dense Hessian is cheap.
+FEATURES_SOLVER = "exact"
 
 
 @dataclass
@@ -249,6 +253,14 @@ class ModelArgs:
         params: Parameters influence is taken over for ``cnn``: ``last`` (the final linear
             layer, on frozen embeddings) or ``all``.
         epochs: Minibatch Adam epochs that train ``cnn`` before the L-BFGS polish.
+        features: A torchvision architecture (``resnet18``, ``vit_b_16``...): embed the
+            images with that pretrained network, frozen, and fit a logistic head on the
+            embeddings (:mod:`auditor.models.pretrained`); ``None``: no pretrained features.
+            The command line then defaults to ``--solver exact``.
+        weights: The state dict file of ``features`` (stored as an absolute path);
+            ``None`` takes torchvision's file from the torch hub cache.
+        features_size: The side, in pixels, images are resized to for ``features``;
+            ``None``: the size its weights were trained at (224 for most).
     """
 
     name: str | None = field(
@@ -285,8 +297,54 @@ class ModelArgs:
         ),
     )
     epochs: int = field(default=8, metadata=cli("--epochs", "model", "Adam epochs of --model cnn."))
+    features: str | None = field(
+        default=None,
+        metadata=cli(
+            "--features",
+            "model",
+            "Embed the images with this pretrained torchvision network (resnet18, resnet50, "
+            "vit_b_16, ...) and fit a logistic head on the embeddings (default solver: exact).",
+            metavar="ARCH",
+        ),
+    )
+    weights: str | None = field(
+        default=None,
+        metadata=cli(
+            "--weights",
+            "model",
+            "State dict file of --features (default: torchvision's file in the torch cache).",
+            metavar="PATH",
+        ),
+    )
+    features_size: int | None = field(
+        default=None,
+        metadata=cli(
+            "--features-size",
+            "model",
+            "Side in pixels images are resized to for --features (default: the weights' own, "
+            "224 for most).",
+            metavar="PIXELS",
+            minimum=1,
+        ),
+    )
 
     def __post_init__(self) -> None:
+        if self.features is None:
+            for option, value in (
+                ("--weights", self.weights),
+                ("--features-size", self.features_size),
+            ):
+                if value is not None:
+                    raise ConfigError(f"{option} needs --features ARCH")
+        elif self.name not in (None, "logistic"):
+            raise ConfigError(
+                f"--features fits a logistic head on the embeddings; --model {self.name} "
+                "cannot be combined with it"
+            )
+        if self.weights is not None:  # absolute: a resume or rescan may run elsewhere
+            self.weights = os.path.abspath(os.path.expanduser(self.weights))
+        if self.features_size is not None and self.features_size < 1:
+            raise ConfigError(f"--features-size must be >= 1, got {self.features_size}")
         if self.params not in PARAMS:
             raise ConfigError(f"--params must be all or last, got {self.params!r}")
         if self.epochs < 1:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one run (under 8 minutes on an H200):
-#   1. tests/pipeline/test_device.py: a scan on CUDA matches the same scan on the CPU;
+#   1. tests/pipeline/test_device.py: a scan on CUDA matches the same scan on the CPU, and
+#      --features embeds on the GPU (tests/models/test_features.py);
 #   2. the benchmark's cases 2 (MNIST 10-class, exact and LiSSA), 3 (synthetic
 #      50,000 x 10,000) and 5 (synthetic 60,000 x 10,000) with --device cuda.
 # The table goes to the cuda section of benchmarks/RESULTS.md, or to the file given as $1.
@@ -21,5 +22,6 @@ if [ ! -e ../shared/data/mnist ] && [ -e "$MNIST" ]; then
 fi
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name())"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-timeout 90 "$PY" -m pytest -q -p no:cacheprovider tests/pipeline/test_device.py
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/pipeline/test_device.py \
+    tests/models/test_features.py::test_features_embed_on_the_gpu_with_device_cuda
 timeout 400 "$PY" benchmarks/bench.py --cases 2,3,5 --device cuda --out "$OUT" --timeout 180

@@ -9,6 +9,7 @@ model is one file in this package and one line in its registry.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,9 @@ class ModelTask(ABC):
     #: The model over :meth:`frozen_features`, taking the same ``theta`` ``(p,)``; only
     #: read when :meth:`frozen_features` returns embeddings.
     head: ModelTask | None = None
+    #: ``progress(phase, done, total)``, set by the scan: a model whose
+    #: :meth:`frozen_features` takes long (a pretrained backbone) reports through it.
+    progress: Callable[[str, int, int], None] | None = None
 
     def __init__(self, n_features: int, n_outputs: int) -> None:
         self.n_features = n_features
@@ -100,6 +104,11 @@ class ModelTask(ABC):
         """Adopt a :meth:`fitted_state` vector and return ``theta`` ``(p,)``, or ``None``
         when ``state`` does not belong to this model (then fit again)."""
         return state if state.numel() == self.n_params else None
+
+    def facts(self) -> dict[str, str]:
+        """What a run records of the model beyond its name, as label -> text (the
+        pretrained backbone and its weights file); the report shows them."""
+        return {}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from auditor.config import DataArgs, ScanConfig
 from auditor.data import Dataset, check_compatible, fingerprint, train_test_split, validate
 from auditor.errors import ConfigError, DataError
 from auditor.models import ModelTask, build_model, default_model_name
+from auditor.models.pretrained import build_features_model
 from auditor.sources.idx import find_pairs
 from auditor.store.runs import StoredRun
 
@@ -66,13 +67,24 @@ def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
 
 def model_for(config: ScanConfig, train: Dataset) -> ModelTask:
     """The (unfitted) model ``config`` asks for, shaped for ``train``."""
+    image_shape = None if train.images is None else tuple(train.images.shape[1:])
+    if config.model.features is not None:
+        return build_features_model(
+            config.model.features,
+            train.task,
+            train.n_classes,
+            image_shape,
+            weights=config.model.weights,
+            size=config.model.features_size,
+            normalize=config.data.normalize,
+        )
     return build_model(
         config.model.name or default_model_name(train.task),
         train.task,
         train.n_features,
         train.n_classes,
         hidden=config.model.hidden,
-        image_shape=None if train.images is None else tuple(train.images.shape[1:]),
+        image_shape=image_shape,
         params=config.model.params,
         epochs=config.model.epochs,
     )

@@ -40,6 +40,7 @@ from auditor.influence.self_influence import self_influences
 from auditor.influence.solvers import check_solver, solve
 from auditor.models import ModelTask
 from auditor.models.fit import FitResult, fit
+from auditor.models.pretrained import check_features
 from auditor.pipeline.blocks import (
     BlockPlan,
     check_all_stored,
@@ -180,8 +181,11 @@ def check_registered(config: ScanConfig) -> None:
     :class:`~auditor.config.SolverArgs` cannot make (the config imports no registry), made
     before a scan or resume writes anything. The model's name is checked against
     :data:`~auditor.models.MODELS` by :func:`~auditor.models.build_model` in the load
-    phase, also before any write."""
+    phase, also before any write. ``--features`` is checked here too (architecture, size,
+    weights file), before the data is loaded."""
     check_solver(config.solver.solver)
+    if config.model.features is not None:
+        check_features(config.model.features, config.model.weights, config.model.features_size)
 
 
 def _run_marked(ctx: ScanContext, loaded: Loaded) -> ScanResult | None:
@@ -242,6 +246,7 @@ def load(ctx: ScanContext, datasets: tuple[Dataset, Dataset] | None = None) -> L
     the run's fingerprint."""
     with interruptible(None), ctx.phases("load"):
         loaded = ctx.comm.step(_load, ctx.config, datasets, ctx.comm.device)
+        loaded.model.progress = ctx.progress
         if ctx.resumed:
             ctx.comm.step(check_fingerprint, ctx.previous, loaded.train, loaded.test)
     return loaded
@@ -420,6 +425,8 @@ def _outputs(ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitte
     assert fitted.result is not None, "rank 0 holds the fit"
     metrics = run_metrics(loaded.train.task, fitted.result, train_out, f.y, test_out, f.y_test)
     metrics["test_fingerprint"] = points_fingerprint(loaded.test)
+    if facts := loaded.model.facts():
+        metrics["model_facts"] = facts
     return Outputs(train_out, metrics)
 
 

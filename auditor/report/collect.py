@@ -394,6 +394,7 @@ def _cards(run: StoredRun, rule: FlagRule, n_flagged: int) -> list[Card]:
         data.append(Fact("image shape", "×".join(str(v) for v in run.image_shape)))
     data.append(Fact("fingerprint", run.data_fingerprint[:12]))
     model = [Fact("model", run.model), Fact("parameters", f"{run.n_params or 0:,}")]
+    model += [Fact(label, str(text)) for label, text in m.get("model_facts", {}).items()]
     model.append(Fact("weight decay", f"{cfg['model']['weight_decay']:g}"))
     for split in ("train", "test"):
         if f"{split}_accuracy" in m:
