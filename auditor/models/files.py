@@ -483,7 +483,7 @@ def _attribute(node: Any) -> str:
 class ScriptedNetwork(Network):
     """A TorchScript module. Its inlined graph's output must come from ``aten::linear``
     through reshapes only for ``--params last``; a function compiled from a copy of the
-    graph that returns that operation's inputs gives the embeddings."""
+    (frozen) graph that returns that operation's inputs gives the embeddings."""
 
     kind = "torchscript"
 
@@ -498,7 +498,7 @@ class ScriptedNetwork(Network):
                 f"({type(exc).__name__}: {one_line(str(exc))})"
             ) from None
         self.module: torch.jit.ScriptModule = module.to(dtype).eval()
-        self._head: Callable[..., Any] | None = None
+        self._head: tuple[Callable[..., Any], Any] | None = None
 
     def _forward(self, x: torch.Tensor) -> Any:
         return self.module(x)
@@ -506,11 +506,18 @@ class ScriptedNetwork(Network):
     def _last_layer(self, x: torch.Tensor) -> LastLayer:
         if self._head is None:
             self._head = self._truncated()
-        embeddings, weight, bias = self._head(self.module._c, x)
+        function, frozen = self._head
+        embeddings, weight, bias = function(frozen, x)
         return embeddings, weight, bias
 
-    def _truncated(self) -> Callable[..., Any]:
-        graph = self.module.inlined_graph  # a copy, inlined
+    def _truncated(self) -> tuple[Callable[..., Any], Any]:
+        """A function of (a frozen copy of the module, x) that returns the last linear
+        operation's input, weight and bias, and that copy. Freezing (parameters kept)
+        turns the module's other attributes into constants, so that branches on them
+        (``if self.squeeze:``) fold away and the layer that makes the output shows."""
+        frozen = torch._C._freeze_module(self.module._c, [], True, True)
+        graph = frozen._get_method("forward").graph.copy()
+        torch._C._jit_pass_inline(graph)
         outputs = list(graph.outputs())
         node = outputs[0].node() if len(outputs) == 1 else None
         while node is not None and node.kind().removeprefix("aten::") in RESHAPES:
@@ -534,4 +541,4 @@ class ScriptedNetwork(Network):
         function: Callable[..., Any] = torch._C._create_function_from_graph(
             "auditor_last_layer", graph
         )
-        return function
+        return function, frozen
