@@ -51,6 +51,11 @@ USE_PARAMS_LAST = "use --params last (influence over the last linear layer)"
 LastLayer = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
+class NoLastLayer(ConfigError):
+    """The model's output is not made by a linear layer (up to a reshape), which
+    ``--params last`` and ``--fit last`` need; the message says what makes it."""
+
+
 class Network(ABC):
     """A trained network read from a file, on one device and in one dtype.
 
@@ -331,10 +336,7 @@ class ModuleNetwork(Network):
             for hook in hooks:
                 hook.remove()
         if not seen:
-            raise ConfigError(
-                "--params last takes influence over the model's last nn.Linear layer, and "
-                "its forward pass calls none; use --params all"
-            )
+            raise NoLastLayer("the model's forward pass calls no nn.Linear layer")
         layer, embeddings = seen[-1]
         self._last = layer
         return embeddings, layer.weight, layer.bias
@@ -422,10 +424,9 @@ class ExportedNetwork(Network):
             bias, embeddings, weight = node.args[0], node.args[1], node.args[2].args[0]
         else:
             what = f"aten.{name}" if name else f"a {node.op} node"
-            raise ConfigError(
-                f"--params last takes influence over the model's last linear layer, but its "
-                f"output comes from {what} (an activation or softmax after the layer?); give "
-                "logits straight from a linear layer, or use --params all"
+            raise NoLastLayer(
+                f"the model's output comes from {what}, not straight from a linear layer (an "
+                "activation or softmax after it?)"
             )
         self._names = (_attribute(weight), _attribute(bias) if bias is not None else None)
         copied = torch.fx.Graph()
@@ -460,7 +461,7 @@ class ExportedNetwork(Network):
         if not weight:
             raise ConfigError(
                 "--fit last refits the last linear layer, whose weight is not a parameter "
-                "of the program; use --fit none"
+                "of the program; use --fit none, or --params last"
             )
         return weight, bias or None
 
@@ -524,11 +525,9 @@ class ScriptedNetwork(Network):
             node = next(node.inputs()).node()
         if node is None or node.kind() != "aten::linear":
             what = "several values" if node is None else node.kind()
-            raise ConfigError(
-                f"--params last takes influence over the model's last linear layer, but its "
-                f"output comes from {what} (an activation or softmax after the layer?); give "
-                "logits straight from a linear layer, or save the model with torch.export "
-                "and use --params all"
+            raise NoLastLayer(
+                f"the model's output comes from {what}, not straight from a linear layer (an "
+                "activation or softmax after it?)"
             )
         embeddings, weight, bias = list(node.inputs())[:3]
         graph.eraseOutput(0)  # a method returns one value: the three as one tuple

@@ -37,7 +37,15 @@ from torch.func import grad, vmap
 
 from auditor.errors import ConfigError, DataError
 from auditor.models.base import ModelSpec, ModelTask
-from auditor.models.files import LastLayer, Network, one_line, one_tensor, read_network, sha256_of
+from auditor.models.files import (
+    LastLayer,
+    Network,
+    NoLastLayer,
+    one_line,
+    one_tensor,
+    read_network,
+    sha256_of,
+)
 from auditor.models.fit import fit
 from auditor.models.glm import BinaryLogistic, LinearRegression, MultinomialLogistic
 
@@ -303,8 +311,8 @@ def load_user_model(
 ) -> UserModel:
     """Read the model file ``path`` and check it on ``sample`` ``(b, d)``, the first
     training points on ``device`` in ``dtype``: it must run, return one tensor of the
-    right number of outputs, and for ``params="last"`` make them with its last linear
-    layer. Nothing is written before this returns.
+    right number of outputs, and for ``params="last"`` or ``fit="last"`` make them with
+    its last linear layer. Nothing is written before this returns.
 
     Raises:
         DataError: The file is missing or not a model, the model raises on the batch, its
@@ -325,9 +333,23 @@ def load_user_model(
     out = _run(lambda: network.forward(batch), batch)
     n_logits = _check_outputs(out, spec, batch.shape[0])
     layer: tuple[torch.Tensor, torch.Tensor | None] | None = None
-    if spec.params == "last":
-        found = _run(lambda: network.last_layer(batch), batch)
-        layer = _check_last_layer(found, out.reshape(batch.shape[0], -1), n_logits)
+    try:
+        if spec.params == "last" or fit == "last":  # the layer to take influence over or refit
+            found = _run(lambda: network.last_layer(batch), batch)
+            layer = _check_last_layer(found, out.reshape(batch.shape[0], -1), n_logits)
+        if spec.params == "all" and fit == "last":
+            network.last_layer_names()  # the refit writes the layer back by these names
+    except NoLastLayer as exc:
+        if spec.params == "last":
+            need, advice = "--params last takes influence over", "use --params all"
+            if network.kind == "torchscript":
+                advice = "save the model with torch.export and use --params all"
+        else:
+            need, advice = "--fit last refits", "use --fit none"
+        raise ConfigError(
+            f"{need} the model's last linear layer, and {exc}; give logits straight from "
+            f"a linear layer, or {advice}"
+        ) from None
     model = UserModel(network, spec, n_logits, fit=fit, source=source, layer=layer)
     if spec.params == "all":
         _check_functional(model, sample[:CHECK_POINTS], out)
@@ -407,19 +429,18 @@ def _check_last_layer(
     ``(b, k)`` from its embeddings."""
     embeddings, weight, bias = found
     if weight.ndim != 2 or weight.shape != (n_logits, embeddings.shape[1]):
-        raise ConfigError(
-            f"--params last: the last linear layer's weight has shape {tuple(weight.shape)} "
-            f"for {embeddings.shape[1]} embeddings and {n_logits} outputs; use --params all"
+        raise NoLastLayer(
+            f"the last linear layer's weight has shape {tuple(weight.shape)} for "
+            f"{embeddings.shape[1]} embeddings and {n_logits} outputs"
         )
     logits = embeddings @ weight.T + (0 if bias is None else bias)
     scale = float(out.abs().max()) or 1.0
     tol = 1e-4 if out.dtype != torch.float64 else 1e-9
     if not torch.allclose(logits, out, rtol=tol, atol=tol * scale):
         gap = float((logits - out).abs().max())
-        raise ConfigError(
-            "--params last takes influence over the model's last linear layer, but that "
-            f"layer's outputs differ from the model's (by up to {gap:.3g}): an operation "
-            "follows it; give logits straight from a linear layer, or use --params all"
+        raise NoLastLayer(
+            f"the last linear layer's outputs differ from the model's (by up to {gap:.3g}): "
+            "an operation follows it"
         )
     return weight, bias
 

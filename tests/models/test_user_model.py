@@ -444,6 +444,11 @@ ERRORS = {
     "an exported operation after the last layer": (
         lambda t, p: ["--model-file", str(_exported(user_nets.scaled(), p))], 2, "comes from aten.mul"
     ),
+    "--fit last of a layer an operation follows": (
+        lambda t, p: ["--model-file", str(_exported(user_nets.scaled(), p)), "--params", "all", "--fit", "last"],
+        2,
+        "comes from aten.mul",
+    ),
     "an exported program for other points": (
         lambda t, p: ["--model-file", str(_exported(user_nets.wide(), p, d=4))],
         1,
