@@ -38,6 +38,7 @@ from torch.func import grad, vmap
 from auditor.errors import ConfigError, DataError
 from auditor.models.base import ModelSpec, ModelTask
 from auditor.models.files import (
+    CHUNK,
     LastLayer,
     Network,
     NoLastLayer,
@@ -133,8 +134,8 @@ class UserModel(ModelTask):
         params = self._unflatten(theta)
         shaped = self.shaped(x)
         chunks = [
-            one_tensor(self.network.functional(params, shaped[s : s + 1024]))
-            for s in range(0, shaped.shape[0], 1024)
+            one_tensor(self.network.functional(params, shaped[s : s + CHUNK]))
+            for s in range(0, shaped.shape[0], CHUNK)
         ]
         out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         return out.reshape(x.shape[0], -1)
