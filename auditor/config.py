@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
@@ -109,6 +110,19 @@ def parse_resize(text: str) -> tuple[int, int]:
     return h, w
 
 
+def parse_factory(text: str) -> str:
+    """``--model-factory pkg.module:build`` -> the same text, checked for its form."""
+    module, _, function = text.partition(":")
+    if not module.strip() or not function.strip() or ":" in function:
+        raise ConfigError(f"expected MODULE:FUNCTION such as mypkg.nets:build, got {text!r}")
+    return text.strip()
+
+
+def absolute_path_text(path: str) -> str:
+    """A path as an absolute one, for a rescan run from another folder."""
+    return str(Path(path).expanduser().resolve())
+
+
 def resize_text(size: tuple[int, int]) -> str:
     """``(28, 28)`` -> ``28x28``: :func:`parse_resize`'s inverse."""
     return f"{size[0]}x{size[1]}"
@@ -129,6 +143,7 @@ def parse_auto_float(text: str) -> float | None:
 NORMALIZE = ("unit", "none")
 DOWNLOADS = ("mnist",)
 PARAMS = ("last", "all")
+FITS = ("none", "last")
 DTYPES = ("float32", "float64")
 SELF_INFLUENCE = ("auto", "same")
 #: The solver ``auditor scan --features`` uses unless ``--solver`` is given: the head
@@ -250,8 +265,8 @@ class ModelArgs:
         max_iter: Most L-BFGS iterations.
         grad_tol: Gradient norm that counts as an optimum.
         dtype: ``float32`` or ``float64``.
-        params: Parameters influence is taken over for ``cnn``: ``last`` (the final linear
-            layer, on frozen embeddings) or ``all``.
+        params: Parameters influence is taken over for ``cnn`` and ``model_file``:
+            ``last`` (the final linear layer, on frozen embeddings) or ``all``.
         epochs: Minibatch Adam epochs that train ``cnn`` before the L-BFGS polish.
         features: A torchvision architecture (``resnet18``, ``vit_b_16``...): embed the
             images with that pretrained network, frozen, and fit a logistic head on the
@@ -261,6 +276,14 @@ class ModelArgs:
             ``None`` takes torchvision's file from the torch hub cache.
         features_size: The side, in pixels, images are resized to for ``features``;
             ``None``: the size its weights were trained at (224 for most).
+        model_file: The user's own trained network instead of a built-in model: a
+            ``torch.export`` program (``.pt2``), a TorchScript file, or a state dict
+            (with ``model_factory``); see :mod:`auditor.models.user`.
+        model_factory: ``MODULE:FUNCTION``, a callable that builds the ``nn.Module`` a
+            state dict ``model_file`` is loaded into.
+        fit: For ``model_file``: ``none`` uses the model as trained (no refit); ``last``
+            refits its last linear layer to the regularised risk (``weight_decay``) from
+            the trained values.
     """
 
     name: str | None = field(
@@ -292,7 +315,8 @@ class ModelArgs:
         metadata=cli(
             "--params",
             "model",
-            "--model cnn: influence over the last layer only, or over all weights.",
+            "--model cnn and --model-file: influence over the last layer only, or over all "
+            "weights.",
             choices=PARAMS,
         ),
     )
@@ -327,6 +351,37 @@ class ModelArgs:
             minimum=1,
         ),
     )
+    model_file: str | None = field(
+        default=None,
+        metadata=cli(
+            "--model-file",
+            "model",
+            "Your own trained network instead of --model: a torch.export program (.pt2), "
+            "a TorchScript file, or a state dict with --model-factory.",
+            metavar="FILE",
+            to_text=absolute_path_text,
+        ),
+    )
+    model_factory: str | None = field(
+        default=None,
+        metadata=cli(
+            "--model-factory",
+            "model",
+            "The function that builds the nn.Module of a state dict --model-file.",
+            metavar="MODULE:FUNCTION",
+            parse=parse_factory,
+        ),
+    )
+    fit: str = field(
+        default="none",
+        metadata=cli(
+            "--fit",
+            "model",
+            "--model-file: use the model as trained (none), or refit its last linear layer "
+            "with --weight-decay (last).",
+            choices=FITS,
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.features is None:
@@ -355,6 +410,20 @@ class ModelArgs:
             raise ConfigError(f"--dtype must be float32 or float64, got {self.dtype!r}")
         if self.hidden < 1 or self.max_iter < 1:
             raise ConfigError("--hidden and the iteration limit must be >= 1")
+        if self.fit not in FITS:
+            raise ConfigError(f"--fit must be none or last, got {self.fit!r}")
+        if self.model_file is None:
+            if self.model_factory is not None:
+                raise ConfigError(
+                    "--model-factory builds the module of a state dict: give the state dict "
+                    "as --model-file"
+                )
+            if self.fit != "none":
+                raise ConfigError("--fit applies to --model-file (the built-in models are fitted)")
+        elif self.name is not None:
+            raise ConfigError("give --model or --model-file, not both")
+        elif self.features is not None:
+            raise ConfigError("give --features or --model-file, not both")
 
     def fit_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`auditor.models.fit.fit` these options set."""

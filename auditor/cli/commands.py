@@ -77,6 +77,7 @@ def scan(**opts: Any) -> None:
         auditor scan --train toy-linear
         auditor scan --train ../shared/data/mnist --classes 1,7 --test-split 0.2
         auditor scan --train train.csv --test test.csv --solver exact --db audit.db
+        auditor scan --train data/ --test-split 0.2 --model-file net.pt2 --fit last
         torchrun --nproc-per-node 4 -m auditor scan --train data/ --db postgresql://host/db
         auditor scan --resume 3 --db audit.db
     """

@@ -322,7 +322,7 @@ def _restore(faulty: Dataset, clean: Dataset, index: np.ndarray) -> Dataset:
 def _retrain(config: ScanConfig, train: Dataset, test: Dataset) -> HeldOutMetrics:
     """Fit a fresh model on ``train`` as the scan would; its test loss and accuracy."""
     dtype, device = getattr(torch, config.model.dtype), torch_device(config.device)
-    model = model_for(config, train)
+    model = model_for(config, train, device=device)
     x, y = dataset_tensors(train, device, dtype)
     x_test, y_test = dataset_tensors(test, device, dtype)
     wd = config.model.weight_decay

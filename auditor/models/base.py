@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -92,6 +93,25 @@ class ModelTask(ABC):
 
         When not ``None``, ``outputs(theta, x)`` equals ``head.outputs(theta,
         frozen_features(x))``, and so do losses, gradients and Hessians in ``theta``."""
+        return None
+
+    @property
+    def optimum_advice(self) -> str:
+        """What the scan's warning of a fit far from an optimum advises."""
+        return "raise --weight-decay or the iteration limit"
+
+    @property
+    def fitted_to_optimum(self) -> bool:
+        """Whether the scan fits ``theta`` to an optimum of the risk (every built-in model).
+        ``False`` for a model used as trained: the gradient left at ``theta`` is then no
+        sign of a risk without an optimum, and the scan's far-from-optimum warning (with
+        :attr:`optimum_advice`) reports it instead of the conditioning check."""
+        return True
+
+    def provenance(self) -> dict[str, Any] | None:
+        """Where the model came from when the scan did not build it (a user's model file:
+        its path, kind and SHA-256), stored with the run; ``None`` (the default) for the
+        built-in models. A resume refuses a model whose provenance changed."""
         return None
 
     def fitted_state(self, theta: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,8 @@ def fit(
         weight_decay: L2 coefficient (lambda above).
         seed: Seeds the starting point of non-convex models (and their minibatch
             :meth:`~auditor.models.ModelTask.pretrain`, run first when ``theta0`` is None).
-        max_iter: Most L-BFGS iterations.
+        max_iter: Most L-BFGS iterations; 0 (a model's ``max_polish_iter`` of 0) keeps
+            the starting point and only measures the risk and its gradient there.
         grad_tol: Stop when ``||grad R|| <= grad_tol``; ``converged`` records whether it did.
         theta0: Optional warm start ``(p,)``.
 
@@ -82,6 +83,11 @@ def fit(
         )
         return replace(head, features=features)
     theta = model.init_params(gen, x.dtype).to(x.device) if theta0 is None else theta0.clone()
+    if max_iter < 1:  # a model used as trained (--model-file, --fit none): measured only
+        grad_norm = _grad_norm(model, theta, x, y, weight_decay)
+        with torch.no_grad():
+            value = float(risk(model, theta, x, y, weight_decay))
+        return FitResult(theta.detach(), value, grad_norm, 0, grad_norm <= grad_tol)
     theta.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [theta],

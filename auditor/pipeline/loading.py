@@ -13,8 +13,9 @@ from auditor import sources
 from auditor.config import DataArgs, ScanConfig
 from auditor.data import Dataset, check_compatible, fingerprint, train_test_split, validate
 from auditor.errors import ConfigError, DataError
-from auditor.models import ModelTask, build_model, default_model_name
+from auditor.models import ModelSpec, ModelTask, build_model, default_model_name
 from auditor.models.pretrained import build_features_model
+from auditor.models.user import CHECK_POINTS, load_user_model
 from auditor.sources.idx import find_pairs
 from auditor.store.runs import StoredRun
 
@@ -65,9 +66,37 @@ def load_data(args: DataArgs) -> tuple[Dataset, Dataset]:
     return train, test
 
 
-def model_for(config: ScanConfig, train: Dataset) -> ModelTask:
-    """The (unfitted) model ``config`` asks for, shaped for ``train``."""
+def model_for(
+    config: ScanConfig,
+    train: Dataset,
+    sample: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> ModelTask:
+    """The (unfitted) model ``config`` asks for, shaped for ``train``.
+
+    A ``--model-file`` model is read on ``device`` in the config's dtype and checked on
+    ``sample``, the first training points' features there (default: ``train``'s)."""
     image_shape = None if train.images is None else tuple(train.images.shape[1:])
+    if config.model.model_file is not None:
+        dtype = getattr(torch, config.model.dtype)
+        if sample is None:
+            sample = train.features[:CHECK_POINTS].to(device=device, dtype=dtype)
+        spec = ModelSpec(
+            train.task,
+            train.n_features,
+            train.n_classes,
+            image_shape=image_shape,
+            params=config.model.params,
+        )
+        return load_user_model(
+            config.model.model_file,
+            config.model.model_factory,
+            spec,
+            fit=config.model.fit,
+            device=torch.device(device),
+            dtype=dtype,
+            sample=sample,
+        )
     if config.model.features is not None:
         return build_features_model(
             config.model.features,
@@ -114,6 +143,21 @@ def check_fingerprint(run: StoredRun, train: Dataset, test: Dataset) -> None:
         return
     raise DataError(
         f"run {run.id}: the data changed since the run started ({change}); start a new scan"
+    )
+
+
+def check_model_source(run: StoredRun, model: ModelTask) -> None:
+    """Raise :class:`DataError` unless ``model`` comes from where ``run``'s model came
+    from: a ``--model-file`` model must be the same file (its SHA-256), since a resume
+    reads the network's body from it again."""
+    stored = (run.sources or {}).get("model")
+    found = model.provenance()
+    if stored is None or found is None or stored.get("sha256") == found.get("sha256"):
+        return
+    raise DataError(
+        f"run {run.id}: the model file {found['path']} changed since the run started "
+        f"(SHA-256 {found['sha256'][:12]}, the run has {str(stored.get('sha256'))[:12]}); "
+        "start a new scan"
     )
 
 

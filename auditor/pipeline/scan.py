@@ -31,7 +31,7 @@ import torch
 from sqlalchemy.engine import Engine
 
 from auditor.config import ScanConfig, SolverArgs
-from auditor.data import Dataset, Task, fingerprint, points_fingerprint
+from auditor.data import Dataset, fingerprint, points_fingerprint
 from auditor.errors import AuditorError, ConfigError, Interrupted, SolverError
 from auditor.influence.conditioning import Conditioning, check_conditioning
 from auditor.influence.gradients import per_example_grads
@@ -62,6 +62,7 @@ from auditor.pipeline.distributed import (
 from auditor.pipeline.interrupts import interruptible
 from auditor.pipeline.loading import (
     check_fingerprint,
+    check_model_source,
     dataset_tensors,
     load_data,
     model_for,
@@ -249,6 +250,7 @@ def load(ctx: ScanContext, datasets: tuple[Dataset, Dataset] | None = None) -> L
         loaded.model.progress = ctx.progress
         if ctx.resumed:
             ctx.comm.step(check_fingerprint, ctx.previous, loaded.train, loaded.test)
+            ctx.comm.step(check_model_source, ctx.previous, loaded.model)
     return loaded
 
 
@@ -258,7 +260,7 @@ def _load(
     train, test = load_data(config.data) if datasets is None else datasets
     dtype = getattr(torch, config.model.dtype)
     tensors = (*dataset_tensors(train, device, dtype), *dataset_tensors(test, device, dtype))
-    return Loaded(train, test, model_for(config, train), *tensors)
+    return Loaded(train, test, model_for(config, train, tensors[0], device), *tensors)
 
 
 def _create_run(ctx: ScanContext, loaded: Loaded) -> int:
@@ -275,12 +277,20 @@ def _create_run(ctx: ScanContext, loaded: Loaded) -> int:
             "n_params": model.n_params,
             "data_fingerprint": fingerprint(train, test),
             "class_names": train.class_names,
-            "sources": {"train": asdict(train.source), "test": asdict(test.source)},
+            "sources": _sources(loaded),
             "image_shape": None if train.images is None else list(train.images.shape[1:]),
         }
     )
     assert run_id is not None, "rank 0's writer returns the run it created"
     return run_id
+
+
+def _sources(loaded: Loaded) -> dict:
+    """Where the run's inputs came from: the data, and a model the scan did not build
+    (``model``: a ``--model-file``'s path, kind and SHA-256)."""
+    found = {"train": asdict(loaded.train.source), "test": asdict(loaded.test.source)}
+    model = loaded.model.provenance()
+    return found if model is None else {**found, "model": model}
 
 
 # --- fit ---------------------------------------------------------------------------------
@@ -336,8 +346,7 @@ def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
     if fitted.grad_norm > FAR_FROM_OPTIMUM:
         far = (
             f"the fit is far from an optimum (gradient norm {fitted.grad_norm:.2e} > "
-            f"{FAR_FROM_OPTIMUM:g}); influence assumes one: raise --weight-decay or the "
-            "iteration limit"
+            f"{FAR_FROM_OPTIMUM:g}); influence assumes one: {model.optimum_advice}"
         )
         add_warnings(ctx.warnings, [far])
     if stored is not None:
@@ -494,7 +503,7 @@ def solve_ihvps(
         own = train_slice(grads.train.shape[0], comm.rank, comm.world)
         first, self_diag = comm.step(self_influences, op, grads.train[own], args)
         # after the solves: it reads the Cholesky factor they cached, if any
-        conditioning = comm.root_step(_conditioning, ctx, op, grads, fitted, loaded.train.task)
+        conditioning = comm.root_step(_conditioning, ctx, op, grads, fitted, loaded)
         del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
         n_own = own.stop - own.start
         record = comm.solver_record((diag, grads.test.shape[0]), (self_diag, n_own))
@@ -528,12 +537,17 @@ def _solve(
 
 
 def _conditioning(
-    ctx: ScanContext, op: HessianOperator, grads: Gradients, fitted: Fitted, task: Task
+    ctx: ScanContext, op: HessianOperator, grads: Gradients, fitted: Fitted, loaded: Loaded
 ) -> Conditioning:
-    """Rank 0: :func:`check_conditioning` of ``op`` at the fit."""
+    """Rank 0: :func:`check_conditioning` of ``op`` at the fit. A model used as trained
+    (not fitted to an optimum) is not checked for a risk without one (``decrease`` is
+    ``None``): the far-from-optimum warning already reports its gradient."""
     seed = ctx.config.solver.seed
     assert fitted.result is not None, "rank 0 holds the fit"
-    return check_conditioning(op, grads.train, fitted.result.risk, seed, task)
+    found = check_conditioning(op, grads.train, fitted.result.risk, seed, loaded.train.task)
+    if not loaded.model.fitted_to_optimum:
+        found["decrease"] = None
+    return found
 
 
 # --- pair scores -------------------------------------------------------------------------

@@ -378,6 +378,26 @@ def _identity(v: float) -> float:
     return v
 
 
+def _model_file_facts(run: StoredRun) -> list[Fact]:
+    """A ``--model-file`` run's model: the file (its factory, its SHA-256), whether it was
+    used as trained or its last layer refitted, and what influence was taken over."""
+    args = run.config["model"]
+    path = args.get("model_file")
+    if path is None:
+        return []
+    source = (run.sources or {}).get("model") or {}
+    facts = [Fact("model file", str(source.get("path", path)))]
+    if args.get("model_factory"):
+        facts.append(Fact("model factory", args["model_factory"]))
+    if source.get("sha256"):
+        facts.append(Fact("file SHA-256", source["sha256"][:16]))
+    refitted = args.get("fit") == "last"
+    facts.append(Fact("fit", "last layer refitted" if refitted else "as trained"))
+    over = "last linear layer" if args.get("params", "last") == "last" else "all parameters"
+    facts.append(Fact("influence over", over))
+    return facts
+
+
 def _cards(run: StoredRun, rule: FlagRule, n_flagged: int) -> list[Card]:
     """The header: data, model, solver, flag rule (as applied), time per phase."""
     m, s = run.metrics or {}, run.solver or {}
@@ -393,7 +413,8 @@ def _cards(run: StoredRun, rule: FlagRule, n_flagged: int) -> list[Card]:
     if run.image_shape:
         data.append(Fact("image shape", "×".join(str(v) for v in run.image_shape)))
     data.append(Fact("fingerprint", run.data_fingerprint[:12]))
-    model = [Fact("model", run.model), Fact("parameters", f"{run.n_params or 0:,}")]
+    model = [Fact("model", run.model), *_model_file_facts(run)]
+    model.append(Fact("parameters", f"{run.n_params or 0:,}"))
     model += [Fact(label, str(text)) for label, text in m.get("model_facts", {}).items()]
     model.append(Fact("weight decay", f"{cfg['model']['weight_decay']:g}"))
     for split in ("train", "test"):
