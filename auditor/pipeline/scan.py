@@ -191,7 +191,9 @@ def check_registered(config: ScanConfig) -> None:
 
 def _run_marked(ctx: ScanContext, loaded: Loaded) -> ScanResult | None:
     """:func:`_run`; if it stops, rank 0 marks the run failed or interrupted (keeping the
-    time spent so far)."""
+    time spent so far). Any other exception, a bug (an ``IndexError`` from deep in torch,
+    say), marks the run failed with its type and message, and propagates unchanged: no
+    run is left ``running`` (or looking complete) by an error."""
     try:
         with interruptible(ctx.run_id):
             return _run(ctx, loaded)
@@ -208,6 +210,12 @@ def _run_marked(ctx: ScanContext, loaded: Loaded) -> ScanResult | None:
             f"run {ctx.run_id} is incomplete",
             ctx.run_id,
         ) from None
+    except Exception as exc:  # not KeyboardInterrupt: interruptible made it Interrupted
+        try:
+            ctx.stopped(f"internal error (a bug in auditor): {type(exc).__name__}: {exc}")
+        except Exception as marking:  # the bug is what to report; the log gets both
+            exc.add_note(f"marking run {ctx.run_id} failed raised {marking!r} as well")
+        raise
 
 
 def _run(ctx: ScanContext, loaded: Loaded) -> ScanResult | None:
