@@ -132,8 +132,11 @@ def scan(
     job ``comm`` (joined here if not given); rank 0 returns the result, the others ``None``.
 
     Raises:
-        ConfigError, DataError: before anything is written to the database.
+        ConfigError, DataError: bad options or data, before anything is written to the
+            database; except a DataError from the fit (features whose scale overflows the
+            dtype), which comes after the run is created and marks it ``failed``.
         SolverError: after the run is created; the run is then marked ``failed``.
+        Exception: anything else is a bug; the run is marked ``failed`` with its text.
         Interrupted: Ctrl-C or SIGTERM; the run is marked ``interrupted`` and can be
             finished with :func:`resume`.
         PeerFailed: another rank failed or was lost; the run is left resumable.

@@ -330,3 +330,14 @@ def test_autograd_hvps_in_column_chunks_equal_the_dense_hessian(monkeypatch):
     dense = hessian(lambda t: model.loss(model.outputs(t, x), y).mean())(theta)
     monkeypatch.setattr(gradients, "HVP_EXAMPLE_COLUMNS", 3 * x.shape[0])
     assert torch.allclose(batch_hvp(model, theta, x, y, v), dense @ v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("lambda_max", [0.0, float("inf"), float("nan")])
+def test_lissa_refuses_a_scale_that_is_not_positive_and_finite(monkeypatch, lambda_max):
+    """A Hessian that overflowed in float32 gave a largest eigenvalue of 0 and a
+    ZeroDivisionError inside the recursion (regression targets around 1e10)."""
+    model, theta, x, y = problem("logistic", "classification", 2)
+    op = HessianOperator(model, theta, x, y, weight_decay=0.01)
+    monkeypatch.setattr(op, "max_eigenvalue", lambda seed=0: lambda_max)
+    with pytest.raises(SolverError, match="LiSSA needs a positive scale"):
+        solve(op, torch.randn(model.n_params, 2), SolverArgs(solver="lissa"))

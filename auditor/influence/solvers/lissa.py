@@ -48,6 +48,12 @@ def lissa_ihvp(
     full_batch = args.batch_size is None or args.batch_size >= op.n
     lambda_max = op.max_eigenvalue(seed=args.seed)
     scale = args.scale or lambda_max * (FULL_BATCH_MARGIN if full_batch else MINIBATCH_MARGIN)
+    if not (math.isfinite(scale) and scale > 0):  # a zero or overflowing Hessian
+        raise SolverError(
+            f"LiSSA needs a positive scale, but the largest eigenvalue of the Hessian came out "
+            f"as {lambda_max:.3g} (zero, or overflowed in {str(op.theta.dtype)[6:]}); scale "
+            "the features or targets, use --dtype float64, or --solver exact"
+        )
     gen = torch.Generator().manual_seed(args.seed)
     repeats = 1 if full_batch else args.repeats
     total = torch.zeros_like(v)
