@@ -87,14 +87,16 @@ def test_a_reader_that_crashes_is_one_error_line_and_a_crash_log(tmp_path, log_d
     formats = tuple(replace(f, read=broken_read) if f.name == "csv" else f for f in sources.FORMATS)
     monkeypatch.setattr(sources, "FORMATS", formats)
     db = tmp_path / "audit.db"
-    result = invoke("scan", "--train", separable_csv(tmp_path / "d.csv"), "--test-split",
-                    "0.25", "--db", str(db))  # fmt: skip
+    args = ["scan", "--train", separable_csv(tmp_path / "d.csv"), "--test-split", "0.25"]
+    # the log records the process's command line (CliRunner leaves pytest's in sys.argv)
+    monkeypatch.setattr(sys, "argv", ["auditor", *args])
+    result = invoke(*args, "--db", str(db))
     log = crash_log(result, "RuntimeError: reader exploded")
     assert "second line" not in error_lines(result.output)[0]  # the first line of it only
     assert log.parent == log_dir and log.name.startswith("auditor-crash-")
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "in broken_read" in text
-    assert "second line of the message" in text and "command: auditor " in text
+    assert "second line of the message" in text and "command: auditor scan --train " in text
     assert not db.exists() or run_rows(db) == []  # it stopped before the run was written
 
 
