@@ -9,7 +9,9 @@ the audited pair under its own names, with the same compression.
 from __future__ import annotations
 
 import gzip
+import os
 import re
+import struct
 import zlib
 from pathlib import Path
 
@@ -18,57 +20,124 @@ import torch
 
 from auditor.data import Dataset, SourceInfo
 from auditor.errors import ConfigError, DataError
+from auditor.sources import limits
 from auditor.sources.base import Decisions, Format, ReadOptions, plan
 from auditor.sources.images import check_normalize, images_to_features
 from auditor.sources.labels import restrict_classes
+from auditor.sources.limits import (
+    MAX_DIMS,
+    Readable,
+    check_memory,
+    count_at_most,
+    product,
+    read_at_most,
+)
 
 UBYTE = 0x08
 IMAGES_RE = re.compile(r"^(?P<prefix>.*)images(?P<sep>[-.])idx3-ubyte(?P<gz>\.gz)?$")
 ROLE_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
+#: The most bytes past an idx payload that are counted for the "bytes follow" message.
+EXCESS_COUNTED = 2**26
 
 
 def read_idx(path: Path) -> np.ndarray:
     """Read one idx file (gzipped if its name ends in ``.gz``).
 
+    The header is checked before the payload is read: the magic number, the data type,
+    the number of dimensions (1 to :data:`~auditor.sources.limits.MAX_DIMS`), the bytes the
+    dimensions describe against the bytes present (a gzipped payload is decompressed in
+    chunks, at most one byte past what the header describes) and against the memory
+    budget.
+
     Returns:
         A uint8 array shaped as the header says, e.g. ``(n, 28, 28)`` or ``(n,)``.
 
     Raises:
-        DataError: Unreadable, not idx, an unsupported data type, or a payload whose
-            length differs from what the header promises (truncated or corrupt).
+        DataError: Unreadable, not idx, an unsupported data type, an impossible header, a
+            payload whose length differs from what the header promises (truncated or
+            corrupt), or one larger than the memory budget.
     """
     try:
         if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                data = f.read()
-        else:
-            data = path.read_bytes()
+            with gzip.open(path, "rb") as gz:
+                return _idx_payload(path, gz, _idx_header(path, gz), None)
+        with path.open("rb") as f:
+            return _idx_payload(path, f, _idx_header(path, f), os.fstat(f.fileno()).st_size)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: cannot read idx file ({exc})") from exc
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path}: not an idx file (bad magic number {data[:4].hex() or 'none'})")
-    if data[2] != UBYTE:
+        raise DataError(f"{path}: cannot read idx file ({limits.reason(exc)})") from exc
+
+
+def _idx_header(path: Path, f: Readable) -> tuple[int, ...]:
+    """The dimensions an idx header declares, the stream left at the payload."""
+    magic = bytes(read_at_most(f, 4))
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0:
+        raise DataError(f"{path}: not an idx file (bad magic number {magic.hex() or 'none'})")
+    if magic[2] != UBYTE:
         raise DataError(
-            f"{path}: unsupported idx data type 0x{data[2]:02x}; only 0x08 (unsigned byte) is read"
+            f"{path}: unsupported idx data type 0x{magic[2]:02x}; only 0x08 (unsigned byte) is read"
         )
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(data) < header:
-        raise DataError(f"{path}: truncated or corrupt idx header")
-    dims = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64))
-    found = len(data) - header
+    ndim = magic[3]
+    if not 1 <= ndim <= MAX_DIMS:
+        raise DataError(
+            f"{path}: corrupt idx header: the number of dimensions (byte 4) is {ndim}; "
+            f"expected 1 to {MAX_DIMS}"
+        )
+    sizes = bytes(read_at_most(f, 4 * ndim))
+    if len(sizes) < 4 * ndim:
+        raise DataError(
+            f"{path}: truncated idx header: {ndim} dimension sizes declared but only "
+            f"{len(sizes)} of their {4 * ndim} bytes follow"
+        )
+    return struct.unpack(f">{ndim}I", sizes)
+
+
+def _idx_payload(
+    path: Path, f: Readable, dims: tuple[int, ...], file_size: int | None
+) -> np.ndarray:
+    """The payload after an idx header, checked against ``dims`` before it is read.
+
+    Args:
+        file_size: The size of an uncompressed file; ``None`` for a gzipped one, whose
+            payload is decompressed at most one byte past what ``dims`` describe.
+    """
+    expected = product(dims)
+    what = f"the idx header's shape {dims}"
+    if file_size is None:
+        if expected > limits.MEMORY_BUDGET:
+            found = count_at_most(f, limits.MEMORY_BUDGET + 1)
+            if found <= limits.MEMORY_BUDGET:
+                _wrong_length(path, dims, expected, found, exact=True)
+            check_memory(path, what, expected)
+        data = read_at_most(f, expected + 1)
+        found = len(data)
+        if found > expected:
+            found += count_at_most(f, EXCESS_COUNTED)
+            _wrong_length(path, dims, expected, found, exact=found - expected <= EXCESS_COUNTED)
+    else:
+        found = file_size - 4 - 4 * len(dims)
+        _wrong_length(path, dims, expected, found, exact=True)
+        check_memory(path, what, expected)
+        data = read_at_most(f, expected)
+    _wrong_length(path, dims, expected, len(data), exact=True)
+    return np.frombuffer(data, np.uint8, expected).reshape(dims)
+
+
+def _wrong_length(
+    path: Path, dims: tuple[int, ...], expected: int, found: int, exact: bool
+) -> None:
+    """Raise :class:`DataError` unless ``found`` payload bytes are the ``expected`` ones;
+    ``exact``: whether ``found`` counts every byte (else more follow)."""
     if found < expected:
         raise DataError(
             f"{path}: truncated idx file: the header promises {expected} bytes for shape "
             f"{dims} but only {found} follow"
         )
     if found > expected:
+        extra = f"{found - expected}" if exact else f"more than {found - expected - 1}"
         raise DataError(
-            f"{path}: corrupt idx file: {found - expected} bytes follow the {expected} bytes "
+            f"{path}: corrupt idx file: {extra} bytes follow the {expected} bytes "
             f"the header describes (shape {dims})"
         )
-    return np.frombuffer(data, np.uint8, expected, offset=header).reshape(dims).copy()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -180,6 +249,7 @@ def load_idx(path: Path, role: str = "train", normalize: str = "unit") -> Datase
     """
     images_path, labels_path = select_pair(path, role)
     pixels, labels = read_pair(images_path, labels_path)
+    check_memory(images_path, f"the float32 features of shape {pixels.shape}", 4 * pixels.size)
     values = np.unique(labels)
     images = torch.from_numpy(pixels).unsqueeze(1)
     return Dataset(

@@ -20,7 +20,9 @@ from torchvision.transforms.v2 import functional as F
 from auditor.data import Dataset, SourceInfo
 from auditor.errors import ConfigError, DataError
 from auditor.sources.base import Decisions, Format, ReadOptions, plan
+from auditor.sources.imageheaders import check_image_header
 from auditor.sources.images import images_to_features, to_rgb, to_uint8_chw
+from auditor.sources.limits import check_memory
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")
 
@@ -68,12 +70,15 @@ def decode(path: Path) -> torch.Tensor:
     """Decode one image file (the first frame of an animation) to ``(1|3, H, W)`` uint8.
 
     A JPEG with 4 channels is CMYK, not RGB + alpha: it is decoded as RGB, which converts it.
+    The header's width and height (and a GIF's frames) are checked against the pixel budget
+    before the decoder allocates them (:func:`~auditor.sources.imageheaders.check_image_header`).
 
     Raises:
-        DataError: The file cannot be read or decoded.
+        DataError: The file cannot be read or decoded, or declares too many pixels.
     """
     try:
         data = read_file(str(path))
+        check_image_header(path, memoryview(data.numpy()))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             image = decode_image(data, mode=ImageReadMode.UNCHANGED)
@@ -109,6 +114,7 @@ def read_images(root: Path, ids: list[str], resize: tuple[int, int] | None) -> t
         ``(n, C, H, W)`` uint8 pixels, C = 1 or 3.
     """
     pixels: list[torch.Tensor] = []
+    kept = 0
     for rel in ids:
         image = decode(root / rel)
         if resize is not None:
@@ -120,6 +126,8 @@ def read_images(root: Path, ids: list[str], resize: tuple[int, int] | None) -> t
                 f"{root / rel}: size {h}x{w} (HxW) differs from {h0}x{w0} of {root / ids[0]}; "
                 f"resize all images to one size with --resize HxW (e.g. --resize {h0}x{w0})"
             )
+        kept += 3 * image[0].numel()  # as RGB, if any image is
+        check_memory(root, f"the images up to {rel}", kept)
         pixels.append(image)
     if any(p.shape[0] == 3 for p in pixels):
         pixels = [to_rgb(p) for p in pixels]
@@ -151,6 +159,7 @@ def load_imagefolder(
     class_names = sorted({name for _, name in entries})
     index = {name: i for i, name in enumerate(class_names)}
     images = read_images(root, ids, resize)
+    check_memory(root, f"the float32 features of {tuple(images.shape)} images", 4 * images.numel())
     options = {"normalize": normalize, "resize": list(resize) if resize else None}
     return Dataset(
         features=images_to_features(images, normalize),

@@ -25,6 +25,8 @@ from auditor.errors import DataError
 from auditor.sources.base import Decisions, Format, ReadOptions, plan
 from auditor.sources.images import check_normalize, images_to_features
 from auditor.sources.labels import canonical_labels, encode_labels
+from auditor.sources.limits import check_memory
+from auditor.sources.npy import read_npz_arrays
 
 LABEL, TARGET = "label", "target"
 TOO_LARGE = "NaN or inf, or too large for float32"
@@ -170,20 +172,9 @@ def load_csv(path: Path, normalize: str = "unit") -> Dataset:
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an NPZ file (no pickled objects), by name."""
-    try:
-        with path.open("rb") as f:  # closed here even when numpy fails half-way
-            archive = np.load(f, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise DataError(f"{path}: not an NPZ archive (a single .npy array?)")
-            with archive:
-                arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: cannot read NPZ ({exc})") from exc
-    for key, value in arrays.items():
-        if not isinstance(value, np.ndarray):  # numpy hands back a member's raw bytes
-            raise DataError(f"{path}: member {key!r} is not a .npy array")
-    return arrays
+    """Every array of an NPZ file (no pickled objects), by name; each member's header is
+    checked before its array is loaded (see :mod:`auditor.sources.npy`)."""
+    return read_npz_arrays(path)
 
 
 def load_npz(path: Path, normalize: str = "unit") -> Dataset:
@@ -238,10 +229,12 @@ def _npz_features(
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """``(images or None, (n, d) float32 features)`` from an NPZ ``X``."""
     if x.dtype == np.uint8 and x.ndim in (3, 4):
+        check_memory(path, f"the float32 features of X {x.shape}", 4 * x.size)
         images = torch.from_numpy(np.ascontiguousarray(x[:, None] if x.ndim == 3 else x))
         return images, images_to_features(images, normalize)
     if not any(np.issubdtype(x.dtype, t) for t in (np.integer, np.floating, np.bool_)):
         raise DataError(f"{path}: X must be integer, float or bool, got {x.dtype}")
+    check_memory(path, f"the float32 features of X {x.shape}", 4 * x.size)
     with np.errstate(over="ignore"):  # beyond float32's range: inf, refused below
         flat = np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
     features = torch.from_numpy(flat)
