@@ -29,6 +29,7 @@ from auditor.sources.limits import (
     Readable,
     check_memory,
     count_at_most,
+    numpy_holds,
     product,
     read_at_most,
 )
@@ -88,7 +89,12 @@ def _idx_header(path: Path, f: Readable) -> tuple[int, ...]:
             f"{path}: truncated idx header: {ndim} dimension sizes declared but only "
             f"{len(sizes)} of their {4 * ndim} bytes follow"
         )
-    return struct.unpack(f">{ndim}I", sizes)
+    dims = struct.unpack(f">{ndim}I", sizes)
+    if not numpy_holds(dims, 1):
+        raise DataError(
+            f"{path}: corrupt idx header: the shape {dims} is larger than numpy can hold"
+        )
+    return dims
 
 
 def _idx_payload(
