@@ -48,7 +48,7 @@ def ext(request) -> str:
         (idx_header(0), b"", r"number of dimensions \(byte 4\) is 0; expected 1 to 32"),
         (idx_header(255, 1, 1), bytes(4), r"number of dimensions \(byte 4\) is 255"),
         (idx_header(33, *[1] * 33), b"", r"number of dimensions \(byte 4\) is 33"),
-        (idx_header(3, 2, 2), b"", "truncated idx header: 3 dimension sizes declared but only 8"),
+        (idx_header(3, 2, 2), b"", "corrupt idx header: 3 dimension sizes declared but only 8"),
         # a product beyond 64 bits, computed with Python integers
         (idx_header(3, *[2**32 - 1] * 3), bytes(8), r"\(4294967295, 4294967295, 4294967295\) is "),
         (idx_header(3, 60000, 28, 28), bytes(100), "promises 47040000 bytes .* only 100 follow"),
