@@ -15,6 +15,8 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import zipfile
+import zlib
 from contextlib import closing
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import pytest
 import sqlalchemy as sa
 import torch
 from click.testing import CliRunner
-from torchvision.io import encode_png
+from torchvision.io import encode_jpeg, encode_png
 
 from auditor.cli import cli
 from auditor.data import Dataset, validate
@@ -487,3 +489,103 @@ def test_usage_errors_of_read_commands_and_resume(tmp_path, args, needle):
         CliRunner().invoke(cli, ["scan", "--train", "toy-linear", "--db", str(db)]).exit_code == 0
     )
     fails([*args, "--db", str(db)], 2, needle)
+
+
+# --- headers that claim more than the file holds (issue 18) -------------------------------
+
+
+def idx_folder(tmp_path: Path, images: bytes, gz: bool = False) -> str:
+    """A folder with an idx images file holding ``images`` and a sane labels file."""
+    folder = tmp_path / "idx"
+    folder.mkdir(exist_ok=True)
+    ext = ".gz" if gz else ""
+    (folder / f"train-images-idx3-ubyte{ext}").write_bytes(gzip.compress(images) if gz else images)
+    (folder / f"train-labels-idx1-ubyte{ext}").write_bytes(idx_bytes(np.arange(8) % 2))
+    return str(folder)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize(
+    ("header", "needles"),
+    [
+        (struct.pack(">4B", 0, 0, 8, 255), ["number of dimensions (byte 4) is 255"]),
+        (struct.pack(">4B3I", 0, 0, 8, 3, *[2**32 - 1] * 3), ["larger than numpy can hold"]),
+        (struct.pack(">4B3I", 0, 0, 8, 3, 8, 60000, 60000), ["promises 28800000000 bytes"]),
+    ],
+)
+def test_idx_headers_claiming_more_than_the_file_holds(tmp_path, gz, header, needles):
+    folder = idx_folder(tmp_path, header + bytes(32), gz)
+    scan_fails(tmp_path, ["--train", folder, "--test-split", "0.5"], 1,
+               "train-images-idx3-ubyte", *needles)  # fmt: skip
+
+
+def npy_member(descr: str, shape: tuple, payload: bytes) -> bytes:
+    """A ``.npy`` member whose header (version 1.0) is written here."""
+    text = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode("latin1")
+    text += b" " * (-(10 + len(text) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text + payload
+
+
+@pytest.mark.parametrize(
+    ("member", "needles"),
+    [
+        (npy_member("<f8", (10**6, 10**6), bytes(64)), ["'X'", "describe 8000000000000 bytes"]),
+        (npy_member("<f8", (2**40, 2**40), bytes(64)), ["'X'", "larger than numpy can hold"]),
+        (npy_member("<f8", (1,) * 40, bytes(8)), ["'X'", "40 dimensions"]),
+        (npy_member("|O", (4,), bytes(32)), ["'X'", "Python objects", "refused"]),
+    ],
+)
+def test_npy_headers_claiming_more_than_the_member_holds(tmp_path, member, needles):
+    path = tmp_path / "h.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("X.npy", member)
+        archive.writestr("y.npy", npy_member("<i8", (4,), bytes(32)))
+    scan_fails(tmp_path, ["--train", str(path), "--test-split", "0.5"], 1, "h.npz", *needles)
+
+
+def test_a_data_file_beyond_the_memory_budget(tmp_path, monkeypatch):
+    np.savez(tmp_path / "big.npz", X=np.ones((64, 64)), y=np.arange(64) % 2)
+    monkeypatch.setattr("auditor.sources.limits.MEMORY_BUDGET", 2**15 - 1)
+    scan_fails(tmp_path, ["--train", str(tmp_path / "big.npz"), "--test-split", "0.5"], 1,
+               "big.npz", "member 'X'", "needs 32768 bytes of memory, more than")  # fmt: skip
+
+
+def image_folder_with(tmp_path: Path, name: str, data: bytes) -> str:
+    for i in range(3):
+        png(tmp_path / "imgs" / "a" / f"{i}.png", 4, 4, seed=i)
+        png(tmp_path / "imgs" / "b" / f"{i}.png", 4, 4, seed=10 + i)
+    (tmp_path / "imgs" / "b" / name).write_bytes(data)
+    return str(tmp_path / "imgs")
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_declaring(width: int, height: int, raw: bytes) -> bytes:
+    """A gray PNG whose IHDR declares ``width`` x ``height`` over the pixel data ``raw``."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(raw))
+            + png_chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_a_decompression_bomb_image(tmp_path):
+    bomb = png_declaring(100_000, 100_000, bytes(100_001 * 16))
+    root = image_folder_with(tmp_path, "bomb.png", bomb)
+    scan_fails(tmp_path, ["--train", root, "--test-split", "0.5"], 1, "b/bomb.png",
+               "image too large", "100000x100000", "IHDR")  # fmt: skip
+    jpeg = bytearray(encode_jpeg(torch.zeros((3, 8, 8), dtype=torch.uint8)).numpy().tobytes())
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5 : sof + 9] = struct.pack(">HH", 60000, 60000)
+    (tmp_path / "imgs" / "b" / "bomb.png").unlink()
+    (tmp_path / "imgs" / "b" / "bomb.jpg").write_bytes(bytes(jpeg))
+    scan_fails(tmp_path, ["--train", root, "--test-split", "0.5"], 1, "b/bomb.jpg",
+               "image too large", "60000x60000", "SOF0")  # fmt: skip
+
+
+def test_a_png_with_too_little_pixel_data_is_refused_not_a_crash(tmp_path):
+    # torchvision's PNG decoder ended the process with a segmentation fault on this file
+    short = png_declaring(4, 6, b"".join(b"\x00" + bytes(4) for _ in range(4)))
+    root = image_folder_with(tmp_path, "short.png", short)
+    scan_fails(tmp_path, ["--train", root, "--test-split", "0.5"], 1, "b/short.png",
+               "cannot decode image", "20 bytes of pixel data", "needs 30")  # fmt: skip

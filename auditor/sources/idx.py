@@ -29,6 +29,7 @@ from auditor.sources.limits import (
     Readable,
     check_memory,
     count_at_most,
+    numpy_holds,
     product,
     read_at_most,
 )
@@ -79,16 +80,22 @@ def _idx_header(path: Path, f: Readable) -> tuple[int, ...]:
     ndim = magic[3]
     if not 1 <= ndim <= MAX_DIMS:
         raise DataError(
-            f"{path}: corrupt idx header: the number of dimensions (byte 4) is {ndim}; "
-            f"expected 1 to {MAX_DIMS}"
+            f"{path}: truncated or corrupt idx header: the number of dimensions (byte 4) is "
+            f"{ndim}; expected 1 to {MAX_DIMS}"
         )
     sizes = bytes(read_at_most(f, 4 * ndim))
     if len(sizes) < 4 * ndim:
         raise DataError(
-            f"{path}: truncated idx header: {ndim} dimension sizes declared but only "
+            f"{path}: truncated or corrupt idx header: {ndim} dimension sizes declared but only "
             f"{len(sizes)} of their {4 * ndim} bytes follow"
         )
-    return struct.unpack(f">{ndim}I", sizes)
+    dims = struct.unpack(f">{ndim}I", sizes)
+    if not numpy_holds(dims, 1):
+        raise DataError(
+            f"{path}: truncated or corrupt idx header: the shape {dims} is larger than numpy "
+            "can hold"
+        )
+    return dims
 
 
 def _idx_payload(

@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as F
 from auditor.data import Dataset, SourceInfo
 from auditor.errors import ConfigError, DataError
 from auditor.sources.base import Decisions, Format, ReadOptions, plan
-from auditor.sources.imageheaders import check_image_header
+from auditor.sources.imagecheck import check_image
 from auditor.sources.images import images_to_features, to_rgb, to_uint8_chw
 from auditor.sources.limits import check_memory
 
@@ -71,14 +71,14 @@ def decode(path: Path) -> torch.Tensor:
 
     A JPEG with 4 channels is CMYK, not RGB + alpha: it is decoded as RGB, which converts it.
     The header's width and height (and a GIF's frames) are checked against the pixel budget
-    before the decoder allocates them (:func:`~auditor.sources.imageheaders.check_image_header`).
+    before the decoder allocates them (:func:`~auditor.sources.imagecheck.check_image`).
 
     Raises:
         DataError: The file cannot be read or decoded, or declares too many pixels.
     """
     try:
         data = read_file(str(path))
-        check_image_header(path, memoryview(data.numpy()))
+        check_image(path, memoryview(data.numpy()))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             image = decode_image(data, mode=ImageReadMode.UNCHANGED)

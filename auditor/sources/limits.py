@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from auditor.errors import DataError
 
 
@@ -28,6 +30,8 @@ MEMORY_BUDGET = 8 * 2**30
 PIXEL_BUDGET = 2**28
 #: The most dimensions an array in a data file may have (numpy itself allows 64).
 MAX_DIMS = 32
+#: numpy's largest index (and array size in bytes).
+LARGEST_INDEX = int(np.iinfo(np.intp).max)
 #: Bytes read per call when a payload is read in chunks.
 CHUNK = 2**24
 
@@ -62,6 +66,13 @@ def product(dims: tuple[int, ...] | list[int]) -> int:
     for dim in dims:
         total *= dim
     return total
+
+
+def numpy_holds(dims: tuple[int, ...], itemsize: int) -> bool:
+    """Whether numpy can make an array of shape ``dims`` and elements of ``itemsize``
+    bytes: it refuses one whose non-zero dimensions' product times ``itemsize`` passes its
+    largest index, even when another dimension is 0 (and the array empty)."""
+    return itemsize * product([d for d in dims if d]) <= LARGEST_INDEX
 
 
 def read_at_most(stream: Readable, limit: int) -> bytearray:

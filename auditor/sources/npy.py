@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import lzma
 import struct
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -28,6 +29,7 @@ from auditor.sources.limits import (
     MAX_DIMS,
     Readable,
     check_memory,
+    numpy_holds,
     product,
     read_at_most,
     reason,
@@ -37,8 +39,6 @@ from auditor.sources.limits import (
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 #: The longest ``.npy`` header read, as numpy's loader (larger ones are refused).
 MAX_HEADER_SIZE = 10000
-#: The largest dimension numpy allows.
-LARGEST_DIM = int(np.iinfo(np.intp).max)
 #: What a corrupt archive or member stream raises, besides :class:`DataError`.
 STREAM_ERRORS = (
     OSError,
@@ -55,6 +55,7 @@ HEADER_ERRORS = (
     ValueError,
     TypeError,
     SyntaxError,
+    tokenize.TokenError,  # numpy retokenizes a header it cannot parse (one from Python 2)
     RecursionError,
     MemoryError,
     OverflowError,
@@ -184,9 +185,6 @@ def _check_header(
     dims = tuple(int(d) for d in shape)  # True is 1
     if any(d < 0 for d in dims):
         raise DataError(f"{where}: the .npy header's shape {dims} has a negative dimension")
-    if any(d > LARGEST_DIM for d in dims):
-        raise DataError(
-            f"{where}: the .npy header's shape {dims} has a dimension larger than numpy's "
-            f"largest ({LARGEST_DIM})"
-        )
+    if not numpy_holds(dims, dtype.itemsize):
+        raise DataError(f"{where}: the .npy header's shape {dims} is larger than numpy can hold")
     return dims, product(dims) * dtype.itemsize
