@@ -354,12 +354,6 @@ def csv_near_limits(draw) -> tuple[str, bool]:
     return "\n".join(lines) + "\n", regression
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="features near float32's limits still end the fit in a traceback (IndexError in "
-    "torch's L-BFGS line search from auditor/models/fit.py; ZeroDivisionError in the LiSSA "
-    "solver); the fit's refusal of such features is another change",
-)
 @fuzz(25, phases=[Phase.explicit, Phase.generate])  # no shrinking: it scans and scans
 @given(csv_near_limits())
 def test_csv_values_near_float32_limits(fuzzed):
