@@ -14,7 +14,6 @@ families (:func:`architectures`).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zipfile
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ import torchvision
 from torch import nn
 
 from auditor.errors import ConfigError, DataError
+from auditor.models.files import sha256_of
 
 #: ImageNet's per-channel mean and standard deviation, which every torchvision
 #: classification weights were trained with (``weights.transforms()``).
@@ -142,15 +142,6 @@ def resolve_weights(name: str, weights: str | None) -> Path:
         f"python -c \"import torchvision; torchvision.models.{name}(weights='DEFAULT')\" "
         "downloads it there"
     )
-
-
-def sha256_of(path: Path) -> str:
-    """The SHA-256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
