@@ -13,7 +13,9 @@ and for self-influence.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -49,6 +51,7 @@ class HessianOperator:
     _loss_hessian: torch.Tensor | None = field(default=None, init=False, repr=False)
     _max_eigenvalues: dict[int, float] = field(default_factory=dict, init=False, repr=False)
     _factor: tuple[float, torch.Tensor] | None = field(default=None, init=False, repr=False)
+    _memo: dict[object, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.dense_matvec is None:
@@ -91,6 +94,13 @@ class HessianOperator:
         h = self.loss_hessian().clone()
         h.diagonal().add_(self.shift)
         return h
+
+    def memo(self, key: object, build: Callable[[], Any]) -> Any:
+        """``build()``, computed once per ``key`` and kept with the operator (a solver's
+        factors, shared by the test solve and the self-influences)."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
     def loss_hessian(self) -> torch.Tensor:
         """The symmetric mean loss Hessian ``(p, p)`` without the shift, built once."""

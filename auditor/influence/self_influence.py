@@ -12,6 +12,7 @@ from auditor.config import SolverArgs
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.scores import self_influence
 from auditor.influence.solvers import solve
+from auditor.influence.solvers.ekfac import ekfac_quadratic_forms
 from auditor.influence.solvers.exact import exact_affordable, exact_ihvp, exact_quadratic_forms
 
 #: Columns re-solved in full to measure the residual of the exact self-influences.
@@ -41,5 +42,8 @@ def self_influences(
         values = -exact_quadratic_forms(op, grads)
         diag.seconds = time.perf_counter() - start
         return values, diag.to_dict()
+    if args.solver == "ekfac":  # the quadratic forms straight from the factors
+        values, ekfac_diag = ekfac_quadratic_forms(op, grads, args)
+        return -values, ekfac_diag.to_dict()
     ihvps, diag = solve(op, grads.T, args)
     return self_influence(grads, ihvps), diag.to_dict()

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from auditor.data import Task
+from auditor.models.tape import TapedLayer
 
 
 class ModelTask(ABC):
@@ -60,6 +61,19 @@ class ModelTask(ABC):
     def example_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss of one example: ``x`` ``(d,)``, ``y`` scalar -> scalar (for ``vmap(grad)``)."""
         return self.loss(self.outputs(theta, x[None]), y[None])[0]
+
+    def taped_outputs(
+        self, theta: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[TapedLayer]] | None:
+        """Outputs ``(n, k)`` and every ``Linear``/``Conv2d`` layer the forward pass applied
+        (:mod:`auditor.models.tape`; what EK-FAC factors), or ``None`` (the default) when
+        the model cannot tell its layers."""
+        return None
+
+    @property
+    def tapes_layers(self) -> bool:
+        """Whether :meth:`taped_outputs` can tell the layers (what ``--solver ekfac`` needs)."""
+        return type(self).taped_outputs is not ModelTask.taped_outputs
 
     def hvp(
         self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor

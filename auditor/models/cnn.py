@@ -19,7 +19,9 @@ influence is taken over are polished by L-BFGS to a true optimum.
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from auditor.errors import ConfigError
 from auditor.models.base import ModelSpec, ModelTask
 from auditor.models.glm import BinaryLogistic, MultinomialLogistic
+from auditor.models.tape import ConvGeometry, TapedLayer, in_out_index, out_in_index
 
 PARAM_CHOICES = ("all", "last")
 
@@ -91,27 +94,54 @@ class CNN(ModelTask):
         return 100 if self.params == "all" else 10_000
 
     # --- the network -------------------------------------------------------------------
-    def embed(self, body: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def embed(
+        self, body: torch.Tensor, x: torch.Tensor, tape: list[TapedLayer] | None = None
+    ) -> torch.Tensor:
         """Hidden activations ``(n, hidden)`` of features ``x`` ``(n, d)`` under the body
-        parameters ``body`` ``(n_body,)``."""
-        p = dict(
-            zip(
-                self.shapes,
-                torch.split(body, [math.prod(s) for s in self.shapes.values()]),
-                strict=True,
-            )
-        )
+        parameters ``body`` ``(n_body,)``; with ``tape``, its three layers appended."""
+        sizes = [math.prod(s) for s in self.shapes.values()]
+        p = dict(zip(self.shapes, torch.split(body, sizes), strict=True))
         p = {k: v.reshape(self.shapes[k]) for k, v in p.items()}
+        offsets = dict(zip(self.shapes, itertools.accumulate([0, *sizes[:-1]]), strict=True))
         a = (x * self.input_scale).reshape(x.shape[0], *self.image_shape)
-        a = F.avg_pool2d(torch.tanh(F.conv2d(a, p["conv1.w"], p["conv1.b"])), 2)
-        a = F.avg_pool2d(torch.tanh(F.conv2d(a, p["conv2.w"], p["conv2.b"])), 2)
-        return torch.tanh(a.flatten(1) @ p["fc.w"] + p["fc.b"])
+        for conv in ("conv1", "conv2"):
+            s = F.conv2d(a, p[f"{conv}.w"], p[f"{conv}.b"])
+            if tape is not None:
+                c_out, c_in, kh, kw = self.shapes[f"{conv}.w"]
+                index = out_in_index(
+                    offsets[f"{conv}.w"], c_out, c_in * kh * kw, offsets[f"{conv}.b"], body.device
+                )
+                tape.append(TapedLayer(a, s, index, ConvGeometry((kh, kw))))
+            a = F.avg_pool2d(torch.tanh(s), 2)
+        flat = a.flatten(1)
+        s = flat @ p["fc.w"] + p["fc.b"]
+        if tape is not None:
+            n_in, n_out = self.shapes["fc.w"]
+            index = in_out_index(offsets["fc.w"], n_in, n_out, offsets["fc.b"], body.device)
+            tape.append(TapedLayer(flat, s, index))
+        return torch.tanh(s)
 
-    def _full_outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _full_outputs(
+        self, theta: torch.Tensor, x: torch.Tensor, tape: list[TapedLayer] | None = None
+    ) -> torch.Tensor:
         """Logits ``(n, k)`` of the whole network, ``theta`` ``(n_body + n_head,)`` being
-        the body's parameters followed by the head's."""
+        the body's parameters followed by the head's; with ``tape``, its four layers
+        appended (indexes into the whole ``theta``)."""
         body, head = theta[: self.n_body], theta[self.n_body :]
-        return self.head.outputs(head, self.embed(body, x))
+        embeddings = self.embed(body, x, tape)
+        if tape is None:
+            return self.head.outputs(head, embeddings)
+        out, head_layers = self.head.taped_outputs(head, embeddings)
+        tape.extend(replace(layer, index=layer.index + self.n_body) for layer in head_layers)
+        return out
+
+    def taped_outputs(
+        self, theta: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[TapedLayer]]:
+        if self.params == "last":
+            return self.head.taped_outputs(theta, self._frozen_embed(x))
+        tape: list[TapedLayer] = []
+        return self._full_outputs(theta, x, tape), tape
 
     def frozen_features(self, x: torch.Tensor) -> torch.Tensor | None:
         """The frozen body's embeddings ``(n, hidden)`` of ``x`` ``(n, d)`` for

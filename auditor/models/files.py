@@ -27,6 +27,7 @@ import warnings
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,13 @@ class Network(ABC):
     def last_layer_names(self) -> tuple[str, str | None]:
         """The names (in :meth:`parameters`) of the last linear layer's weight and bias."""
         raise NotImplementedError  # parameters() refuses first
+
+    def taped(
+        self, params: Mapping[str, torch.Tensor], x: torch.Tensor
+    ) -> tuple[Any, list[SeenLayer]] | None:
+        """:meth:`functional`'s output with every ``nn.Linear``/``nn.Conv2d`` call it made,
+        in order, or ``None`` where the layers cannot be seen (a compiled program)."""
+        return None
 
     # --- the public, batched forms ---------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -305,6 +313,17 @@ def one_line(text: str, most: int = 400) -> str:
 # --- the three kinds -----------------------------------------------------------------------
 
 
+@dataclass
+class SeenLayer:
+    """A layer call seen by a forward hook: the module's name, the module, its input and
+    its output (in the autograd graph)."""
+
+    name: str
+    module: nn.Linear | nn.Conv2d
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+
+
 class ModuleNetwork(Network):
     """An ``nn.Module`` built by a factory and loaded from a state dict. The last linear
     layer is the last ``nn.Linear`` its forward pass calls, seen by forward hooks."""
@@ -346,6 +365,28 @@ class ModuleNetwork(Network):
 
     def functional(self, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> Any:
         return functional_call(self.module, dict(params), (x,))
+
+    def taped(
+        self, params: Mapping[str, torch.Tensor], x: torch.Tensor
+    ) -> tuple[Any, list[SeenLayer]]:
+        seen: list[SeenLayer] = []
+        names = {m: n for n, m in self.module.named_modules()}
+
+        def record(layer: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            assert isinstance(layer, nn.Linear | nn.Conv2d)
+            seen.append(SeenLayer(names[layer], layer, inputs[0], output))
+
+        hooks = [
+            m.register_forward_hook(record)
+            for m in self.module.modules()
+            if isinstance(m, nn.Linear | nn.Conv2d)
+        ]
+        try:
+            out = functional_call(self.module, dict(params), (x,))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return out, seen
 
     def last_layer_names(self) -> tuple[str, str | None]:
         if self._last is None:

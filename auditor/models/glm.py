@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from auditor.errors import ConfigError
 from auditor.models.base import ModelSpec, ModelTask
+from auditor.models.tape import TapedLayer, in_out_index
 
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:
@@ -27,6 +28,13 @@ class _GeneralizedLinear(ModelTask):
 
     def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x @ theta[:-1, None] + theta[-1]
+
+    def taped_outputs(
+        self, theta: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[TapedLayer]]:
+        out = self.outputs(theta, x)
+        d = self.n_features
+        return out, [TapedLayer(x, out, in_out_index(0, d, 1, d, theta.device))]
 
     def _curvature(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Second derivative of the loss in the output, per example: ``(n,)``."""
@@ -97,6 +105,13 @@ class MultinomialLogistic(ModelTask):
     def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         w = self._weights(theta)
         return x @ w[:-1] + w[-1]
+
+    def taped_outputs(
+        self, theta: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[TapedLayer]]:
+        out = self.outputs(theta, x)
+        d, k = self.n_features, self.n_outputs
+        return out, [TapedLayer(x, out, in_out_index(0, d, k, d * k, theta.device))]
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs, y, reduction="none")

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from auditor.models.base import ModelSpec, ModelTask
+from auditor.models.tape import TapedLayer, in_out_index
 
 
 class MLP(ModelTask):
@@ -34,10 +35,28 @@ class MLP(ModelTask):
         return torch.cat([w1, torch.zeros(h, dtype=dtype), w2, torch.zeros(k, dtype=dtype)])
 
     def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(theta, x)
+
+    def taped_outputs(
+        self, theta: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[TapedLayer]]:
+        tape: list[TapedLayer] = []
+        return self._forward(theta, x, tape), tape
+
+    def _forward(
+        self, theta: torch.Tensor, x: torch.Tensor, tape: list[TapedLayer] | None = None
+    ) -> torch.Tensor:
+        """Outputs ``(n, k)``; with ``tape``, its two layers appended to it."""
         d, h, k = self.n_features, self.hidden, self.n_outputs
         w1, b1, w2, b2 = torch.split(theta, [d * h, h, h * k, k])
-        hidden = torch.tanh(x @ w1.reshape(d, h) + b1)
-        return hidden @ w2.reshape(h, k) + b2
+        pre = x @ w1.reshape(d, h) + b1
+        hidden = torch.tanh(pre)
+        out = hidden @ w2.reshape(h, k) + b2
+        if tape is not None:
+            second, dev = d * h + h, theta.device
+            tape.append(TapedLayer(x, pre, in_out_index(0, d, h, d * h, dev)))
+            tape.append(TapedLayer(hidden, out, in_out_index(second, h, k, second + h * k, dev)))
+        return out
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.regression:

@@ -28,11 +28,14 @@ log loss, squared error ``(y_hat - y)^2 / 2``), so the risk is the usual
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.func import grad, vmap
 
 from auditor.errors import ConfigError, DataError
@@ -42,6 +45,7 @@ from auditor.models.files import (
     LastLayer,
     Network,
     NoLastLayer,
+    SeenLayer,
     one_line,
     one_tensor,
     read_network,
@@ -49,6 +53,7 @@ from auditor.models.files import (
 )
 from auditor.models.fit import fit
 from auditor.models.glm import BinaryLogistic, LinearRegression, MultinomialLogistic
+from auditor.models.tape import ConvGeometry, TapedLayer, out_in_index
 
 #: Training points the load phase sends through the model to check it.
 CHECK_POINTS = 8
@@ -118,9 +123,12 @@ class UserModel(ModelTask):
         assert self.head is not None, "params='last' has a head"
         return self.head
 
+    @property
+    def _sizes(self) -> list[int]:
+        return [math.prod(s) for s in self._shapes]
+
     def _unflatten(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        sizes = [math.prod(s) for s in self._shapes]
-        parts = torch.split(theta, sizes)
+        parts = torch.split(theta, self._sizes)
         return {
             name: part.reshape(shape)
             for name, part, shape in zip(self._names, parts, self._shapes, strict=True)
@@ -139,6 +147,35 @@ class UserModel(ModelTask):
         ]
         out = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         return out.reshape(x.shape[0], -1)
+
+    def taped_outputs(
+        self, theta: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[TapedLayer]] | None:
+        """The head's layer for ``params="last"``; for ``params="all"`` every ``nn.Linear``
+        and ``nn.Conv2d`` call of a state dict's module that :func:`tape_layer` can factor
+        (``None`` for an exported or scripted program, whose layers cannot be seen)."""
+        if self.params == "last":
+            features = self.frozen_features(x)
+            assert features is not None
+            return self._head().taped_outputs(theta, features)
+        found = self.network.taped(self._unflatten(theta), self.shaped(x))
+        if found is None:
+            return None
+        out, seen = found
+        calls = collections.Counter(layer.name for layer in seen)
+        offsets = dict(zip(self._names, itertools.accumulate([0, *self._sizes]), strict=False))
+        tape = [
+            taped
+            for layer in seen
+            if calls[layer.name] == 1  # a layer called twice shares its weights: not factored
+            and (taped := tape_layer(layer, offsets)) is not None
+        ]
+        return one_tensor(out).reshape(x.shape[0], -1), tape
+
+    @property
+    def tapes_layers(self) -> bool:
+        """The head's layer always; every layer only of a state dict's module."""
+        return self.params == "last" or type(self.network).taped is not Network.taped
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._loss_model.loss(outputs, y)
@@ -259,6 +296,46 @@ class NoBias(ModelTask):
     @property
     def has_closed_form_hessian(self) -> bool:
         return self.inner.has_closed_form_hessian
+
+    def taped_outputs(
+        self, theta: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, list[TapedLayer]] | None:
+        found = self.inner.taped_outputs(self._full(theta), x)
+        if found is None:
+            return None
+        out, tape = found
+        return out, [layer.without_bias() for layer in tape]
+
+
+def tape_layer(layer: SeenLayer, offsets: dict[str, int]) -> TapedLayer | None:
+    """The :class:`TapedLayer` of a module call, its indexes from ``offsets`` (parameter
+    name -> position in ``theta``); ``None`` for a convolution EK-FAC does not factor
+    (groups, a padding mode other than zeros, or padding given as a string)."""
+    module, prefix = layer.module, f"{layer.name}." if layer.name else ""
+    weight = offsets[f"{prefix}weight"]
+    bias = offsets[f"{prefix}bias"] if module.bias is not None else None
+    device = layer.inputs.device
+    if isinstance(module, nn.Linear):
+        index = out_in_index(weight, module.out_features, module.in_features, bias, device)
+        return TapedLayer(layer.inputs, layer.outputs, index)
+    if (
+        module.groups != 1
+        or module.padding_mode != "zeros"
+        or isinstance(module.padding, str)
+        or layer.inputs.dim() != 4
+    ):
+        return None
+    kh, kw = module.kernel_size
+    fan_in = module.in_channels * kh * kw
+    stride, padding, dilation = module.stride, module.padding, module.dilation
+    geometry = ConvGeometry(
+        (kh, kw),
+        (stride[0], stride[1]),
+        (padding[0], padding[1]),
+        (dilation[0], dilation[1]),
+    )
+    index = out_in_index(weight, module.out_channels, fan_in, bias, device)
+    return TapedLayer(layer.inputs, layer.outputs, index, geometry)
 
 
 def glm_head(task: str, n_logits: int, n_features: int, *, bias: bool) -> ModelTask:

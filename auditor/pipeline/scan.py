@@ -34,6 +34,7 @@ from auditor.config import ScanConfig, SolverArgs
 from auditor.data import Dataset, fingerprint, points_fingerprint
 from auditor.errors import AuditorError, ConfigError, Interrupted, SolverError
 from auditor.influence.conditioning import Conditioning, check_conditioning
+from auditor.influence.ekfac import check_ekfac_model
 from auditor.influence.gradients import per_example_grads
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.self_influence import self_influences
@@ -271,7 +272,10 @@ def _load(
     train, test = load_data(config.data) if datasets is None else datasets
     dtype = getattr(torch, config.model.dtype)
     tensors = (*dataset_tensors(train, device, dtype), *dataset_tensors(test, device, dtype))
-    return Loaded(train, test, model_for(config, train, tensors[0], device), *tensors)
+    model = model_for(config, train, tensors[0], device)
+    if config.solver.solver == "ekfac":
+        check_ekfac_model(model)
+    return Loaded(train, test, model, *tensors)
 
 
 def _create_run(ctx: ScanContext, loaded: Loaded) -> int:

@@ -120,9 +120,9 @@ def test_pretrain_trains_the_whole_network_without_changing_the_configuration(
     seen = []
     embed = CNN.embed
 
-    def spy(self, body, x):
+    def spy(self, body, x, tape=None):
         seen.append((self.params, body.requires_grad))
-        return embed(self, body, x)
+        return embed(self, body, x, tape)
 
     monkeypatch.setattr(CNN, "embed", spy)
     start = model.pretrain(x, y, 1e-2, seed=0)
@@ -163,10 +163,10 @@ def test_a_scan_embeds_the_training_and_test_points_once(tmp_path, mnist_dir, mo
     frozen = []
     embed = CNN.embed
 
-    def spy(self, body, x):
+    def spy(self, body, x, tape=None):
         if not torch.is_grad_enabled():  # not a pretraining minibatch
             frozen.append(x.shape[0])
-        return embed(self, body, x)
+        return embed(self, body, x, tape)
 
     monkeypatch.setattr(CNN, "embed", spy)
     config = ScanConfig(

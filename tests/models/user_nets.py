@@ -81,6 +81,24 @@ def raises() -> nn.Module:
     return Raises()
 
 
+class ConvNorm(nn.Module):
+    """conv 3x3 stride 2 (2, padded) -> tanh -> LayerNorm -> linear (3 logits, no bias),
+    on (1, 8, 8) images: EK-FAC factors the conv and the linear layer, not the norm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, stride=2, padding=1)
+        self.norm = nn.LayerNorm(2 * 4 * 4)
+        self.fc = nn.Linear(2 * 4 * 4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(torch.tanh(self.conv(x)).flatten(1)))
+
+
+def conv_norm() -> nn.Module:
+    return ConvNorm()
+
+
 def wide() -> nn.Module:
     """An MLP for 4 features: its state dict does not fit :func:`mlp`'s module."""
     return MLP(d=4)

@@ -16,6 +16,7 @@ from auditor.errors import ConfigError
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.solvers.base import SolveDiagnostics
 from auditor.influence.solvers.cg import cg_ihvp
+from auditor.influence.solvers.ekfac import ekfac_ihvp
 from auditor.influence.solvers.exact import exact_ihvp
 from auditor.influence.solvers.lissa import lissa_ihvp
 
@@ -23,6 +24,7 @@ SOLVERS: dict[str, Callable[..., tuple[torch.Tensor, SolveDiagnostics]]] = {
     "lissa": lissa_ihvp,
     "exact": exact_ihvp,
     "cg": cg_ihvp,
+    "ekfac": ekfac_ihvp,
 }
 #: The solvers' names, in the order ``--solver`` lists them.
 SOLVER_NAMES = tuple(SOLVERS)
@@ -72,4 +74,5 @@ __all__ = [
     "cg_ihvp",
     "exact_ihvp",
     "lissa_ihvp",
+    "ekfac_ihvp",
 ]

@@ -22,6 +22,7 @@ class SolveDiagnostics:
         history: ``[step, max relative residual]`` pairs recorded while iterating.
         reached_tol: CG only: its iteration met the tolerance (by the residual it updates),
             so a true residual above ``tol`` is rounding, not too few steps.
+        covered: EK-FAC only: the parameters in a factored layer (influence is over those).
     """
 
     solver: str
@@ -35,6 +36,7 @@ class SolveDiagnostics:
     lambda_max: float | None = None
     history: list[list[float]] = field(default_factory=list)
     reached_tol: bool | None = None
+    covered: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
