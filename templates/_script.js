@@ -2,6 +2,48 @@
   "use strict";
   var data = JSON.parse(document.getElementById("run-data").textContent);
 
+  // Pages of the flagged table: data-page-size rows at a time, the others hidden (their
+  // decisions still count). The server renders page 1; sorting re-pages the sorted rows.
+  var flagged = document.getElementById("flagged");
+  var pageSize = flagged ? Number(flagged.getAttribute("data-page-size")) || 50 : 50;
+  var currentPage = 1;
+  function showPage(page) {
+    var rows = flagged.tBodies[0].rows;
+    var pages = Math.max(1, Math.ceil(rows.length / pageSize));
+    currentPage = Math.min(Math.max(1, page), pages);
+    for (var k = 0; k < rows.length; k += 1) {
+      var p = Math.floor(k / pageSize) + 1;
+      rows[k].setAttribute("data-page", String(p));
+      rows[k].hidden = p !== currentPage;
+    }
+    var first = (currentPage - 1) * pageSize + 1;
+    var last = Math.min(rows.length, currentPage * pageSize);
+    document.querySelectorAll('.pager[data-table="flagged"]').forEach(function (nav) {
+      nav.querySelectorAll("button[data-page]").forEach(function (b) {
+        if (Number(b.getAttribute("data-page")) === currentPage) {
+          b.setAttribute("aria-current", "page");
+        } else {
+          b.removeAttribute("aria-current");
+        }
+      });
+      nav.querySelector('[data-step="-1"]').disabled = currentPage === 1;
+      nav.querySelector('[data-step="1"]').disabled = currentPage === pages;
+      nav.querySelector(".page-status").textContent =
+        "rows " + first + "\u2013" + last + " of " + rows.length;
+    });
+  }
+  document.querySelectorAll('.pager[data-table="flagged"]').forEach(function (nav) {
+    nav.addEventListener("click", function (event) {
+      var button = event.target.closest("button");
+      if (!button) { return; }
+      var step = button.getAttribute("data-step");
+      showPage(step ? currentPage + Number(step) : Number(button.getAttribute("data-page")));
+      if (nav.getBoundingClientRect().top > window.innerHeight / 2) {  // the pager below
+        flagged.scrollIntoView({ block: "start" });
+      }
+    });
+  });
+
   // Sortable tables: click a header with data-type="num" or "text"; cells sort by data-sort.
   function cellKey(row, col, numeric) {
     var cell = row.cells[col];
@@ -25,6 +67,7 @@
       return x.localeCompare(y) * dir;
     });
     rows.forEach(function (r) { body.appendChild(r); });
+    if (table === flagged) { showPage(1); }  // sorting sorts every page, then shows the first
   }
   document.querySelectorAll("table.sortable th[data-type]").forEach(function (th) {
     th.addEventListener("click", function () { sortBy(th.closest("table"), th); });

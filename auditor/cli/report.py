@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from auditor.cli.common import db_option, handle_errors, open_existing, resolve_run
-from auditor.report.collect import collect
+from auditor.report.collect import DEFAULT_TOP, MAX_TEST_PANELS, MAX_TOP, PAGE_SIZE, collect
 from auditor.report.render import render_report
 
 
@@ -22,18 +22,19 @@ from auditor.report.render import render_report
 )
 @click.option(
     "--top",
-    type=click.IntRange(min=1),
-    default=200,
+    type=click.IntRange(min=1, max=MAX_TOP),
+    default=DEFAULT_TOP,
     show_default=True,
-    help="Most flagged rows (with their thumbnails) shown.",
+    help=f"Most flagged rows (with their thumbnails) the page holds, {PAGE_SIZE} per page "
+    f"(at most {MAX_TOP}; `auditor export` lists them all).",
 )
 @click.option(
     "--test-index",
     "test_indexes",
     type=int,
     multiple=True,
-    help="Show this test point's most harmful and helpful training points (repeatable; "
-    "default: the 3 test points with the highest loss).",
+    help="Show this test point's most harmful and helpful training points (repeatable, "
+    f"at most {MAX_TEST_PANELS} times; default: the 3 test points with the highest loss).",
 )
 @db_option
 @handle_errors
@@ -41,7 +42,8 @@ def report(run: int | None, out: str, top: int, test_indexes: tuple[int, ...], d
     """Write a self-contained HTML audit of a run: flagged points, charts, decisions.
 
     RUN defaults to the latest run. The page needs no network: thumbnails, charts, CSS
-    and JavaScript are all inline. Mark flagged rows keep / relabel / remove and press
+    and JavaScript are all inline. Its size is bounded whatever the run's size: the
+    flagged table holds at most --top rows, paged, and only the points shown are read. Mark flagged rows keep / relabel / remove and press
     "Download decisions" to save decisions-run-RUN.json for `auditor apply`.
 
     \b

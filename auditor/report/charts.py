@@ -62,6 +62,7 @@ class Scatter:
     line: str
     line_label: str
     colour_label: str
+    note: str = ""  # e.g. which points a sample kept
 
 
 @dataclass
@@ -168,6 +169,8 @@ def scatter(
     line: Callable[[float], float] | None = None,
     line_label: str = "",
     tests: Sequence[tuple[float, float, str]] = (),
+    indexes: Sequence[int] | None = None,
+    note: str = "",
 ) -> Scatter:
     """Scatter plot of training points coloured by ``colour`` (the suspicion, ramped over
     ``[0, colour_max]``; ``None`` or a threshold that cannot scale it: the largest
@@ -176,6 +179,9 @@ def scatter(
     Args:
         x, y, colour, flagged, titles: One entry per training point, ``(n,)``.
         tests: ``(x, y, title)`` of test points, drawn as hollow squares.
+        indexes: The training index of each point, ``(n,)`` (default ``0 .. n - 1``;
+            a sample of the training points names its own).
+        note: A line for the legend (what a sample left out).
     """
     if not _usable(colour_max):  # a run stored with --outlier-z 0, nan or inf
         colour_max = max((c for c in colour if math.isfinite(c) and c > 0), default=1.0)
@@ -186,9 +192,10 @@ def scatter(
     box = _box(width, height)
     sx = _linear(x0, x1, box["left"], box["right"])
     sy = _linear(y0, y1, box["bottom"], box["top"])
+    index = range(len(x)) if indexes is None else indexes
     marks = [
         Mark(i, xi, yi, sx(xi), sy(yi), ramp(ci / colour_max), bool(fi), ti)
-        for i, (xi, yi, ci, fi, ti) in enumerate(zip(x, y, colour, flagged, titles, strict=True))
+        for i, xi, yi, ci, fi, ti in zip(index, x, y, colour, flagged, titles, strict=True)
     ]
     test_marks = [
         Mark(j, tx, ty, sx(tx), sy(ty), "none", False, tt) for j, (tx, ty, tt) in enumerate(tests)
@@ -209,6 +216,7 @@ def scatter(
         path,
         line_label,
         f"colour: suspicion (combined z), 0 to {fmt(colour_max)}",
+        note,
     )
 
 

@@ -2,6 +2,13 @@
 
 Everything the report shows comes from here, and from the database alone: the run row,
 the points (with their stored pixels or features) and the pair scores.
+
+What a page holds is bounded whatever the run's size (docs/usage.md, "Reading a run"): at
+most :data:`MAX_TOP` flagged rows, shown :data:`PAGE_SIZE` at a time, each with
+:data:`HURTS` test points; at most :data:`MAX_TEST_PANELS` test panels of ``2 x``
+:data:`NEIGHBOURS` training points; at most :data:`MAX_MARKS` points in the regression
+scatter. The pixels of those points alone are read, and the pair scores are streamed one
+block at a time (:func:`auditor.store.pairs.read_slices`), never held whole.
 """
 
 from __future__ import annotations
@@ -26,6 +33,12 @@ from auditor.store.runs import StoredRun
 HURTS = 3  # test points listed per flagged row
 NEIGHBOURS = 6  # most harmful / most helpful training points per test panel
 DEFAULT_TESTS = 3  # test panels when no --test-index is given: the highest test loss
+DEFAULT_TOP = 200  # flagged rows shown when no --top is given
+MAX_TOP = 1000  # most flagged rows a page holds (``auditor export`` lists them all)
+PAGE_SIZE = 50  # flagged rows shown at once; the page's script pages through the rest
+MAX_TEST_PANELS = 20  # most --test-index panels
+MAX_MARKS = 2000  # most training points drawn in the regression scatter
+BLOCK_BYTES = 8 << 20  # pair scores held at once while streaming them (8 MiB)
 
 
 @dataclass
@@ -91,27 +104,37 @@ class ReportView:
     histogram: charts.Histogram | None
     scatter: charts.Scatter | None
     has_images: bool
+    page_size: int = PAGE_SIZE
+    max_top: int = MAX_TOP
     script_data: dict = field(default_factory=dict)  # goes to JS through |tojson
     detection: charts.DetectionChart | None = None  # when an evaluation scanned this run
 
 
 def collect(
-    engine: Engine, run_id: int, top: int = 200, test_indexes: Sequence[int] = ()
+    engine: Engine, run_id: int, top: int = DEFAULT_TOP, test_indexes: Sequence[int] = ()
 ) -> ReportView:
     """Build the view model of run ``run_id``.
 
     Args:
-        top: Most flagged rows (and their thumbnails) shown.
-        test_indexes: Test points to open panels for; default the ``DEFAULT_TESTS`` with
-            the highest test loss.
+        top: Most flagged rows (and their thumbnails) shown, ``1 .. MAX_TOP``.
+        test_indexes: Test points to open panels for (at most ``MAX_TEST_PANELS``);
+            default the ``DEFAULT_TESTS`` with the highest test loss.
 
     Raises:
-        ConfigError: A test index out of range or ``top < 1``.
+        ConfigError: A test index out of range, too many of them, or ``top`` outside
+            ``1 .. MAX_TOP``.
         RunNotFound: No such run. The run must be complete: the CLI checks it
             (:func:`auditor.cli.common.resolve_run`, which says how to finish it).
     """
-    if top < 1:
-        raise ConfigError("--top must be >= 1")
+    if not 1 <= top <= MAX_TOP:
+        raise ConfigError(
+            f"--top must be between 1 and {MAX_TOP}; `auditor export` lists every flagged point"
+        )
+    if len(set(test_indexes)) > MAX_TEST_PANELS:
+        raise ConfigError(
+            f"--test-index was given {len(set(test_indexes))} times: a report shows at most "
+            f"{MAX_TEST_PANELS} test panels (`auditor show --test-index` prints any other)"
+        )
     run = runs.get_run(engine, run_id, with_theta=True)
     for i in test_indexes:
         if not 0 <= i < run.n_test:
@@ -132,8 +155,11 @@ def collect(
         for j in np.argsort([-(p["loss"] or 0.0) for p in test], kind="stable")[:DEFAULT_TESTS]
     ]
     # One streamed pass over the pair scores: the rows of the picked test points and the
-    # columns of the shown training points (the whole matrix may not fit in memory).
-    test_rows, columns = pairs.read_slices(engine, run_id, picks, [r["index"] for r in shown])
+    # columns of the shown training points, BLOCK_BYTES of scores at a time (the whole
+    # matrix may not fit in memory).
+    block = max(1, min(256, BLOCK_BYTES // (pairs.DTYPE.itemsize * max(1, run.n_train))))
+    shown_idx = [r["index"] for r in shown]
+    test_rows, columns = pairs.read_slices(engine, run_id, picks, shown_idx, rows=block)
     rows = [
         FlaggedRow(
             r,
@@ -327,7 +353,8 @@ def _scatter(
 ) -> charts.Scatter:
     """Regression only (:func:`collect` reads ``features`` for regression alone). One
     feature: ``x`` against the target with the line fitted from ``theta``; more features:
-    the target against the prediction with the diagonal."""
+    the target against the prediction with the diagonal. At most :data:`MAX_MARKS`
+    training points are drawn (:func:`scatter_sample`)."""
     line: Callable[[float], float] | None = None  # charts.scatter's defaults: no line
     line_label = ""
     if features["train"].shape[1] == 1:
@@ -346,16 +373,26 @@ def _scatter(
         tests = [(float(p["label"]), float(p["predicted"])) for p in test]
         x_label, y_label = "given target", "prediction"
         line, line_label = _identity, "prediction = target"
+    keep = scatter_sample(train)
+    drawn = [train[i] for i in keep]
     titles = [
         f"#{r['index']} {r['id']}: target {r['label']}, predicted {r['predicted']}, "
         f"z {charts.fmt(r['suspicion'] or 0.0)}" + "".join(f", {f}" for f in r["flags"])
-        for r in train
+        for r in drawn
     ]
+    notes = []
+    if len(keep) < len(train):
+        notes.append(
+            f"{len(keep):,} of {len(train):,} training points drawn: the most suspicious "
+            "flagged ones and an even sample of the rest"
+        )
+    if len(test) > MAX_MARKS:
+        notes.append(f"the first {MAX_MARKS:,} of {len(test):,} test points")
     return charts.scatter(
-        x,
-        y,
-        [r["suspicion"] or 0.0 for r in train],
-        [bool(r["flags"]) for r in train],
+        [x[i] for i in keep],
+        [y[i] for i in keep],
+        [r["suspicion"] or 0.0 for r in drawn],
+        [bool(r["flags"]) for r in drawn],
         titles,
         x_label=x_label,
         y_label=y_label,
@@ -365,8 +402,25 @@ def _scatter(
         tests=[
             (tx, ty, f"test #{p['idx']} {p['point_id']}")
             for (tx, ty), p in zip(tests, test, strict=True)
-        ],
+        ][:MAX_MARKS],
+        indexes=keep,
+        note="; ".join(notes),
     )
+
+
+def scatter_sample(train: list[dict], limit: int = MAX_MARKS) -> list[int]:
+    """The training indexes the scatter draws, in index order: all of them up to ``limit``;
+    beyond, the ``limit // 2`` most suspicious flagged points and evenly spaced others up
+    to ``limit``."""
+    n = len(train)
+    if n <= limit:
+        return list(range(n))
+    flagged = sorted((r for r in train if r["flags"]), key=lambda r: r["rank"] or 0)
+    chosen = {r["index"] for r in flagged[: limit // 2]}
+    rest = [i for i in range(n) if i not in chosen]
+    step = len(rest) / (limit - len(chosen))
+    chosen.update(rest[int(k * step)] for k in range(limit - len(chosen)))
+    return sorted(chosen)
 
 
 def _fitted_line(w: float, b: float) -> Callable[[float], float]:

@@ -85,20 +85,25 @@ def read_train_scores(engine: Engine, run_id: int, train_idx: int) -> np.ndarray
 
 
 def read_slices(
-    engine: Engine, run_id: int, test_idxs: Sequence[int], train_idxs: Sequence[int]
+    engine: Engine,
+    run_id: int,
+    test_idxs: Sequence[int],
+    train_idxs: Sequence[int],
+    rows: int = 256,
 ) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """In one streamed pass: the full rows ``(n_train,)`` of some test points (by index) and
-    the columns ``(n_test, len(train_idxs))`` of some training points."""
+    the columns ``(n_test, len(train_idxs))`` of some training points; ``rows`` test points
+    are held at a time (:func:`iter_pair_blocks`)."""
     wanted = set(test_idxs)
     index = np.asarray(train_idxs, dtype=np.int64)
-    rows: dict[int, np.ndarray] = {}
+    picked: dict[int, np.ndarray] = {}
     parts = []
-    for j0, block in iter_pair_blocks(engine, run_id):
+    for j0, block in iter_pair_blocks(engine, run_id, rows):
         parts.append(block[:, index])
         for j in wanted.intersection(range(j0, j0 + block.shape[0])):
-            rows[j] = block[j - j0].copy()
+            picked[j] = block[j - j0].copy()
     columns = np.concatenate(parts) if parts else np.zeros((0, len(index)), dtype=DTYPE)
-    return rows, columns
+    return picked, columns
 
 
 def stored_test_indexes(engine: Engine, run_id: int) -> set[int]:

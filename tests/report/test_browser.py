@@ -20,6 +20,7 @@ from auditor.cli import cli
 from auditor.config import DataArgs
 from auditor.pipeline.scan import load_data
 from auditor.store import points
+from benchmarks.report_scale import build_run
 from tests.helpers import run_scan
 
 pytestmark = pytest.mark.browser
@@ -153,3 +154,42 @@ def test_two_clicked_rows_become_exactly_two_applied_decisions(browser, mnist_ru
 
 def _digest(image) -> str:
     return hashlib.sha1(image.contiguous().numpy().tobytes()).hexdigest()
+
+
+def test_paging_shows_each_page_and_keeps_decisions_of_hidden_pages(browser, tmp_path):
+    """120 flagged rows, 50 per page: the pager walks the pages, sorting re-pages, and a
+    decision made on page 3 is still downloaded while page 1 is shown."""
+    db = str(tmp_path / "paged.db")
+    run_id = build_run(db, 1000, 20, flagged=0.12)
+    html = tmp_path / "report.html"
+    out = CliRunner().invoke(cli, ["report", str(run_id), "--out", str(html), "--db", db])
+    assert out.exit_code == 0, out.output
+    problems: list[str] = []
+    page = open_page(browser, html, problems)
+    visible = page.locator("#flagged tbody tr:visible")
+    pager = page.locator("#flagged-pager")
+    assert visible.count() == 50
+    first_page = [visible.nth(k).get_attribute("data-index") for k in range(50)]
+    pager.locator('button[data-page="3"]').click()
+    assert visible.count() == 20
+    assert pager.locator(".page-status").inner_text() == "rows 101–120 of 120"
+    assert pager.locator('button[data-step="1"]').is_disabled()
+    last = visible.nth(19).get_attribute("data-index")
+    page.check(f'input[name="action-{last}"][value="remove"]')
+    pager.locator('button[data-step="-1"]').click()
+    pager.locator('button[data-step="-1"]').click()
+    assert [visible.nth(k).get_attribute("data-index") for k in range(50)] == first_page
+    assert page.locator("#decision-count").inner_text() == "1"
+    # sorting by rank descending puts the least suspicious row first, on page 1
+    rank = page.locator("#flagged th[data-type=num]").first
+    rank.click()
+    rank.click()
+    assert visible.count() == 50 and visible.first.get_attribute("data-index") == last
+    assert pager.locator('button[data-page="1"]').get_attribute("aria-current") == "page"
+    with page.expect_download() as info:
+        page.click("#download-decisions")
+    path = tmp_path / "decisions.json"
+    info.value.save_as(path)
+    assert [d["index"] for d in json.loads(path.read_text())["decisions"]] == [int(last)]
+    assert problems == []
+    page.close()
