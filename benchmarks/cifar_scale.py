@@ -26,6 +26,11 @@ Each scan's wall time, peak RSS (``/usr/bin/time -v`` when present, else the chi
 rusage from :func:`os.wait4`), the phase timings the run stored, and the database's bytes
 (with any ``-wal`` file) go to a Markdown table on stdout and to ``OUT/cifar_scale.json``.
 Peak RSS is host memory of the scan process; on CUDA the GPU's own memory is not in it.
+
+With ``--solver cg`` the CNN's Hessian over every weight is often indefinite (the fit is no
+exact optimum): at 200 x 50 on a CPU, ``--damping 0.01`` stopped with "raise --damping to at
+least 0.08", so give ``--damping 0.1`` or more with cg. A failed scan is a table row with
+its error; the script then exits 1.
 """
 
 from __future__ import annotations
