@@ -41,14 +41,16 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
     default="flip",
     show_default=True,
     metavar="KIND",
-    help="flip, class-flip:SOURCE>TARGET (e.g. class-flip:7>1), outlier or none.",
+    help="flip, class-flip:SOURCE>TARGET[,SOURCE>TARGET...] (e.g. class-flip:7>1 or "
+    "class-flip:1>7,7>1), class-flip:cycle (every class to the next, the last to the "
+    "first), outlier or none.",
 )
 @click.option(
     "--rate",
     type=float,
     default=0.1,
     show_default=True,
-    help="Share of the training points faulted (of the SOURCE class for class-flip).",
+    help="Share of the training points faulted (of each SOURCE class for class-flip).",
 )
 @click.option(
     "--seeds",
@@ -84,6 +86,8 @@ def evaluate(**opts: Any) -> None:
             --solver exact --faults flip --rate 0.1 --seeds 0,1,2
         auditor evaluate --train ../shared/data/mnist --classes 1,7 --test-split 0.2 \\
             --solver exact --faults 'class-flip:7>1' --rate 0.2
+        auditor evaluate --train ../shared/data/mnist --test-split 0.2 --model cnn \\
+            --params last --solver exact --faults class-flip:cycle --rate 0.1
         auditor evaluate --train toy-linear --solver exact --faults outlier --rate 0.1
     """
     config = scan_config(opts)

@@ -4,7 +4,9 @@ Kinds (``FaultSpec.kind``):
 
 - ``flip``: uniform label flips; ``rate`` of all points get another class, chosen uniformly.
 - ``class-flip``: class-conditional flips; ``rate`` of the points labelled ``source`` are
-  relabelled ``target`` (e.g. only 7 -> 1).
+  relabelled ``target`` (e.g. only 7 -> 1). Several pairs (``1>7,7>1,3>8,8>3``) flip
+  ``rate`` of each source class to its target; ``cycle`` flips every class to the next one
+  in class order, the last to the first (10-class MNIST: 0>1, 1>2, ..., 9>0).
 - ``outlier``: ``rate`` of all points are replaced by noise with a random label (uniform
   pixels for images, independent Gaussian features for feature vectors, scaled to the
   replaced point's norm); for regression the target is set to ``y = 100`` as in the seed's
@@ -25,54 +27,142 @@ from auditor.errors import ConfigError, DataError
 FAULT_KINDS = ("flip", "class-flip", "outlier", "none")
 #: The regression outliers' target, as in the seed's toy data.
 REGRESSION_OUTLIER = 100.0
+#: The ``class-flip`` shorthand for every class -> the next one, wrapping around.
+CYCLE = "cycle"
+_CLASS_FLIP_FORM = "class-flip:SOURCE>TARGET[,SOURCE>TARGET...] or class-flip:cycle"
 
 
 @dataclass
 class FaultSpec:
     """Which faults to inject.
 
+    A ``class-flip`` names its classes in one of three ways: ``source`` and ``target`` (one
+    pair, stored as before several pairs existed), ``pairs`` (two or more; a single pair
+    given there moves to ``source`` and ``target``), or ``cycle``.
+
     Attributes:
         kind: One of ``FAULT_KINDS``.
-        rate: Fraction of the points (of the ``source`` class for ``class-flip``) affected.
-        source: Class name flipped from (``class-flip`` only).
-        target: Class name flipped to (``class-flip`` only).
+        rate: Fraction of the points (of each source class for ``class-flip``) affected.
+        source: Class name flipped from (``class-flip`` with one pair).
+        target: Class name flipped to (``class-flip`` with one pair).
+        pairs: ``(source, target)`` class names (``class-flip`` with several pairs); every
+            source at most once, never mapped to itself.
+        cycle: Every class flipped to the next one in class order (``class-flip:cycle``).
     """
 
     kind: str = "flip"
     rate: float = 0.1
     source: str | None = None
     target: str | None = None
+    pairs: tuple[tuple[str, str], ...] = ()
+    cycle: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ConfigError(f"unknown fault kind {self.kind!r}; choose {', '.join(FAULT_KINDS)}")
         if self.kind != "none" and not 0.0 < self.rate < 1.0:
             raise ConfigError(f"--rate must lie strictly between 0 and 1, got {self.rate}")
-        if self.kind == "class-flip" and (self.source is None or self.target is None):
+        self.pairs = tuple((str(s), str(t)) for s, t in self.pairs)  # lists from JSON
+        one = self.source is not None or self.target is not None
+        if self.kind != "class-flip":
+            if one or self.pairs or self.cycle:
+                raise ConfigError(f"only class-flip takes classes, not {self.kind}")
+            return
+        if sum((one, bool(self.pairs), self.cycle)) != 1:
+            raise ConfigError(
+                f"class-flip needs one of: a source and a target class, pairs, or cycle "
+                f"(e.g. class-flip:7>1); expected {_CLASS_FLIP_FORM}"
+            )
+        if len(self.pairs) == 1:  # one pair: stored as source and target, as it always was
+            (self.source, self.target), self.pairs = self.pairs[0], ()
+        if one and (self.source is None or self.target is None):
             raise ConfigError("class-flip needs a source and a target class, e.g. class-flip:7>1")
+        _check_pairs(self.class_pairs())
 
     @classmethod
     def parse(cls, text: str, rate: float) -> FaultSpec:
-        """``flip``, ``outlier``, ``none`` or ``class-flip:SOURCE>TARGET``."""
+        """``flip``, ``outlier``, ``none``, ``class-flip:SOURCE>TARGET`` (several pairs
+        separated by commas) or ``class-flip:cycle``."""
         kind, _, classes = text.partition(":")
         if kind == "class-flip":
-            source, sep, target = classes.partition(">")
-            if not sep or not source or not target:
-                raise ConfigError(f"expected class-flip:SOURCE>TARGET, got {text!r}")
-            return cls(kind, rate, source.strip(), target.strip())
+            if classes.strip() == CYCLE:
+                return cls(kind, rate, cycle=True)
+            pairs = []
+            for item in classes.split(","):
+                source, sep, target = item.partition(">")
+                if not sep or not source.strip() or not target.strip() or ">" in target:
+                    raise ConfigError(f"expected {_CLASS_FLIP_FORM}, got {text!r}")
+                pairs.append((source.strip(), target.strip()))
+            return cls(kind, rate, pairs=tuple(pairs))
         if classes:
             raise ConfigError(f"only class-flip takes classes, got {text!r}")
         return cls(kind, rate)
 
+    @classmethod
+    def from_dict(cls, stored: dict) -> FaultSpec:
+        """The spec :meth:`to_dict` stored (also the rows written before ``pairs`` and
+        ``cycle`` existed, which lack those keys)."""
+        return cls(**stored)
+
+    def class_pairs(self) -> list[tuple[str, str]]:
+        """The ``(source, target)`` class names of a ``class-flip`` given by name (empty for
+        ``cycle``, which needs the class order: :meth:`flips`)."""
+        if self.source is not None and self.target is not None:
+            return [(self.source, self.target)]
+        return list(self.pairs)
+
+    def flips(self, class_names: list[str]) -> list[tuple[int, int]]:
+        """The ``(source, target)`` class indexes of a ``class-flip`` on data with these
+        classes, in the order given (``cycle``: class order).
+
+        Raises:
+            ConfigError: a class that is not one of ``class_names``.
+        """
+        if self.cycle:
+            k = len(class_names)
+            return [(c, (c + 1) % k) for c in range(k)]
+        for source, target in self.class_pairs():
+            for name in (source, target):
+                if name not in class_names:
+                    raise ConfigError(
+                        f"class-flip {source}>{target}: class {name!r} is not one of {class_names}"
+                    )
+        return [(class_names.index(s), class_names.index(t)) for s, t in self.class_pairs()]
+
     def label(self) -> str:
-        """A short name: ``flip 10%``, ``class-flip 7>1 20%``, ``none``."""
+        """A short name: ``flip 10%``, ``class-flip 7>1 20%``, ``class-flip 1>7,7>1 20%``,
+        ``class-flip cycle 10%``, ``none``."""
         if self.kind == "none":
             return "none"
-        pair = f" {self.source}>{self.target}" if self.kind == "class-flip" else ""
-        return f"{self.kind}{pair} {self.rate:.0%}"
+        classes = ""
+        if self.kind == "class-flip":
+            pairs = ",".join(f"{s}>{t}" for s, t in self.class_pairs())
+            classes = f" {CYCLE if self.cycle else pairs}"
+        return f"{self.kind}{classes} {self.rate:.0%}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready; ``pairs`` and ``cycle`` only when used, so the other kinds and a
+        single pair keep the form stored before they existed."""
+        stored = asdict(self)
+        if not self.pairs:
+            del stored["pairs"]
+        else:
+            stored["pairs"] = [list(p) for p in self.pairs]
+        if not self.cycle:
+            del stored["cycle"]
+        return stored
+
+
+def _check_pairs(pairs: list[tuple[str, str]]) -> None:
+    seen: set[str] = set()
+    for source, target in pairs:
+        if source == target:
+            raise ConfigError(f"class-flip {source}>{target}: a class cannot be flipped to itself")
+        if source in seen:
+            raise ConfigError(
+                f"class-flip: source class {source!r} is listed twice; give each source once"
+            )
+        seen.add(source)
 
 
 def inject(ds: Dataset, spec: FaultSpec, seed: int) -> tuple[Dataset, np.ndarray]:
@@ -80,7 +170,9 @@ def inject(ds: Dataset, spec: FaultSpec, seed: int) -> tuple[Dataset, np.ndarray
     points. The input is not modified; every other point is left exactly as it was.
 
     Raises:
-        DataError: a kind the data cannot take (flips of regression data, unknown classes).
+        DataError: a kind the data cannot take (flips of regression data), or a rate that
+            injects nothing.
+        ConfigError: a ``class-flip`` class the data does not have.
     """
     rng = np.random.default_rng(seed)
     n = len(ds)
@@ -90,18 +182,7 @@ def inject(ds: Dataset, spec: FaultSpec, seed: int) -> tuple[Dataset, np.ndarray
         raise DataError(f"{spec.kind} needs class labels; {ds.name} is regression data")
     targets = ds.targets.clone()
     if spec.kind == "class-flip":
-        names = ds.class_names or []
-        for name in (spec.source, spec.target):
-            if name not in names:
-                raise DataError(f"class-flip: class {name!r} is not one of {names}")
-        assert spec.source is not None and spec.target is not None  # both are in names
-        source, target = names.index(spec.source), names.index(spec.target)
-        if source == target:
-            raise DataError("class-flip: the source and the target class must differ")
-        pool = np.flatnonzero(targets.numpy() == source)
-        index = _choose(rng, pool, spec.rate)
-        targets[torch.from_numpy(index)] = target
-        return replace(ds, targets=targets), index
+        return _class_flips(ds, targets, spec, rng)
     index = _choose(rng, np.arange(n), spec.rate)
     if spec.kind == "flip":
         k = ds.n_classes
@@ -109,6 +190,27 @@ def inject(ds: Dataset, spec: FaultSpec, seed: int) -> tuple[Dataset, np.ndarray
         targets[torch.from_numpy(index)] = (targets[torch.from_numpy(index)] + shift) % k
         return replace(ds, targets=targets), index
     return _outliers(ds, targets, index, rng), index
+
+
+def _class_flips(
+    ds: Dataset, targets: torch.Tensor, spec: FaultSpec, rng: np.random.Generator
+) -> tuple[Dataset, np.ndarray]:
+    """Flip ``spec.rate`` of each source class (drawn in the order of the pairs, from the
+    labels before any flip) to its target. With several pairs a source class too small to
+    get one fault is left alone; nothing flipped at all is an error."""
+    flips = spec.flips(list(ds.class_names or []))
+    given = ds.targets.numpy()
+    chosen = []
+    for source, target in flips:
+        pool = np.flatnonzero(given == source)
+        if len(flips) > 1 and round(spec.rate * len(pool)) == 0:
+            continue
+        index = _choose(rng, pool, spec.rate)
+        targets[torch.from_numpy(index)] = target
+        chosen.append(index)
+    if not chosen:
+        raise DataError(f"a fault rate of {spec.rate} of each source class injects no fault")
+    return replace(ds, targets=targets), np.sort(np.concatenate(chosen))
 
 
 def _choose(rng: np.random.Generator, pool: np.ndarray, rate: float) -> np.ndarray:

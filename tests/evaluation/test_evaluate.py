@@ -171,3 +171,71 @@ def test_combined_ranking_reaches_target_on_mnist_1_vs_7(tmp_path, mnist_dir):
     by = {r["ranking"]: r for r in rows}
     assert by["combined"]["auroc"] >= 0.998
     assert by["combined"]["found"]["0.1"] >= 0.95
+
+
+def three_class_csv(path: Path, n: int = 120) -> str:
+    """Three well separated classes ``a``, ``b``, ``c`` of 2-D points."""
+    rng = np.random.default_rng(0)
+    label = np.arange(n) % 3
+    x = rng.normal(size=(n, 2)) + 4.0 * np.stack([label == 1, label == 2], axis=1)
+    lines = [f"{u!r},{v!r},{'abc'[k]}" for (u, v), k in zip(x.tolist(), label, strict=True)]
+    path.write_text("a,b,label\n" + "\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_evaluate_class_flip_cycle_and_pairs_stored(tmp_path):
+    data = three_class_csv(tmp_path / "three.csv")
+    db = str(tmp_path / "e.db")
+    base = ["evaluate", "--train", data, "--test-split", "0.25", "--solver", "exact"]
+    for faults in ("class-flip:cycle", "class-flip:a>b,b>a"):
+        result = run([*base, "--faults", faults, "--rate", "0.2", "--no-fix", "--db", db])
+        assert result.exit_code == 0, result.output
+        assert f"{faults.replace(':', ' ')} 20%, seeds 0" in result.stdout
+    engine = open_db(db)
+    (cycle, cycle_rows), (pairs, pair_rows) = (read_evaluation(engine, i) for i in (1, 2))
+    assert cycle["faults"] == {
+        "kind": "class-flip",
+        "rate": 0.2,
+        "source": None,
+        "target": None,
+        "cycle": True,
+    }
+    assert pairs["faults"]["pairs"] == [["a", "b"], ["b", "a"]]
+    # which points changed, and to what: the stored labels against the clean split
+    from auditor.config import DataArgs
+    from auditor.pipeline.scan import load_data
+
+    clean, _ = load_data(DataArgs(train=data, test_split=0.25, seed=0))
+    before = clean.targets.numpy()
+    for rows, mapping in (  # class names a, b, c are labels 0, 1, 2
+        (cycle_rows, {0: 1, 1: 2, 2: 0}),
+        (pair_rows, {0: 1, 1: 0}),
+    ):
+        row = rows[0]
+        train = points.read_points(engine, row["run_id"], "train")
+        after = np.array([p["label"] for p in train]).astype(int)
+        moved = np.flatnonzero(after != before)
+        assert len(moved) == row["n_faults"]
+        assert set(before[moved]) == set(mapping)
+        for source, target in mapping.items():
+            assert (after[moved][before[moved] == source] == target).all()
+            assert (before[moved] == source).sum() == round(0.2 * (before == source).sum())
+
+
+@pytest.mark.parametrize(
+    ("faults", "message"),
+    [
+        ("class-flip:a>z", "class-flip a>z: class 'z' is not one of ['a', 'b', 'c']"),
+        ("class-flip:a>b,a>c", "source class 'a' is listed twice"),
+        ("class-flip:b>b", "class-flip b>b: a class cannot be flipped to itself"),
+        ("class-flip:a>b;b>a", "expected class-flip:SOURCE>TARGET"),
+    ],
+)
+def test_evaluate_bad_class_flip_is_a_usage_error(tmp_path, faults, message):
+    data = three_class_csv(tmp_path / "three.csv")
+    db = str(tmp_path / "e.db")
+    result = run(
+        ["evaluate", "--train", data, "--test-split", "0.25", "--faults", faults, "--db", db]
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
