@@ -140,7 +140,7 @@ def parse_auto_float(text: str) -> float | None:
 
 #: The values of the settings with choices: their options accept them, ``__post_init__``
 #: checks them.
-NORMALIZE = ("unit", "none")
+NORMALIZE = ("unit", "none", "standard")
 DOWNLOADS = ("mnist",)
 PARAMS = ("last", "all")
 FITS = ("none", "last")
@@ -163,7 +163,9 @@ class DataArgs:
         test_split: Fraction of ``train`` held out as test points, in (0, 1).
         seed: Seeds the split and the toy data.
         classes: Class names to keep, in this order (``["1", "7"]``).
-        normalize: ``unit`` scales each image to unit L2 norm, ``none`` keeps [0, 1].
+        normalize: ``unit`` scales each image to unit L2 norm, ``none`` keeps [0, 1] (and
+            tabular features as read), ``standard`` standardises every feature column by
+            the training points' mean and standard deviation (test points too).
         resize: ``(H, W)`` to resize images of different sizes.
         download: ``mnist`` to fetch MNIST through torchvision into ``download_root``.
     """
@@ -209,7 +211,9 @@ class DataArgs:
         metadata=cli(
             "--normalize",
             "data",
-            "Scale each image to unit L2 norm, or keep pixels in [0, 1].",
+            "unit: scale each image to unit L2 norm; none: keep pixels in [0, 1] and "
+            "features as read; standard: standardise every feature column (tabular or "
+            "pixels) by the training points' mean and spread.",
             choices=NORMALIZE,
         ),
     )
@@ -249,7 +253,7 @@ class DataArgs:
         if self.test is not None and self.test_split is not None:
             raise ConfigError("give either --test or --test-split, not both")
         if self.normalize not in NORMALIZE:
-            raise ConfigError(f"--normalize must be unit or none, got {self.normalize!r}")
+            raise ConfigError(f"--normalize must be unit, none or standard, got {self.normalize!r}")
         check_seed(self.seed, "--seed")
 
 

@@ -169,11 +169,20 @@ def test_features_too_large_for_a_float32_fit_are_refused_with_their_scale(tmp_p
     result = invoke("scan", "--train", data, "--test-split", "0.5", "--db", str(db))
     assert result.exit_code == 1, result.output
     line = one_error(result.output, "the fit overflowed float32", "largest row norm",
-                     "standardise each column", "--dtype float64")  # fmt: skip
+                     "--normalize standard", "--dtype float64")  # fmt: skip
     assert re.search(r"the features reach a scale of \d\.\d+e\+38", line), line
     assert re.search(r"beyond the \d\.\d+e\+18 .* of 20 points", line), line
     [(status, phase, error)] = run_rows(db)
     assert (status, phase) == ("failed", "fit") and error in line
+
+
+def test_the_suggested_normalize_standard_fits_the_same_data(tmp_path):
+    db = tmp_path / "audit.db"
+    data = huge_csv(tmp_path / "huge.csv")
+    args = ["--train", data, "--test-split", "0.5", "--solver", "exact", "--db", str(db)]
+    result = invoke("scan", *args, "--normalize", "standard")
+    assert result.exit_code == 0, result.output
+    assert run_rows(db)[0][0] == "complete"
 
 
 def test_a_nan_risk_inside_the_line_search_fails_the_run_cleanly(tmp_path, monkeypatch):

@@ -223,7 +223,11 @@ def check_scale(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
     if scale <= bound:
         return
     dtype = _dtype_name(x)
-    advice = "scale them down (e.g. standardise each column)"
+    advice = (
+        "standardise each column with --normalize standard"
+        if what == "features"
+        else "scale them down"
+    )
     if x.dtype != torch.float64:
         advice += ", or use --dtype float64"
     largest = "the largest row norm" if what == "features" else "the largest |target|"

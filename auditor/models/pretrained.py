@@ -240,5 +240,10 @@ def build_features_model(
     c, h, w = image_shape
     if c not in (1, 3):
         raise ConfigError(f"--features needs gray or RGB images, got {c} channels")
+    if normalize == "standard":
+        raise ConfigError(
+            "--features feeds the images' own pixels to the network; --normalize standard "
+            "does not apply (use unit or none)"
+        )
     backbone = build_backbone(features, weights, size)
     return PretrainedFeatures(backbone, (c, h, w), n_classes, rescale=normalize == "unit")

@@ -6,7 +6,7 @@ import torch
 
 from auditor.errors import ConfigError
 
-NORMALIZE_CHOICES = ("unit", "none")
+NORMALIZE_CHOICES = ("unit", "none", "standard")
 
 
 def check_normalize(normalize: str) -> None:
@@ -20,11 +20,13 @@ def images_to_features(images: torch.Tensor, normalize: str) -> torch.Tensor:
     """Flatten uint8 images into a float feature matrix.
 
     Pixels are scaled to ``[0, 1]``; ``normalize="unit"`` then scales every row to unit
-    L2 norm (all-zero rows stay zero), ``normalize="none"`` keeps the ``[0, 1]`` values.
+    L2 norm (all-zero rows stay zero), ``normalize="none"`` keeps the ``[0, 1]`` values, and
+    so does ``"standard"`` (whose columns :func:`auditor.pipeline.loading.load_data`
+    standardises once train and test are known).
 
     Args:
         images: ``(n, C, H, W)`` uint8 pixels.
-        normalize: ``"unit"`` or ``"none"``.
+        normalize: ``"unit"``, ``"none"`` or ``"standard"``.
 
     Returns:
         ``(n, C*H*W)`` float32 features.

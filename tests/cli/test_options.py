@@ -223,7 +223,7 @@ def test_scan_options_without_an_unknown_option_is_an_error():
 
 
 def test_an_unregistered_solver_fails_as_before_and_writes_nothing(tmp_path):
-    message = "unknown solver 'magic'; choose lissa, exact or cg"
+    message = "unknown solver 'magic'; choose lissa, exact, cg or ekfac"
     config = ScanConfig(DataArgs(train="toy-linear"), solver=SolverArgs(solver="magic"))
     engine = open_db(str(tmp_path / "audit.db"))
     with pytest.raises(ConfigError) as error:
@@ -239,7 +239,7 @@ def test_the_solver_check_names_what_the_registry_holds(monkeypatch):
     monkeypatch.setitem(solvers.SOLVERS, "newton", solvers.SOLVERS["exact"])
     check_solver("newton")
     with pytest.raises(
-        ConfigError, match=r"^unknown solver 'x'; choose lissa, exact, cg or newton$"
+        ConfigError, match=r"^unknown solver 'x'; choose lissa, exact, cg, ekfac or newton$"
     ):
         check_solver("x")
 
@@ -253,7 +253,7 @@ def test_the_markdown_has_a_table_per_section_covering_every_option_of_scan():
         assert f"### {title}\n| option | default | what it does |\n| --- | --- | --- |\n" in text
     assert "| `--train DATA` | | toy-linear, an idx or image folder, a .csv or .npz. |" in text
     assert "| `--seed INTEGER` | `0` | Seeds the split and sampling. |" in text
-    assert "| `--normalize [unit\\|none]` | `unit` |" in text
+    assert "| `--normalize [unit\\|none\\|standard]` | `unit` |" in text
     for flag, param in params(scan).items():
         if flag == "--help":
             continue

@@ -96,6 +96,19 @@ def test_normalize_none_keeps_pixels_in_0_1(mnist_dir, raw):
     assert plain.source.options["normalize"] == "none"
 
 
+def test_normalize_standard_uses_the_training_columns_mean_and_spread(tmp_path):
+    # hand-computed: train column a = [1, 3] (mean 2, sd 1), b = [5, 5] (constant: sd 1);
+    # the test point is scaled with the training points' statistics, not its own
+    (tmp_path / "train.csv").write_text("a,b,label\n1,5,x\n3,5,y\n")
+    (tmp_path / "test.csv").write_text("a,b,label\n7,4,x\n")
+    args = DataArgs(
+        train=str(tmp_path / "train.csv"), test=str(tmp_path / "test.csv"), normalize="standard"
+    )
+    train, test = load_data(args)
+    assert train.features.tolist() == [[-1.0, 0.0], [1.0, 0.0]]
+    assert test.features.tolist() == [[5.0, -1.0]]
+
+
 def test_images_to_features_keeps_zero_rows_zero():
     images = torch.zeros(2, 1, 2, 2, dtype=torch.uint8)
     images[1, 0, 0, 0] = 255
