@@ -61,6 +61,16 @@ class LayerFactors:
     q_out: torch.Tensor
     eigenvalues: torch.Tensor
 
+    def inverse_terms(
+        self, dtype: torch.dtype, shift: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """``Q_S``, ``Q_A`` and ``1 / (lambda + shift)`` in ``dtype``, and how many vectors
+        to rotate at once within :data:`APPLY_BUDGET`."""
+        d_out, d_in = self.index.shape
+        scale = 1.0 / (self.eigenvalues.to(dtype) + shift)
+        step = max(1, APPLY_BUDGET // (d_out * d_in))
+        return self.q_out.to(dtype), self.q_in.to(dtype), scale, step
+
 
 @dataclass
 class EkfacFactors:
@@ -82,10 +92,7 @@ class EkfacFactors:
         """``(F + shift I)^{-1} v`` for ``v`` ``(p, m)``: ``(p, m)``, 0 outside the layers."""
         out = torch.zeros_like(v)
         for layer in self.layers:
-            d_out, d_in = layer.index.shape
-            q_out, q_in = layer.q_out.to(v.dtype), layer.q_in.to(v.dtype)
-            scale = 1.0 / (layer.eigenvalues.to(v.dtype) + shift)
-            step = max(1, APPLY_BUDGET // (d_out * d_in))
+            q_out, q_in, scale, step = layer.inverse_terms(v.dtype, shift)
             for start in range(0, v.shape[1], step):
                 block = v[layer.index, start : start + step].permute(2, 0, 1)  # (m, o, i)
                 rotated = q_out.T @ block @ q_in
@@ -98,10 +105,7 @@ class EkfacFactors:
         without any ``(p, n)`` temporary."""
         out = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
         for layer in self.layers:
-            d_out, d_in = layer.index.shape
-            q_out, q_in = layer.q_out.to(g.dtype), layer.q_in.to(g.dtype)
-            scale = 1.0 / (layer.eigenvalues.to(g.dtype) + shift)
-            step = max(1, APPLY_BUDGET // (d_out * d_in))
+            q_out, q_in, scale, step = layer.inverse_terms(g.dtype, shift)
             for start in range(0, g.shape[0], step):
                 rows = g[start : start + step, layer.index]  # (b, o, i)
                 rotated = q_out.T @ rows @ q_in
