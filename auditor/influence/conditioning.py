@@ -42,6 +42,7 @@ from typing import Literal, TypedDict
 import torch
 
 from auditor.data import Task
+from auditor.influence.gradients import TrainGradients, row_blocks
 from auditor.influence.hessian import HessianOperator
 
 #: Condition number of A at and above which a run is warned. The healthy settings of
@@ -198,21 +199,24 @@ def relative_decrease(op: HessianOperator, grad: torch.Tensor, risk: float) -> f
     return norm**2 / (2 * curvature * risk)
 
 
-def risk_gradient(
-    train_grads: torch.Tensor, theta: torch.Tensor, weight_decay: float
-) -> torch.Tensor:
-    """``grad R = mean_i grad L_i + weight_decay * theta`` ``(p,)`` in float64, from the
-    per-example gradients ``(n, p)`` the scan holds anyway (summed in blocks, in float64:
-    at an optimum the mean is many orders of magnitude below the terms)."""
-    total = torch.zeros(theta.shape[0], dtype=torch.float64, device=theta.device)
-    for start in range(0, train_grads.shape[0], 256):
-        total += train_grads[start : start + 256].to(torch.float64).sum(dim=0)
-    return total / max(train_grads.shape[0], 1) + weight_decay * theta.to(torch.float64)
+def gradient_sums(
+    train_grads: TrainGradients, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over the per-example gradients ``G`` ``(n, p)`` the scan has anyway:
+    ``G^T w`` ``(p,)`` for ``weights`` ``(n,)``, and ``sum_i g_i`` ``(p,)`` in float64 (at
+    an optimum the mean gradient is many orders of magnitude below its terms)."""
+    p, device = train_grads.shape[1], weights.device
+    weighted = torch.zeros(p, dtype=train_grads.dtype, device=device)
+    total = torch.zeros(p, dtype=torch.float64, device=device)
+    for i0, rows in row_blocks(train_grads, 256):
+        weighted += rows.T @ weights[i0 : i0 + rows.shape[0]]
+        total += rows.to(torch.float64).sum(dim=0)
+    return weighted, total
 
 
 def check_conditioning(
     op: HessianOperator,
-    train_grads: torch.Tensor,
+    train_grads: TrainGradients,
     risk: float,
     seed: int = 0,
     task: Task = "classification",
@@ -226,11 +230,14 @@ def check_conditioning(
     start_time = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     weights = torch.randn(train_grads.shape[0], generator=gen, dtype=train_grads.dtype)
-    start = (train_grads.T @ weights.to(train_grads.device)).to(torch.float64)
+    weighted, total = gradient_sums(train_grads, weights.to(train_grads.device))
+    start = weighted.to(torch.float64)
     if not float(start.norm()) > 0:  # every gradient is 0: any direction will do
         start = torch.randn(op.p, generator=gen, dtype=torch.float64).to(train_grads.device)
     extremes = extreme_eigenvalues(op, start)
-    grad = risk_gradient(train_grads, op.theta, op.weight_decay)
+    # grad R = mean_i grad L_i + weight_decay * theta
+    n = max(train_grads.shape[0], 1)
+    grad = total / n + op.weight_decay * op.theta.to(torch.float64)
     return {
         **extremes,
         "decrease": relative_decrease(op, grad, risk) if task == "classification" else None,

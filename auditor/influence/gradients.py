@@ -6,7 +6,8 @@ Shapes: ``theta`` ``(p,)``, features ``x`` ``(n, d)``, targets ``y`` ``(n,)``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 
 import torch
 from torch.func import grad, jvp, vmap
@@ -19,6 +20,8 @@ warnings.filterwarnings(
     "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
 )
 
+#: Training points per block of streamed gradients (:class:`StreamedGradients`).
+STREAMED_ROWS = 1024
 #: Most (example, column) pairs one autograd Hessian-vector product holds at once.
 HVP_EXAMPLE_COLUMNS = 32768
 
@@ -29,6 +32,83 @@ def per_example_grads(
     """Gradients of each example's loss (without the L2 term): ``(n, p)``."""
     grad_fn = vmap(grad(model.example_loss), in_dims=(None, 0, 0))
     return torch.cat([grad_fn(theta, x[s], y[s]) for s in _slices(x.shape[0], chunk)])
+
+
+@dataclass
+class StreamedGradients:
+    """Per-example gradients ``(n, p)`` of ``model`` at ``theta`` on ``x`` ``(n, d)``,
+    ``y`` ``(n,)``, computed ``chunk`` rows at a time each time they are read and never
+    held whole: the training gradients of a scan whose solver keeps its memory bounded by
+    its factors (EK-FAC over a network, where ``n x p`` floats would not fit).
+
+    Reading them costs a gradient pass over the points; readers make as few passes as they
+    can (:func:`row_blocks`, :func:`rows_at`)."""
+
+    model: ModelTask
+    theta: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    chunk: int = STREAMED_ROWS
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.x.shape[0], self.theta.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.theta.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.theta.dtype
+
+    def __getitem__(self, rows: slice) -> StreamedGradients:
+        """The gradients of the points ``rows``, still streamed."""
+        return replace(self, x=self.x[rows], y=self.y[rows])
+
+
+#: Per-example gradients held as a tensor ``(n, p)`` or streamed.
+TrainGradients = torch.Tensor | StreamedGradients
+
+
+def training_gradients(
+    model: ModelTask, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, streamed: bool
+) -> TrainGradients:
+    """The per-example gradients ``(n, p)`` of the training points: a tensor, or with
+    ``streamed`` a :class:`StreamedGradients` that computes them block by block."""
+    if streamed:
+        return StreamedGradients(model, theta, x, y, STREAMED_ROWS)
+    return per_example_grads(model, theta, x, y)
+
+
+def row_blocks(grads: TrainGradients, chunk: int = 1024) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(i0, rows)`` for consecutive blocks of rows ``(c, p)`` of ``grads``, in order: slices
+    of a tensor (``chunk`` rows), or one streamed block of gradients at a time."""
+    if isinstance(grads, StreamedGradients):
+        for s in _slices(grads.shape[0], grads.chunk):
+            yield s.start, per_example_grads(grads.model, grads.theta, grads.x[s], grads.y[s])
+        return
+    for s in _slices(grads.shape[0], chunk):
+        yield s.start, grads[s]
+
+
+def map_row_blocks(
+    grads: TrainGradients, per_block: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``per_block(rows)`` of each block of rows ``(c, p)`` of ``grads`` (one pass over
+    streamed gradients), concatenated along dim 0."""
+    parts = [per_block(rows) for _, rows in row_blocks(grads)]
+    if not parts:
+        return per_block(torch.zeros(0, grads.shape[1], dtype=grads.dtype, device=grads.device))
+    return torch.cat(parts)
+
+
+def rows_at(grads: TrainGradients, index: torch.Tensor) -> torch.Tensor:
+    """The rows ``index`` ``(k,)`` of ``grads``: ``(k, p)``."""
+    if isinstance(grads, StreamedGradients):
+        at = index.to(grads.x.device)
+        return per_example_grads(grads.model, grads.theta, grads.x[at], grads.y[at])
+    return grads[index.to(grads.device)]
 
 
 def batch_hvp(

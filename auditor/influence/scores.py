@@ -6,28 +6,29 @@ up-weighting z_i raises the test loss: z_i is harmful to that test point.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
+from auditor.influence.gradients import StreamedGradients, TrainGradients, row_blocks
 
-def pair_score_chunks(
-    train_grads: torch.Tensor, test_ihvps: torch.Tensor, chunk: int = 256, start: int = 0
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """Pair scores one block of test points at a time, never the whole matrix.
+
+def pair_scores(train_grads: TrainGradients, test_ihvps: torch.Tensor) -> torch.Tensor:
+    """Pair scores of every training point against the test points of ``test_ihvps``.
 
     Args:
-        train_grads: ``(n, p)`` per-example training gradients.
-        test_ihvps: ``(p, m)`` inverse-HVPs of the test gradients, one column per test point.
-        chunk: Test points per block.
-        start: First test index (to resume part-way).
+        train_grads: ``(n, p)`` per-example training gradients, held or streamed (one
+            gradient pass over the training points, block by block).
+        test_ihvps: ``(p, c)`` inverse-HVPs of the test gradients, one column per test point.
 
-    Yields:
-        ``(j0, scores)`` with ``scores`` ``(c, n)``: ``scores[j, i] = I(z_i, z_test_{j0+j})``.
+    Returns:
+        ``(c, n)``: ``scores[j, i] = I(z_i, z_test_j)``.
     """
-    m = test_ihvps.shape[1]
-    for j0 in range(start, m, chunk):
-        yield j0, -(train_grads @ test_ihvps[:, j0 : j0 + chunk]).T
+    if not isinstance(train_grads, StreamedGradients):
+        return -(train_grads @ test_ihvps).T
+    n = train_grads.shape[0]
+    out = test_ihvps.new_empty(test_ihvps.shape[1], n)
+    for i0, rows in row_blocks(train_grads):
+        out[:, i0 : i0 + rows.shape[0]] = -(rows @ test_ihvps).T
+    return out
 
 
 def self_influence(train_grads: torch.Tensor, train_ihvps: torch.Tensor) -> torch.Tensor:
@@ -38,11 +39,3 @@ def self_influence(train_grads: torch.Tensor, train_ihvps: torch.Tensor) -> torc
         train_ihvps: ``(p, n)``, column i is ``A^{-1} g_i``.
     """
     return -(train_grads * train_ihvps.T).sum(dim=1)
-
-
-def harmfulness(train_grads: torch.Tensor, test_ihvps: torch.Tensor) -> torch.Tensor:
-    """Sum over test points of each training point's influence: ``(n,)``.
-
-    Equals the row sums of the pair-score matrix, computed as one matrix-vector product.
-    """
-    return -(train_grads @ test_ihvps.sum(dim=1))

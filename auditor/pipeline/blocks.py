@@ -16,11 +16,16 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from auditor.errors import SolverError, StoreError
-from auditor.influence.scores import pair_score_chunks
+from auditor.influence.gradients import StreamedGradients, TrainGradients
+from auditor.influence.scores import pair_scores
 from auditor.pipeline.context import ScanContext
 from auditor.pipeline.distributed import Block, missing_runs, shard, test_blocks
 from auditor.store import pairs, runs
 from auditor.store.deferral import deferred
+
+#: Most bytes of pair scores computed at once from streamed training gradients: each pass
+#: over the training points scores as many test points as fit (a block at least).
+STREAMED_SCORE_BYTES = 512 * 1024**2
 
 
 @dataclass
@@ -63,7 +68,7 @@ def plan_blocks(ctx: ScanContext, n_test: int) -> BlockPlan:
 
 
 def score_and_store(
-    ctx: ScanContext, train_grads: torch.Tensor, test_ihvps: torch.Tensor, plan: BlockPlan
+    ctx: ScanContext, train_grads: TrainGradients, test_ihvps: torch.Tensor, plan: BlockPlan
 ) -> np.ndarray:
     """Score and commit this rank's blocks (``plan.mine``): the pending ones from the
     gradients ``train_grads`` ``(n, p)`` and the IHVPs ``test_ihvps`` ``(p, m)`` (their
@@ -101,15 +106,20 @@ def check_all_stored(engine: Engine, run_id: int, n_test: int) -> None:
 def score_blocks(
     engine: Engine,
     run_id: int,
-    train_grads: torch.Tensor,
+    train_grads: TrainGradients,
     test_ihvps: torch.Tensor,
     blocks: list[Block],
     to_solve: set[Block],
 ) -> Iterator[tuple[int, np.ndarray, bool]]:
     """``(j0, scores, fresh)`` per block ``[j0, j1)`` of ``blocks``: ``scores`` is the
     ``(c, n_train)`` float32 block, computed from the next ``c`` columns of ``test_ihvps``
-    and checked finite for a block of ``to_solve`` (``fresh``), read back otherwise."""
+    and checked finite for a block of ``to_solve`` (``fresh``), read back otherwise.
+
+    Held gradients are multiplied one block at a time. Streamed ones are computed again
+    for each product, so the columns of as many blocks as :data:`STREAMED_SCORE_BYTES`
+    holds are scored in one pass and handed out block by block."""
     column = 0
+    ahead = _ScoresAhead(train_grads, test_ihvps)
     for j0, j1 in blocks:
         if (j0, j1) not in to_solve:
             with deferred():
@@ -117,11 +127,32 @@ def score_blocks(
             yield j0, stored, False
             continue
         c = j1 - j0
-        _, block = next(pair_score_chunks(train_grads, test_ihvps, c, start=column))
+        block = ahead.columns(column, column + c)
         column += c
         scores = block.to(torch.float32).cpu().numpy()
         check_finite(scores, f"pair scores of test points {j0}..{j1 - 1}")
         yield j0, scores, True
+
+
+class _ScoresAhead:
+    """Pair scores of a range of IHVP columns, computed for a larger range than asked
+    when the training gradients are streamed (the rest is kept for the next ask)."""
+
+    def __init__(self, train_grads: TrainGradients, test_ihvps: torch.Tensor) -> None:
+        self.train_grads, self.test_ihvps = train_grads, test_ihvps
+        self.start, self.scores = 0, test_ihvps.new_empty(0, train_grads.shape[0])
+        streamed = isinstance(train_grads, StreamedGradients)
+        per_column = max(1, train_grads.shape[0]) * test_ihvps.element_size()
+        self.span = STREAMED_SCORE_BYTES // per_column if streamed else 0
+
+    def columns(self, k0: int, k1: int) -> torch.Tensor:
+        """The scores ``(k1 - k0, n)`` of columns ``[k0, k1)``."""
+        held = self.start + self.scores.shape[0]
+        if not (self.start <= k0 and k1 <= held):
+            stop = min(self.test_ihvps.shape[1], max(k1, k0 + self.span))
+            self.scores = pair_scores(self.train_grads, self.test_ihvps[:, k0:stop])
+            self.start = k0
+        return self.scores[k0 - self.start : k1 - self.start]
 
 
 def store_block(engine: Engine, run_id: int, done: set[int], j0: int, scores: np.ndarray) -> None:

@@ -35,7 +35,7 @@ from auditor.data import Dataset, fingerprint, points_fingerprint
 from auditor.errors import AuditorError, ConfigError, Interrupted, SolverError
 from auditor.influence.conditioning import Conditioning, check_conditioning
 from auditor.influence.ekfac import check_ekfac_model
-from auditor.influence.gradients import per_example_grads
+from auditor.influence.gradients import TrainGradients, per_example_grads, training_gradients
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.self_influence import self_influences
 from auditor.influence.solvers import check_solver, solve
@@ -461,10 +461,14 @@ def _outputs(ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitte
 class Gradients:
     """This rank's share of the test blocks (``plan``), the per-example gradients of the
     training points ``train`` ``(n, p)`` and of the test points of its blocks to solve,
-    in order, ``test`` ``(m_k, p)``."""
+    in order, ``test`` ``(m_k, p)``.
+
+    With ``--solver ekfac`` the training gradients are streamed
+    (:class:`~auditor.influence.gradients.StreamedGradients`): the scan's memory is then
+    bounded by the factors and the test points' ``(m_k, p)``, not by ``n x p``."""
 
     plan: BlockPlan
-    train: torch.Tensor
+    train: TrainGradients
     test: torch.Tensor
 
 
@@ -472,8 +476,10 @@ def gradients(ctx: ScanContext, features: Features, fitted: Fitted) -> Gradients
     """The gradients phase on every rank, after dealing out the test blocks."""
     plan = plan_blocks(ctx, features.x_test.shape[0])
     with ctx.phases("gradients"):
-        train = per_example_grads(features.model, fitted.theta, features.x, features.y)
-        test = _test_gradients(features, fitted.theta, plan.to_solve)
+        streamed = ctx.config.solver.solver == "ekfac"
+        f, theta = features, fitted.theta
+        train = training_gradients(f.model, theta, f.x, f.y, streamed)
+        test = _test_gradients(features, theta, plan.to_solve)
     return Gradients(plan, train, test)
 
 
@@ -515,13 +521,15 @@ def solve_ihvps(
         op = HessianOperator(f.model, fitted.theta, f.x, f.y, wd, args.damping)
         share_operator(comm, op, args)
         ihvps, diag = comm.step(_solve, op, grads.test.T.contiguous(), args)
+        n_solved = grads.test.shape[0]
+        grads.test = grads.test[:0]  # the IHVPs replace them: free the (m_k, p) gradients
         own = train_slice(grads.train.shape[0], comm.rank, comm.world)
         first, self_diag = comm.step(self_influences, op, grads.train[own], args)
         # after the solves: it reads the Cholesky factor they cached, if any
         conditioning = comm.root_step(_conditioning, ctx, op, grads, fitted, loaded)
         del op  # frees its cached (p, p) Hessian and factor before the refits build theirs
         n_own = own.stop - own.start
-        record = comm.solver_record((diag, grads.test.shape[0]), (self_diag, n_own))
+        record = comm.solver_record((diag, n_solved), (self_diag, n_own))
         _store_solver_record(ctx, record, conditioning, grads.plan)
     return Solved(ihvps, first)
 

@@ -11,7 +11,7 @@ import torch
 
 from auditor.config import SolverArgs
 from auditor.data import Task
-from auditor.influence.gradients import per_example_grads
+from auditor.influence.gradients import training_gradients
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.self_influence import self_influences
 from auditor.models.base import ModelTask
@@ -96,7 +96,7 @@ def robust_ranking(
     def refit(keep: torch.Tensor) -> None:
         nonlocal si, z, refits, kept
         fitted = fit(model, x[keep], y[keep], weight_decay, theta0=theta, **problem.fit_kwargs)
-        grads = per_example_grads(model, fitted.theta, x, y)
+        grads = training_gradients(model, fitted.theta, x, y, solver.solver == "ekfac")
         op = HessianOperator(model, fitted.theta, x[keep], y[keep], weight_decay, solver.damping)
         si, diag = self_influences(op, grads, solver)
         z = influence_z(si, rule.influence_scale)

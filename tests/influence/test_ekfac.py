@@ -10,8 +10,11 @@ from click.testing import CliRunner
 from auditor.cli import cli
 from auditor.config import DataArgs, SolverArgs
 from auditor.influence import ekfac
-from auditor.influence.gradients import per_example_grads
+from auditor.influence.conditioning import check_conditioning
+from auditor.influence.gradients import StreamedGradients, per_example_grads
 from auditor.influence.hessian import HessianOperator
+from auditor.influence.scores import pair_scores
+from auditor.influence.self_influence import self_influences
 from auditor.influence.solvers import solve
 from auditor.models import ModelSpec
 from auditor.models.cnn import CNN
@@ -19,8 +22,8 @@ from auditor.models.fit import fit
 from auditor.models.glm import LinearRegression, MultinomialLogistic
 from auditor.models.mlp import MLP
 from auditor.models.user import NoBias, load_user_model
-from auditor.store import open_db, pairs, runs
-from tests.helpers import one_error, run_scan
+from auditor.store import open_db, pairs, points, runs
+from tests.helpers import one_error, run_scan, write_csv
 from tests.models import user_nets
 
 F64 = torch.float64
@@ -167,6 +170,30 @@ def test_a_users_module_tapes_its_conv_and_linear_layers(tmp_path):
     assert torch.count_nonzero(solved[outside]) == 0
 
 
+@pytest.mark.parametrize(
+    ("name", "solver"), [("mlp", "ekfac"), ("mlp", "cg"), ("logistic", "exact")]
+)
+def test_streamed_gradients_read_as_the_held_ones(name, solver):
+    # every reader of the training gradients: pair scores, self-influences (the ekfac
+    # factors, the exact Cholesky factor, a solve) and the conditioning check
+    x, y = blobs(100, 3, 3, seed=2)
+    model = MLP(3, 3, hidden=4) if name == "mlp" else MultinomialLogistic(3, 3)
+    theta = fit(model, x, y, 0.05).theta
+    held = per_example_grads(model, theta, x, y)
+    streamed = StreamedGradients(model, theta, x, y, chunk=16)
+    assert streamed.shape == held.shape and streamed[10:30].shape == (20, model.n_params)
+    v = torch.randn(model.n_params, 5, generator=torch.Generator().manual_seed(0), dtype=F64)
+    torch.testing.assert_close(pair_scores(streamed, v), pair_scores(held, v))
+    op = HessianOperator(model, theta, x, y, 0.05)
+    args = SolverArgs(solver=solver, tol=1e-10)
+    torch.testing.assert_close(
+        self_influences(op, streamed, args)[0], self_influences(op, held, args)[0]
+    )
+    a, b = (check_conditioning(op, g, 0.1, seed=3) for g in (streamed, held))
+    assert a["lambda_max"] == pytest.approx(b["lambda_max"], rel=1e-9)
+    assert a["decrease"] == pytest.approx(b["decrease"], rel=1e-6, abs=1e-30)
+
+
 # --- through the scan -------------------------------------------------------------------------
 
 
@@ -228,3 +255,49 @@ def test_ekfac_predicts_leave_one_out_retraining():
         for j in range(2):
             r = np.corrcoef(predicted[j], actual[j])[0, 1]
             assert r >= least, f"{solver}, test point {int(worst[j])}: Pearson {r:.3f}"
+
+
+def test_an_ekfac_scan_streams_the_training_gradients(tmp_path, monkeypatch):
+    # memory bounded by the factors: no gradient pass holds more than a block of points,
+    # and the stored scan equals the one that holds every gradient at once
+    from auditor.influence import gradients
+    from auditor.pipeline import scan as scan_module
+    from auditor.ranking import refits
+
+    x, y = blobs(300, 3, 3, seed=1, dtype=torch.float32)
+    columns = {f"f{j}": x[:, j].tolist() for j in range(3)}
+    csv = write_csv(tmp_path / "d.csv", {**columns, "label": y.tolist()})
+    data = DataArgs(train=csv, test_split=0.2)
+    common = {"name": "mlp", "hidden": 6, "weight_decay": 0.01, "dtype": "float32"}
+    rows: list[int] = []
+    real = gradients.per_example_grads
+
+    def counted(model, theta, x, y, chunk=4096):
+        rows.append(x.shape[0])
+        return real(model, theta, x, y, chunk)
+
+    monkeypatch.setattr(gradients, "per_example_grads", counted)
+    monkeypatch.setattr(gradients, "STREAMED_ROWS", 40)
+    engine, streamed = run_scan(tmp_path / "a.db", data, solver="ekfac", **common)
+    n_train = runs.get_run(engine, streamed.run_id).n_train
+    assert n_train > 40 and rows and max(rows) <= 40, rows
+    assert (
+        streamed.timings["ranking"] > 0 and runs.get_run(engine, streamed.run_id).ranking["refits"]
+    ), "the refits stream as well"
+
+    def held(model, theta, x, y, streamed):
+        return real(model, theta, x, y)
+
+    monkeypatch.setattr(scan_module, "training_gradients", held)
+    monkeypatch.setattr(refits, "training_gradients", held)
+    engine2, whole = run_scan(tmp_path / "b.db", data, solver="ekfac", **common)
+    got = pairs.read_pair_scores(engine, streamed.run_id)
+    want = pairs.read_pair_scores(engine2, whole.run_id)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    a, b = (
+        points.read_points(e, r.run_id, "train") for e, r in [(engine, streamed), (engine2, whole)]
+    )
+    np.testing.assert_allclose(
+        [p["self_influence"] for p in a], [p["self_influence"] for p in b], rtol=1e-4
+    )
+    assert [p["flags"] for p in a] == [p["flags"] for p in b]

@@ -17,6 +17,7 @@ import torch
 
 from auditor.config import SolverArgs
 from auditor.influence.ekfac import EkfacFactors, check_denominators, fit_ekfac
+from auditor.influence.gradients import TrainGradients, map_row_blocks
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.solvers.base import SolveDiagnostics
 
@@ -56,13 +57,13 @@ def ekfac_ihvp(
 
 
 def ekfac_quadratic_forms(
-    op: HessianOperator, g: torch.Tensor, args: SolverArgs
+    op: HessianOperator, g: TrainGradients, args: SolverArgs
 ) -> tuple[torch.Tensor, SolveDiagnostics]:
-    """``g_i^T (F + shift I)^{-1} g_i`` for each row of ``g`` ``(n, p)``: ``(n,)``, without
-    any ``(p, n)`` solution kept."""
+    """``g_i^T (F + shift I)^{-1} g_i`` for each row of ``g`` ``(n, p)``, held or streamed:
+    ``(n,)``, block by block, without any ``(p, n)`` solution kept."""
     start = time.perf_counter()
     factors = ekfac_factors(op, args)
-    values = factors.quadratic_forms(g, op.shift)
+    values = map_row_blocks(g, lambda rows: factors.quadratic_forms(rows, op.shift))
     return values, SolveDiagnostics(
         solver="ekfac",
         converged=True,
