@@ -634,6 +634,17 @@ class ScanConfig:
         ),
     )
 
+    threads: int | None = field(
+        default=None,
+        metadata=cli(
+            "--threads",
+            "run",
+            "CPU threads for torch (default: the cores this process may use, shared by "
+            "torchrun's local ranks).",
+            minimum=1,
+        ),
+    )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -649,6 +660,7 @@ class ScanConfig:
             rule=FlagRule.from_dict(d["rule"]),
             device=d.get("device", "cpu"),
             score_chunk=d.get("score_chunk", 256),
+            threads=d.get("threads"),
         )
 
 

@@ -32,6 +32,7 @@ class ScanContext:
         run_id: The run, once created (or, on a resume, restarted).
         warnings: The run's warnings so far (used on rank 0); a resume starts from the
             stored ones, less the solve's (recomputed from the merged solver record).
+        threads: torch's CPU threads in this process (:mod:`auditor.pipeline.threads`).
     """
 
     config: ScanConfig
@@ -42,6 +43,7 @@ class ScanContext:
     previous: StoredRun | None = None
     run_id: int | None = None
     warnings: list[str] = field(default_factory=list)
+    threads: int = 1
 
     @classmethod
     def open(
@@ -51,6 +53,7 @@ class ScanContext:
         comm: Comm,
         progress: Progress | None = None,
         previous: StoredRun | None = None,
+        threads: int = 1,
     ) -> ScanContext:
         """The context of a new scan (or of a resume of the stored run ``previous``)."""
         writer = RunWriter(engine, comm.rank)
@@ -62,6 +65,7 @@ class ScanContext:
             progress or _silent,
             previous,
             warnings=stored_warnings(previous),
+            threads=threads,
         )
 
     @property

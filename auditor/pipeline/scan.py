@@ -78,6 +78,7 @@ from auditor.pipeline.run_record import (
     run_metrics,
     solve_warnings,
 )
+from auditor.pipeline.threads import torch_threads
 from auditor.ranking.refits import FirstPass, TrainingProblem, robust_ranking
 from auditor.ranking.rule import flag_lists, flag_masks, ranks, suspicion_tests
 from auditor.store import runs
@@ -143,8 +144,8 @@ def scan(
         PeerFailed: another rank failed or was lost; the run is left resumable.
     """
     check_registered(config)
-    with joined(comm, config.device) as comm:
-        ctx = ScanContext.open(engine, config, comm, progress)
+    with joined(comm, config.device) as comm, torch_threads(config.threads) as threads:
+        ctx = ScanContext.open(engine, config, comm, progress, threads=threads)
         loaded = load(ctx, datasets)
         ctx.run_id = comm.root_value(_create_run, ctx, loaded)
         return _run_marked(ctx, loaded)
@@ -172,8 +173,8 @@ def resume(
         raise ConfigError(f"run {run_id} is already complete; there is nothing to resume")
     config = ScanConfig.from_dict(run.config)
     check_registered(config)
-    with joined(comm, config.device) as comm:
-        ctx = ScanContext.open(engine, config, comm, progress, previous=run)
+    with joined(comm, config.device) as comm, torch_threads(config.threads) as threads:
+        ctx = ScanContext.open(engine, config, comm, progress, previous=run, threads=threads)
         comm.root_step(runs.refuse_live_writer, run, LIVE_WRITER_ADVICE)  # the others wait
         loaded = load(ctx)
         ctx.run_id = run_id
@@ -449,6 +450,7 @@ def _outputs(ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitte
     assert fitted.result is not None, "rank 0 holds the fit"
     metrics = run_metrics(loaded.train.task, fitted.result, train_out, f.y, test_out, f.y_test)
     metrics["test_fingerprint"] = points_fingerprint(loaded.test)
+    metrics["threads"] = ctx.threads
     if facts := loaded.model.facts():
         metrics["model_facts"] = facts
     return Outputs(train_out, metrics)
