@@ -21,7 +21,6 @@ import itertools
 from pathlib import Path
 
 import numpy as np
-import torch
 from detection import MNIST, settings
 
 from auditor.evaluation.evaluate import detection_metrics, ranking_scores, scan_with_faults
@@ -67,8 +66,8 @@ def candidate_rules() -> dict:
 def tests(d: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
     """The scan's tests (:func:`auditor.ranking.rule.suspicion_tests`) as arrays ``(n,)``:
     log-loss z, influence z, harmfulness z and harmfulness's normal score."""
-    t = suspicion_tests(*(torch.from_numpy(d[k]) for k in SINGLE))
-    return tuple(v.numpy() for v in (t.loss, t.influence, t.harm, t.harm_score))
+    t = suspicion_tests(*(d[k] for k in SINGLE))
+    return (t.loss, t.influence, t.harm, t.harm_score)
 
 
 def metrics(score: np.ndarray, fault: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ import click
 import pytest
 
 from auditor.cli import cli
+from auditor.cli.group import all_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -29,7 +30,7 @@ def _docs_text() -> str:
 
 def _commands() -> list[tuple[str, click.Command]]:
     """``("auditor", group)`` and ``("auditor NAME", command)`` for every command."""
-    return [("auditor", cli), *((f"auditor {name}", cmd) for name, cmd in cli.commands.items())]
+    return [("auditor", cli), *((f"auditor {name}", cmd) for name, cmd in all_commands().items())]
 
 
 def _long_options(command: click.Command) -> list[str]:

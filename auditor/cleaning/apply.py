@@ -1,4 +1,4 @@
-"""The cleaning loop: apply a reviewer's decisions to the data, compare runs.
+"""The cleaning loop: apply a reviewer's decisions to the data (:mod:`.compare` compares runs).
 
 A decisions file is what the report's "Download decisions" button writes::
 
@@ -149,48 +149,6 @@ def _check_empty(out_dir: Path) -> None:
         raise DataError(f"{out_dir}: not an empty folder; give a new one for the cleaned data")
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """Two runs side by side (``auditor compare``).
-
-    Attributes:
-        rows: ``(label, A's value, B's value, format spec)``: the training and test
-            point counts, then the losses and, for classification, the accuracies; the
-            spec (``".4f"``, ``".2%"``...) is how the values read.
-        same_test_points: Whether both runs were evaluated on the same test points.
-    """
-
-    rows: list[tuple[str, float, float, str]]
-    same_test_points: bool
-
-
-def compare_runs(engine: Engine, run_a: int, run_b: int) -> Comparison:
-    """Test loss and accuracy (and the sizes) of two complete runs; the CLI checks that
-    they are complete (:func:`auditor.cli.common.resolve_run`).
-
-    Raises:
-        DataError: the runs are of different tasks (classification, regression).
-    """
-    a, b = runs.get_run(engine, run_a), runs.get_run(engine, run_b)
-    if a.task != b.task:
-        raise DataError(
-            f"run {run_a} is {a.task} and run {run_b} is {b.task}: their losses and "
-            "accuracies do not compare"
-        )
-    rows: list[tuple[str, float, float, str]] = [
-        ("training points", a.n_train, b.n_train, ".0f"),
-        ("test points", a.n_test, b.n_test, ".0f"),
-    ]
-    metrics = [("train loss", "train_loss", ".4f"), ("test loss", "test_loss", ".4f")]
-    if a.task == "classification":  # b's too: checked above
-        metrics += [("train accuracy", "train_accuracy", ".2%"),
-                    ("test accuracy", "test_accuracy", ".2%")]  # fmt: skip
-    metrics_a, metrics_b = _metrics(a), _metrics(b)
-    rows += [(label, metrics_a[key], metrics_b[key], spec) for label, key, spec in metrics]
-    same = metrics_a.get("test_fingerprint") == metrics_b.get("test_fingerprint")
-    return Comparison(rows, same)
-
-
 def _check_label(label: str, run: StoredRun, where: str) -> str:
     if run.task == "classification":
         class_names = run.class_names or []
@@ -222,9 +180,3 @@ def _sources(run: StoredRun) -> dict[str, Any]:
     """Where the run's ``train`` and ``test`` data came from (every run stores it)."""
     assert run.sources is not None, f"run {run.id} stored no sources"
     return run.sources
-
-
-def _metrics(run: StoredRun) -> dict[str, Any]:
-    """The metrics of a complete run (the CLI checks that it is complete)."""
-    assert run.metrics is not None, f"run {run.id} stored no metrics"
-    return run.metrics

@@ -8,7 +8,6 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from sqlalchemy.engine import Engine
 
 from auditor.config import FlagRule
@@ -92,7 +91,7 @@ def attach_flag_tests(train: list[dict], scale: str = "log") -> None:
     columns = [[r[k] for r in train] for k in ("loss", "harmfulness", "self_influence")]
     if not train or any(v is None for column in columns for v in column):
         return
-    loss, harm, si = (torch.tensor(c, dtype=torch.float64) for c in columns)
+    loss, harm, si = (np.array(c, dtype=np.float64) for c in columns)
     tests = suspicion_tests(loss, harm, si)
     for r, name in zip(train, tests.strongest(), strict=True):
         r["strongest_test"] = name

@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 
 from auditor import __version__
 from auditor.errors import AuditorError, ConfigError, DataError, Interrupted
-from auditor.pipeline import distributed
+from auditor.pipeline import job
 from auditor.pipeline.interrupts import ignore_signals_until_exit
 from auditor.store import database_url, display_url, open_db, runs, sqlite_file
 
@@ -48,7 +48,7 @@ def handle_errors(func: Callable[P, R]) -> Callable[P, R]:
         try:
             return _mapped(func, *args, **kwargs)
         except click.ClickException as error:
-            if distributed.active() and distributed.rank() != 0:
+            if job.active() and job.rank() != 0:
                 sys.exit(error.exit_code)
             raise
 

@@ -57,6 +57,7 @@ from auditor.errors import AuditorError, ConfigError
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.self_influence import self_influence_from_factor
 from auditor.influence.solvers.exact import exact_affordable
+from auditor.pipeline.job import world_size
 from auditor.store import open_db
 
 Block = tuple[int, int]
@@ -65,25 +66,6 @@ Block = tuple[int, int]
 class PeerLost(Exception):
     """A collective failed because a rank of the job died (killed, out of memory, a lost
     machine). torch raises ``DistError`` or, from gloo, a plain ``RuntimeError``."""
-
-
-def world_size() -> int:
-    """Processes in this job: ``WORLD_SIZE`` as torchrun sets it, 1 outside torchrun."""
-    value = os.environ.get("WORLD_SIZE", "1")
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"WORLD_SIZE must be an integer, got {value!r}") from None
-
-
-def rank() -> int:
-    """This process's rank (``RANK``), 0 outside torchrun."""
-    return int(os.environ.get("RANK", "0"))
-
-
-def active() -> bool:
-    """Whether this process is one rank of a multi-process torchrun job."""
-    return world_size() > 1
 
 
 class PeerFailed(AuditorError):

@@ -626,7 +626,7 @@ def rank_points(
     rule = config.rule.resolved(len(train))
     assert f.outputs is not None, "rank 0 computed the outputs"
     train_out = f.outputs.train
-    loss, harmfulness = train_out["loss"].cpu(), torch.from_numpy(scored.harm)
+    loss, harmfulness = train_out["loss"].cpu(), scored.harm
     with ctx.phases("ranking"):
         check_finite(scored.self_influence.cpu().numpy(), "self-influence")  # before the refits
         check_finite(scored.harm, "harmfulness")
@@ -643,23 +643,23 @@ def rank_points(
         first = FirstPass(scored.self_influence, predicted, loss, harmfulness)
         progress = _counter(ctx.progress, "ranking refits", rule.rounds + 1)
         ranked = robust_ranking(problem, first, rule, config.solver, progress)
-        self_influence, influence = ranked.self_influence.cpu(), ranked.z.cpu()
+        self_influence, influence = ranked.self_influence.cpu(), ranked.z
         if ranked.refits:  # else it is the first self-influence, checked above
             check_finite(self_influence.numpy(), "self-influence")
         tests = suspicion_tests(loss, harmfulness, self_influence)
         z = tests.combined
-        check_finite(z.numpy(), "suspicion scores")
+        check_finite(z, "suspicion scores")
         predicted = train_out["predicted"].cpu()
         masks = flag_masks(tests.union, influence, predicted, f.y.cpu(), train.task, rule)
         flags = flag_lists(*masks)
         scores = {
             "self_influence": self_influence.double().tolist(),
             "harmfulness": scored.harm.tolist(),
-            "suspicion": z.double().tolist(),
+            "suspicion": z.tolist(),
             "rank": ranks(z).tolist(),
             "flags": flags,
             "union_z": tests.union.tolist(),
-            "influence_z": influence.double().tolist(),
+            "influence_z": influence.tolist(),
         }
         ctx.writer.write_points("train", point_rows(train, train_out, scores))
     flag_counts = count_flags(flags)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from auditor.config import SolverArgs
@@ -27,10 +28,11 @@ from auditor.ranking.rule import (
 
 @dataclass
 class RobustRanking:
-    """Self-influence ``(n,)``, its z-score ``(n,)``, and the refits it took."""
+    """Self-influence ``(n,)`` (a tensor on the scan's device), its z-score ``(n,)``
+    (float64 numpy), and the refits it took."""
 
     self_influence: torch.Tensor
-    z: torch.Tensor
+    z: np.ndarray
     refits: int
     kept: int
     diagnostics: list[dict]
@@ -69,7 +71,7 @@ class FirstPass:
     self_influence: torch.Tensor
     predicted: torch.Tensor
     loss: torch.Tensor
-    harmfulness: torch.Tensor
+    harmfulness: np.ndarray
 
 
 def robust_ranking(
@@ -87,19 +89,20 @@ def robust_ranking(
     model, theta, x, y = problem.model, problem.theta, problem.x, problem.y
     weight_decay = problem.weight_decay
     first_self_influence = first.self_influence
-    z = influence_z(first_self_influence, rule.influence_scale)
+    z = influence_z(first_self_influence.cpu(), rule.influence_scale)
     si = first_self_influence
     diagnostics: list[dict] = []
     refits = 0
     kept = x.shape[0]
 
-    def refit(keep: torch.Tensor) -> None:
+    def refit(kept_points: np.ndarray) -> None:
         nonlocal si, z, refits, kept
+        keep = torch.from_numpy(kept_points).to(x.device)
         fitted = fit(model, x[keep], y[keep], weight_decay, theta0=theta, **problem.fit_kwargs)
         grads = training_gradients(model, fitted.theta, x, y, solver.solver == "ekfac")
         op = HessianOperator(model, fitted.theta, x[keep], y[keep], weight_decay, solver.damping)
         si, diag = self_influences(op, grads, solver)
-        z = influence_z(si, rule.influence_scale)
+        z = influence_z(si.cpu(), rule.influence_scale)
         diagnostics.append(diag)
         refits += 1
         kept = int(keep.sum())
@@ -110,17 +113,17 @@ def robust_ranking(
         previous = None
         for _ in range(rule.rounds):
             keep = trimmed_mask(z, rule.trim)
-            if previous is not None and torch.equal(previous, keep):
+            if previous is not None and np.array_equal(previous, keep):
                 break
             previous = keep
             refit(keep)
         union = suspicion_tests(first.loss, first.harmfulness, si.cpu()).union
         predicted = first.predicted.cpu()
-        mislabel, _ = flag_masks(union, z.cpu(), predicted, y.cpu(), problem.task, rule)
+        mislabel, _ = flag_masks(union, z, predicted, y.cpu(), problem.task, rule)
         outlier_z = rule.outlier_z
         assert outlier_z is not None, "robust_ranking needs a resolved rule (FlagRule.resolved)"
         # ``outlier`` flags are a subset of ``z >= outlier_z`` (their first condition)
-        singled_out = (mislabel | (z.cpu() >= outlier_z)).to(x.device)
+        singled_out = mislabel | (z >= outlier_z)
         if singled_out.any() and not singled_out.all():
             refit(~singled_out)
     return RobustRanking(si, z, refits, kept, diagnostics)

@@ -18,47 +18,59 @@ The rule (documented in docs/method.md, "Ranking and flags"; thresholds overrida
    the given label and the strongest test reaches ``mislabel_z``; ``outlier`` when the
    influence z after the refits reaches ``outlier_z`` and the point is not a mislabel.
    Regression data has no labels to flip: only outliers.
+
+The rule is statistics of ``n`` numbers per point, in float64 numpy: the commands that only
+read a run (``export``, ``report``) recompute parts of it without loading torch. Tensors
+are accepted wherever an array is (``np.asarray`` of a CPU tensor).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from auditor.config import FlagRule
-from auditor.data import Task
+
+if TYPE_CHECKING:
+    from auditor.data import Task
+
+#: Per-point values ``(n,)``: a numpy array, or anything ``np.asarray`` reads (a CPU tensor).
+Values = Any
+
+_STANDARD_NORMAL = NormalDist()
 
 
-def robust_z(values: torch.Tensor) -> torch.Tensor:
-    """``(v - median) / (1.4826 * MAD)`` for ``values`` ``(n,)``; MAD 0 falls back to the
-    mean absolute deviation, then to 1."""
-    median = _median(values)
-    deviation = (values - median).abs()
-    scale = 1.4826 * _median(deviation)
-    if scale <= 0:
+def _array(values: Values) -> np.ndarray:
+    """``values`` as a float64 array ``(n,)``."""
+    return np.asarray(values, dtype=np.float64)
+
+
+def robust_z(values: Values) -> np.ndarray:
+    """``(v - median) / (1.4826 * MAD)`` for ``values`` ``(n,)``, in float64; MAD 0 falls
+    back to the mean absolute deviation, then to 1.
+
+    The median of an even count is the mean of the two middle values (the lower one alone
+    would bias the robust z upwards on small data: by 13% for the largest of 20 normal
+    draws)."""
+    v = _array(values)
+    median = np.median(v)
+    deviation = np.abs(v - median)
+    scale = 1.4826 * np.median(deviation)
+    if not scale > 0:
         scale = deviation.mean()
-    if scale <= 0:
-        scale = torch.ones((), dtype=values.dtype, device=values.device)
-    return (values - median) / scale
+    if not scale > 0:
+        scale = 1.0
+    return (v - median) / scale
 
 
-def _median(values: torch.Tensor) -> torch.Tensor:
-    """The median of ``values`` ``(n,)``: the mean of the two middle values when ``n`` is
-    even (``Tensor.median`` takes the lower one, which would bias the robust z upwards on
-    small data: by 13% for the largest of 20 normal draws)."""
-    n = values.shape[0]
-    lower = values.kthvalue((n + 1) // 2).values
-    upper = values.kthvalue(n // 2 + 1).values
-    return (lower + upper) / 2
-
-
-def influence_z(self_influence: torch.Tensor, scale: str = "log") -> torch.Tensor:
+def influence_z(self_influence: Values, scale: str = "log") -> np.ndarray:
     """The influence z ``(n,)``: the robust z-score of ``log|self-influence|`` (``scale=
     "log"``) or of the influence norm ``sqrt|self-influence|`` (``"sqrt"``, older runs)."""
-    magnitude = self_influence.abs()
-    return robust_z(_log(magnitude) if scale == "log" else magnitude.sqrt())
+    magnitude = np.abs(_array(self_influence))
+    return robust_z(_log(magnitude) if scale == "log" else np.sqrt(magnitude))
 
 
 #: The tests as the report names them, in :meth:`SuspicionTests.strongest`'s order.
@@ -70,8 +82,8 @@ HARM_WEIGHT = 0.5
 
 @dataclass
 class SuspicionTests:
-    """The three tests of every training point, each ``(n,)`` and about standard normal
-    over the clean bulk.
+    """The three tests of every training point, each ``(n,)`` float64 and about standard
+    normal over the clean bulk.
 
     Three tests for three kinds of fault. The log loss asks "does the model disagree with
     this label?" (a mislabel); the influence z (after the masking refits) asks "does the
@@ -88,25 +100,25 @@ class SuspicionTests:
             on the normal scale, bounded by ``Phi^-1(1 - 1/(2n))`` (3.9 for 8,000 points).
     """
 
-    loss: torch.Tensor
-    influence: torch.Tensor
-    harm: torch.Tensor
-    harm_score: torch.Tensor
+    loss: np.ndarray
+    influence: np.ndarray
+    harm: np.ndarray
+    harm_score: np.ndarray
 
     @property
-    def union(self) -> torch.Tensor:
+    def union(self) -> np.ndarray:
         """The strongest test ``max(loss, harm, influence)`` ``(n,)`` (the mislabel and
         outlier flags' evidence)."""
-        return torch.maximum(self.loss, torch.maximum(self.harm, self.influence))
+        return np.maximum(self.loss, np.maximum(self.harm, self.influence))
 
     def strongest(self) -> list[str]:
         """The name of each point's strongest test (:data:`TEST_NAMES`), the one ``union``
         takes (the first on ties)."""
-        stacked = torch.stack([self.loss, self.harm, self.influence])
-        return [TEST_NAMES[i] for i in stacked.argmax(dim=0).tolist()]
+        stacked = np.stack([self.loss, self.harm, self.influence])
+        return [TEST_NAMES[i] for i in stacked.argmax(axis=0).tolist()]
 
     @property
-    def combined(self) -> torch.Tensor:
+    def combined(self) -> np.ndarray:
         """The product's ranking score ``(n,)``: ``max(loss, influence) + HARM_WEIGHT *
         max(harm_score, 0)``.
 
@@ -117,12 +129,12 @@ class SuspicionTests:
         happens to help the test loss is not thereby correctly labelled. Chosen among
         fixed rules on design seeds (docs/quality.md, "How the combined rule was chosen").
         """
-        return torch.maximum(self.loss, self.influence) + HARM_WEIGHT * self.harm_score.clamp_min(0)
+        return np.maximum(self.loss, self.influence) + HARM_WEIGHT * np.maximum(
+            self.harm_score, 0.0
+        )
 
 
-def suspicion_tests(
-    loss: torch.Tensor, harmfulness: torch.Tensor, self_influence: torch.Tensor
-) -> SuspicionTests:
+def suspicion_tests(loss: Values, harmfulness: Values, self_influence: Values) -> SuspicionTests:
     """The three tests (:class:`SuspicionTests`) from per-point values ``(n,)``.
 
     Args:
@@ -130,50 +142,52 @@ def suspicion_tests(
         harmfulness: Sum of the point's influence over all test points ``(n,)``.
         self_influence: ``-g^T A^{-1} g`` per point ``(n,)`` (after the masking refits).
     """
-    harm = harmfulness.double()
+    harm = _array(harmfulness)
     return SuspicionTests(
-        loss=robust_z(_log(loss)),
-        influence=influence_z(self_influence.double()),
+        loss=robust_z(_log(_array(loss))),
+        influence=influence_z(self_influence),
         harm=robust_z(harm),
         harm_score=normal_scores(harm),
     )
 
 
-def normal_scores(values: torch.Tensor) -> torch.Tensor:
+def normal_scores(values: Values) -> np.ndarray:
     """``Phi^-1((rank - 1/2) / n)`` of ``values`` ``(n,)``, ties sharing their average rank."""
-    ranks = torch.from_numpy(average_ranks(values.detach().cpu().double().numpy()))
-    return torch.special.ndtri((ranks - 0.5) / values.shape[0]).to(values.device)
+    v = _array(values)
+    quantiles = (average_ranks(v) - 0.5) / max(v.shape[0], 1)
+    return np.array([_STANDARD_NORMAL.inv_cdf(q) for q in quantiles.tolist()], dtype=np.float64)
 
 
-def _log(values: torch.Tensor) -> torch.Tensor:
-    return values.double().clamp_min(torch.finfo(torch.float64).tiny).log()
+def _log(values: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(values, np.finfo(np.float64).tiny))
 
 
-def trimmed_mask(score: torch.Tensor, trim: float) -> torch.Tensor:
-    """Boolean ``(n,)`` mask keeping all but the ``trim`` fraction with the highest score."""
-    n = score.shape[0]
-    keep = torch.ones(n, dtype=torch.bool, device=score.device)
-    keep[score.argsort(descending=True)[: int(trim * n)]] = False
+def trimmed_mask(score: Values, trim: float) -> np.ndarray:
+    """Boolean ``(n,)`` mask keeping all but the ``trim`` fraction with the highest score
+    (ties broken by index)."""
+    s = _array(score)
+    keep = np.ones(s.shape[0], dtype=bool)
+    keep[np.argsort(-s, kind="stable")[: int(trim * s.shape[0])]] = False
     return keep
 
 
-def flag_lists(mislabel: torch.Tensor, outlier: torch.Tensor) -> list[list[str]]:
+def flag_lists(mislabel: Values, outlier: Values) -> list[list[str]]:
     """The flags of each point as stored (a list of strings per point) from the boolean
     masks ``(n,)`` of :func:`flag_masks`."""
     return [
         ["mislabel"] if m else ["outlier"] if o else []
-        for m, o in zip(mislabel.tolist(), outlier.tolist(), strict=True)
+        for m, o in zip(np.asarray(mislabel).tolist(), np.asarray(outlier).tolist(), strict=True)
     ]
 
 
 def flag_masks(
-    union_z: torch.Tensor,
-    influence: torch.Tensor,
-    predicted: torch.Tensor,
-    targets: torch.Tensor,
+    union_z: Values,
+    influence: Values,
+    predicted: Values,
+    targets: Values,
     task: Task,
     rule: FlagRule,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks ``(mislabel, outlier)``, each ``(n,)``: ``mislabel`` when the
     prediction disagrees with the label and the strongest test ``union_z``
     (:attr:`SuspicionTests.union`) reaches ``mislabel_z``; otherwise ``outlier`` when the
@@ -181,22 +195,23 @@ def flag_masks(
     outliers hides from the loss but not from the refits) and ``union_z`` reaches
     ``outlier_support_z`` (by default ``outlier_z`` itself, which that already implies).
     Regression data has no mislabels."""
-    rule = rule.resolved(union_z.shape[0])
+    union, z = _array(union_z), _array(influence)
+    rule = rule.resolved(union.shape[0])
     outlier_z, support_z = rule.outlier_z, rule.outlier_support_z
     assert outlier_z is not None and support_z is not None  # resolved() sets both
     if task == "classification":
-        mislabel = predicted.ne(targets) & (union_z >= rule.mislabel_z)
+        mislabel = (np.asarray(predicted) != np.asarray(targets)) & (union >= rule.mislabel_z)
     else:
-        mislabel = torch.zeros_like(union_z, dtype=torch.bool)
-    outlier = (influence >= outlier_z) & (union_z >= support_z)
+        mislabel = np.zeros(union.shape[0], dtype=bool)
+    outlier = (z >= outlier_z) & (union >= support_z)
     return mislabel, ~mislabel & outlier
 
 
-def ranks(score: torch.Tensor) -> torch.Tensor:
+def ranks(score: Values) -> np.ndarray:
     """1-based rank ``(n,)`` by descending score (ties broken by index)."""
-    order = torch.sort(score, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(1, score.shape[0] + 1, device=score.device)
+    order = np.argsort(-_array(score), kind="stable")
+    rank = np.empty(order.shape[0], dtype=np.int64)
+    rank[order] = np.arange(1, order.shape[0] + 1)
     return rank
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.engine import Engine
 
 from auditor.cleaning.exports import flag_rule, label_name, run_summary, train_records
 from auditor.config import FlagRule
-from auditor.data import Task
 from auditor.errors import ConfigError
 from auditor.evaluation.metrics import RANKINGS
 from auditor.report import charts
@@ -29,6 +29,9 @@ from auditor.report.charts import INFLUENCE_LABELS
 from auditor.report.thumbnails import png_data_uri
 from auditor.store import evaluations, pairs, points, runs
 from auditor.store.runs import StoredRun
+
+if TYPE_CHECKING:
+    from auditor.data import Task
 
 HURTS = 3  # test points listed per flagged row
 NEIGHBOURS = 6  # most harmful / most helpful training points per test panel

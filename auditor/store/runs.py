@@ -7,17 +7,20 @@ import socket
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from sqlalchemy import func, select
 from sqlalchemy.engine import Connection, Engine, RowMapping
 
 from auditor import __version__
-from auditor.data import Task
 from auditor.errors import RunNotFound, StoreError
 from auditor.store.schema import pair_scores, runs
+
+if TYPE_CHECKING:  # the commands that only read runs never load torch
+    import torch
+
+    from auditor.data import Task
 
 SUMMARY_COLUMNS = [c for c in runs.c if c.name != "theta"]
 
@@ -239,5 +242,7 @@ def theta_bytes(theta: torch.Tensor) -> bytes:
 def theta_from_bytes(blob: bytes, dtype: str) -> torch.Tensor:
     """The parameters ``(p,)`` :func:`theta_bytes` stored (``dtype`` is the run's
     ``--dtype``), on the CPU in native byte order."""
+    import torch  # here: the commands that only read runs never load it
+
     array = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<"))
     return torch.from_numpy(array.astype(np.dtype(dtype)))

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.cli.evaluate import evaluate
+from auditor.cli.group import all_commands
 from auditor.cli.help import BEGIN, END, region, splice
 from auditor.cli.options import options_markdown, scan_argv, scan_config, scan_options
 from auditor.config import CLI, SECTIONS, CliCopy, CliOption, DataArgs, ScanConfig, SolverArgs
@@ -26,7 +27,7 @@ from auditor.pipeline.scan import scan as run_scan
 from auditor.store import open_db, runs
 
 ROOT = Path(__file__).resolve().parents[2]
-scan = cli.commands["scan"]
+scan = all_commands()["scan"]
 #: Options of scan that are not settings of a ScanConfig.
 NOT_SETTINGS = {"--resume", "--db", "--help"}
 

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from auditor.cli import cli
-from auditor.pipeline import distributed
+from auditor.pipeline import distributed, job
 from auditor.store import open_db, pairs, points, runs
 from tests.helpers import assert_same_run, error_lines, run_state
 
@@ -108,9 +108,9 @@ def test_missing_runs_are_exactly_the_indexes_not_done(done, j0, size):
 
 def test_outside_torchrun_there_is_one_rank(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert distributed.world_size() == 1 and not distributed.active()
+    assert job.world_size() == 1 and not job.active()
     monkeypatch.setenv("WORLD_SIZE", "4")
-    assert distributed.active()
+    assert job.active()
 
 
 @pytest.mark.slow
