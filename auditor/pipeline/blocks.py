@@ -8,6 +8,7 @@ an interrupted run holds whole blocks only and a resume scores just the missing 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from auditor.influence.gradients import StreamedGradients, TrainGradients
 from auditor.influence.scores import pair_scores
 from auditor.pipeline.context import ScanContext
 from auditor.pipeline.distributed import Block, missing_runs, shard, test_blocks
+from auditor.pipeline.phases import Phases
 from auditor.store import pairs, runs
 from auditor.store.deferral import deferred
 
@@ -75,20 +77,21 @@ def score_and_store(
     columns in order), the others read back. Returns the float64 sum of the scores per
     training point ``(n,)``.
 
-    Scores and storage are timed apart ("pair_scores" and "storage") so that the
-    benchmark shows where time goes."""
+    Each block is committed by a writer thread while the next one is scored
+    (:class:`BlockWriter`). Scores and storage are timed apart ("pair_scores" and
+    "storage", the writer's own time) so that the benchmark shows where time goes."""
     engine, run_id, phases = ctx.engine, ctx.existing_run_id, ctx.phases
     harm = np.zeros(train_grads.shape[0], dtype=np.float64)
     total = sum(j1 - j0 for j0, j1 in plan.mine)
     scored = 0
     blocks = score_blocks(engine, run_id, train_grads, test_ihvps, plan.mine, set(plan.to_solve))
-    for j0, scores, fresh in phases.timed_iter("pair_scores", blocks):
-        if fresh:
-            with phases("storage", mark=False):
-                store_block(engine, run_id, plan.done, j0, scores)
-        harm += scores.sum(axis=0, dtype=np.float64)
-        scored += scores.shape[0]
-        ctx.progress("pair scores", scored, total)
+    with BlockWriter(engine, run_id, plan.done, phases) as writer:
+        for j0, scores, fresh in phases.timed_iter("pair_scores", blocks):
+            if fresh:
+                writer.submit(j0, scores)
+            harm += scores.sum(axis=0, dtype=np.float64)
+            scored += scores.shape[0]
+            ctx.progress("pair scores", scored, total)
     return harm
 
 
@@ -155,11 +158,56 @@ class _ScoresAhead:
         return self.scores[k0 - self.start : k1 - self.start]
 
 
-def store_block(engine: Engine, run_id: int, done: set[int], j0: int, scores: np.ndarray) -> None:
+class BlockWriter:
+    """Commits blocks of pair scores on one writer thread while the caller scores the next.
+
+    Still one transaction per block (:func:`commit_block`), at most one block in flight,
+    committed in order. Signals reach the main thread only, so a commit in flight is
+    never cut: leaving the ``with`` block, normally or by an error or Ctrl-C, waits for
+    it (holding further signals) before the run can be marked failed or interrupted. A
+    commit's error is raised in the caller, at the next :meth:`submit` or at the end.
+    """
+
+    def __init__(self, engine: Engine, run_id: int, done: set[int], phases: Phases) -> None:
+        self.engine, self.run_id, self.done, self.phases = engine, run_id, done, phases
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditor-writer")
+        self._pending: Future[None] | None = None
+
+    def submit(self, j0: int, scores: np.ndarray) -> None:
+        """Commit the block of scores ``(c, n)`` of test points ``j0...`` once the block
+        before it is committed."""
+        self._wait()
+        self._pending = self._pool.submit(self._store, j0, scores)
+
+    def _store(self, j0: int, scores: np.ndarray) -> None:
+        with self.phases("storage", mark=False):
+            commit_block(self.engine, self.run_id, self.done, j0, scores)
+
+    def _wait(self, failing: bool = False) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if failing:  # the error already on its way is the one to report
+            wait([pending])
+            return
+        pending.result()
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        try:
+            with deferred():  # a Ctrl-C now is held until the block in flight is committed
+                self._wait(failing=exc_type is not None)
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def commit_block(engine: Engine, run_id: int, done: set[int], j0: int, scores: np.ndarray) -> None:
     """Commit the rows of one block that are not stored yet, in one transaction."""
     j1 = j0 + scores.shape[0]
     try:
-        with deferred(), engine.begin() as conn:
+        with engine.begin() as conn:
             for k0, k1 in missing_runs(done, j0, j1):
                 pairs.write_pair_scores(conn, run_id, k0, scores[k0 - j0 : k1 - j0])
             runs.heartbeat(conn, run_id)
