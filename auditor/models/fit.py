@@ -155,7 +155,7 @@ def fit(
         and theta.numel() <= NEWTON_MAX_PARAMS
     ):
         theta, grad_norm, steps = _newton_polish(
-            model, theta, x, y, weight_decay, grad_norm, budget
+            model, theta, x, y, weight_decay, grad_norm, budget, grad_tol
         )
         iterations += steps
     with torch.no_grad():
@@ -309,16 +309,21 @@ def _newton_polish(
     weight_decay: float,
     grad_norm: float,
     steps: int,
+    grad_tol: float = 0.0,
 ) -> tuple[torch.Tensor, float, int]:
     """Newton steps ``theta - (H + lambda I)^{-1} g`` (solved in float64) from where L-BFGS
     stalled, for a model with a closed-form Hessian: L-BFGS's line search can stall short of
     the optimum in float32 (seen on AMD EPYC: toy-linear at gradient norm 1e-2), while the
     convex risk of a generalised linear model is quadratic or nearly so. A step is kept only
-    if it lowers the gradient norm; at most ``steps``. Returns the parameters ``(p,)``, their
-    gradient norm and the steps kept."""
+    if it lowers the gradient norm; at most ``steps``, and none once the norm is at most
+    ``grad_tol`` (each step builds the dense Hessian: the refits of a 50,000-point scan
+    spent most of their time on a step that could only fail). Returns the parameters
+    ``(p,)``, their gradient norm and the steps kept."""
     eye = torch.eye(theta.numel(), dtype=torch.float64, device=theta.device)
     taken = 0
     for _ in range(steps):
+        if grad_norm <= grad_tol:
+            break
         t = theta.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(risk(model, t, x, y, weight_decay), t)
         loss_hessian = model.loss_hessian(theta, x, y)

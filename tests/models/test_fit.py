@@ -47,3 +47,20 @@ def test_the_polish_respects_the_iteration_limit():
     assert not short.converged and short.grad_norm > 1e-3  # no Newton step finished it
     full = fit(model, x, y, 0.01)
     assert full.converged and full.grad_norm <= 1e-5
+
+
+def test_the_polish_stops_building_hessians_once_the_gradient_is_small(monkeypatch):
+    # a linear regression's Newton step lands on the optimum: one build, not five
+    x, y = _regression()
+    wd = 0.01
+    model = build_model("linear", "regression", x.shape[1], 1)
+    stalled = (_ridge_optimum(x, y, wd) + 0.05).float()
+    start = _grad_norm(model, stalled, x, y, wd)
+    builds = []
+    real = model.loss_hessian
+    monkeypatch.setattr(model, "loss_hessian", lambda *a: builds.append(1) or real(*a))
+    theta, norm, steps = _newton_polish(model, stalled, x, y, wd, start, 5, grad_tol=1e-5)
+    assert norm <= 1e-5 and steps == 1 and len(builds) == 1
+    builds.clear()
+    _newton_polish(model, stalled, x, y, wd, start, 5)  # no tolerance: tries every step
+    assert len(builds) >= 2
