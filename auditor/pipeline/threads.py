@@ -1,9 +1,10 @@
 """How many CPU threads a scan's torch uses.
 
-The cores this process may run on (its CPU affinity and, under a cgroup CPU quota, the
-quota), not the machine's count, shared among torchrun's local ranks; ``--threads``
-overrides it. More threads than usable cores only makes them wait on each other, and on a
-busy machine on the other jobs too.
+``--threads`` if given; else ``OMP_NUM_THREADS`` if set (torchrun sets it to 1 for each
+rank unless told otherwise); else the cores this process may run on (its CPU affinity
+and, under a cgroup CPU quota, the quota), not the machine's count, shared among
+torchrun's local ranks. More threads than usable cores only makes them wait on each
+other, and on a busy machine on the other jobs too.
 """
 
 from __future__ import annotations
@@ -36,11 +37,20 @@ def usable_cores(cpu_max: Path = CPU_MAX) -> int:
     return max(1, cores)
 
 
-def choose_threads(requested: int | None, local_ranks: int = 1, cores: int | None = None) -> int:
-    """``requested``, or the usable ``cores`` shared among the ``local_ranks`` processes of
-    a torchrun job on this host (at least one each)."""
+def choose_threads(
+    requested: int | None,
+    local_ranks: int = 1,
+    cores: int | None = None,
+    environ: dict[str, str] | None = None,
+) -> int:
+    """``requested``; else a positive ``OMP_NUM_THREADS`` of ``environ`` (the process's
+    environment by default); else the usable ``cores`` shared among the ``local_ranks``
+    processes of a torchrun job on this host (at least one each)."""
     if requested is not None:
         return requested
+    omp = (os.environ if environ is None else environ).get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp)
     available = usable_cores() if cores is None else cores
     return max(1, available // max(1, local_ranks))
 

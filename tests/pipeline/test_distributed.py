@@ -1,8 +1,9 @@
 """Sharded scans with torch.distributed (gloo): real torchrun jobs against a one-process scan.
 
 torchrun runs every rank with one thread (OMP_NUM_THREADS=1); the one-process reference
-runs with one thread too, because float32 reductions round differently with another
-thread count (the fit then differs in the last bits).
+runs with one thread too (``--threads 1``, or OMP_NUM_THREADS=1 for a resume), because
+float32 reductions round differently with another thread count (the fit then differs in
+the last bits).
 """
 
 import os
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -49,12 +49,7 @@ def torchrun(*args: str, nproc: int = 2, script: list[str] | None = None):
 
 def one_thread_scan(args: list[str]) -> int:
     """A one-process scan through the CLI with one thread, as torchrun's ranks run."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = CliRunner().invoke(cli, args)
-    finally:
-        torch.set_num_threads(threads)
+    result = CliRunner().invoke(cli, [*args, "--threads", "1"])
     assert result.exit_code == 0, result.output
     return int(result.stdout.strip().splitlines()[-1])
 
@@ -207,15 +202,11 @@ def test_a_killed_rank_leaves_the_run_incomplete_and_resume_scores_only_its_bloc
 
 @pytest.mark.slow
 def test_resume_in_one_process_finishes_a_run_left_by_torchrun(
-    tmp_path, mnist_dir, exact_reference
+    tmp_path, mnist_dir, exact_reference, monkeypatch
 ):
     db = killed_scan(tmp_path, mnist_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = CliRunner().invoke(cli, ["scan", "--resume", "1", "--db", db])
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread, as the ranks ran
+    result = CliRunner().invoke(cli, ["scan", "--resume", "1", "--db", db])
     assert result.exit_code == 0, result.output
     assert "1 rank(s) scored 177 test point(s)" in result.output
     assert_same_run(run_state(db, 1), exact_reference)

@@ -24,15 +24,28 @@ def test_the_usable_cores_follow_the_affinity_and_a_cgroup_quota(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("requested", "ranks", "cores", "want"),
-    [(None, 1, 16, 16), (None, 4, 16, 4), (None, 3, 2, 1), (3, 4, 16, 3), (1, 1, 2, 1)],
+    ("requested", "ranks", "cores", "omp", "want"),
+    [
+        (None, 1, 16, None, 16),
+        (None, 4, 16, None, 4),
+        (None, 3, 2, None, 1),
+        (3, 4, 16, None, 3),
+        (1, 1, 2, None, 1),
+        (None, 4, 16, "1", 1),  # torchrun's default for each rank
+        (None, 1, 16, "6", 6),
+        (2, 1, 16, "6", 2),  # --threads wins
+        (None, 2, 16, "zero", 8),  # not a count: ignored
+        (None, 2, 16, "0", 8),
+    ],
 )
-def test_local_ranks_share_the_cores_unless_threads_are_given(requested, ranks, cores, want):
-    assert choose_threads(requested, ranks, cores) == want
+def test_local_ranks_share_the_cores_unless_threads_are_given(requested, ranks, cores, omp, want):
+    environ = {} if omp is None else {"OMP_NUM_THREADS": omp}
+    assert choose_threads(requested, ranks, cores, environ) == want
 
 
 @pytest.mark.parametrize("given", [None, 1])
-def test_a_scan_stores_the_threads_it_used_and_restores_torchs(tmp_path, given):
+def test_a_scan_stores_the_threads_it_used_and_restores_torchs(tmp_path, given, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     db = tmp_path / "a.db"
     before = torch.get_num_threads()
     args = ["scan", "--train", "toy-linear", "--solver", "exact", "--db", str(db)]
