@@ -22,6 +22,13 @@ Cases (each runs in its own subprocess, so its peak RSS is its own):
    scan (fit and ranking included) is shown next to it.
 5. (GPU-sized) synthetic logistic, 60,000 train x 10,000 test = 600 M pairs, exact solver.
 
+Cases 1-3 also time a *floor* in the same process, right after the scan (issue 15, must
+1): the bare influence arithmetic in plain torch on the scan's fitted parameters, with no
+fit, no storage and no ranking: per-example gradients of the training and test points, the
+class-block Hessian of the logistic loss plus weight decay, its Cholesky factor, the IHVPs
+of every test gradient and every pair score (computed in blocks and dropped). The table's
+``scan/floor`` is the whole scan's time over it.
+
 Every case drives the library call :func:`auditor.pipeline.scan.scan` into a fresh SQLite file, so
 phases (load, fit, gradients, ihvp, pair_scores, storage, ranking) are the product's own
 timings; ``report`` is ``auditor report`` (collect + render + write); ``read`` streams every
@@ -50,6 +57,8 @@ sys.path.insert(0, str(ROOT))
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 PHASES = ("load", "fit", "gradients", "ihvp", "pair_scores", "storage", "ranking", "report")
+#: Test points per block of the floor's pair scores (as the scan's default ``--chunk``).
+FLOOR_BLOCK = 256
 GB = 1024**3
 
 
@@ -170,9 +179,12 @@ def run_scan_case(spec: dict, device: str, workdir: Path) -> dict:
     start = time.perf_counter()
     read = sum(block.size for _, block in pairs.iter_pair_blocks(engine, result.run_id))
     read_s = time.perf_counter() - start
-    solver = runs.get_run(engine, result.run_id).as_dict()["solver"]
+    run = runs.get_run(engine, result.run_id, with_theta=True)
+    solver = run.as_dict()["solver"]
+    floor_s = floor_of_run(config, run, device)
     engine.dispose()
     return {
+        "floor_s": floor_s,
         "timings": timings,
         "scan_s": scan_s,
         "pairs": result.n_pairs,
@@ -185,6 +197,72 @@ def run_scan_case(spec: dict, device: str, workdir: Path) -> dict:
         "converged": solver["converged"],
         "warnings": result.warnings,
     }
+
+
+def floor_of_run(config, run, device: str) -> float:
+    """:func:`influence_floor` on the data of ``config`` at the run's fitted parameters."""
+    import torch
+
+    from auditor.pipeline.loading import dataset_tensors, load_data
+    from auditor.store import runs
+
+    train, test = load_data(config.data)
+    x, y = dataset_tensors(train, device, torch.float32)
+    x_test, y_test = dataset_tensors(test, device, torch.float32)
+    theta = runs.theta_from_bytes(run.theta, "float32").to(device)
+    classes = len(train.class_names or [])
+    return influence_floor(
+        x, y, x_test, y_test, theta, run.config["model"]["weight_decay"], classes
+    )
+
+
+def influence_floor(x, y, x_test, y_test, theta, weight_decay: float, classes: int) -> float:
+    """Seconds of the bare influence arithmetic of a (binary or multinomial) logistic
+    regression at ``theta``, in plain float32 torch: per-example gradients ``(n, p)`` and
+    ``(m, p)``, the class-block Hessian ``(p, p)`` plus ``weight_decay I``, its Cholesky
+    factor, the IHVPs ``(p, m)`` and every pair score ``G S`` in blocks of
+    :data:`FLOOR_BLOCK` test points. Nothing is stored, no fit, no ranking."""
+    import torch
+
+    def with_bias(a):
+        return torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], 1)
+
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    xb, xtb = with_bias(x), with_bias(x_test)
+    n, d1 = xb.shape
+    if classes == 2:  # theta (d + 1,): the logit of the second class
+        prob = torch.sigmoid(xb @ theta)
+        hessian = (xb * (prob * (1 - prob))[:, None]).T @ xb / n
+        g_train = (prob - y.to(prob.dtype))[:, None] * xb
+        g_test = (torch.sigmoid(xtb @ theta) - y_test.to(prob.dtype))[:, None] * xtb
+    else:  # theta (d + 1) x k, row-major
+        w = theta.reshape(d1, classes)
+        soft = torch.softmax(xb @ w, dim=1)
+        blocks = torch.empty(d1, classes, d1, classes, dtype=x.dtype, device=x.device)
+        for c in range(classes):
+            for e in range(c, classes):
+                weights = soft[:, c] * (float(c == e) - soft[:, e])
+                block = (xb * weights[:, None]).T @ xb / n
+                blocks[:, c, :, e] = block
+                blocks[:, e, :, c] = block.T
+        hessian = blocks.reshape(d1 * classes, d1 * classes)
+
+        def grads(a, labels):
+            residual = torch.softmax(a @ w, dim=1)
+            residual[torch.arange(a.shape[0]), labels] -= 1
+            return (a[:, :, None] * residual[:, None, :]).reshape(a.shape[0], -1)
+
+        g_train, g_test = grads(xb, y), grads(xtb, y_test)
+    hessian.diagonal().add_(weight_decay)
+    factor = torch.linalg.cholesky(hessian)
+    ihvps = torch.cholesky_solve(g_test.T.contiguous(), factor)
+    for j0 in range(0, ihvps.shape[1], FLOOR_BLOCK):
+        scores = -(g_train @ ihvps[:, j0 : j0 + FLOOR_BLOCK])
+        del scores
+    sync()
+    return time.perf_counter() - start
 
 
 def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:
@@ -327,6 +405,8 @@ def table(rows: list[tuple[dict, dict]]) -> str:
         "case",
         *PHASES,
         "scan s",
+        "floor s",
+        "scan/floor",
         "Mpairs/s",
         "write M/s",
         "read M/s",
@@ -356,6 +436,8 @@ def table(rows: list[tuple[dict, dict]]) -> str:
             spec["name"],
             *(fmt(t.get(p)) for p in PHASES),
             fmt(row["scan_s"]),
+            fmt(row.get("floor_s")),
+            fmt(row["scan_s"] / row["floor_s"], 1) if row.get("floor_s") else "",
             fmt(row["pairs"] / row["scan_s"] / 1e6, 1),
             fmt(row.get("write_mps"), 1),
             fmt(row.get("read_mps"), 1),
