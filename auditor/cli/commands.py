@@ -30,6 +30,7 @@ from auditor.cli.options import scan_argv, scan_config, scan_options
 from auditor.cli.progress import PhaseProgress
 from auditor.errors import AuditorError
 from auditor.pipeline import distributed, job
+from auditor.pipeline.interrupts import interruptible
 from auditor.pipeline.scan import ScanResult
 from auditor.pipeline.scan import resume as resume_scan
 from auditor.pipeline.scan import scan as run_scan
@@ -83,7 +84,9 @@ def scan(**opts: Any) -> None:
         )
         return
     config = scan_config(opts)
-    with distributed.process_group(config.device) as comm:
+    # from here a Ctrl-C says whether anything was written (opening the database and
+    # joining the job come before the run exists; the scan says which run it left)
+    with interruptible(None), distributed.process_group(config.device) as comm:
         engine = dispose_on_close(distributed.open_in_order(comm, opts["db"]))
         _report_scan(opts, progress, lambda: run_scan(engine, config, progress=progress, comm=comm))
 
