@@ -513,6 +513,12 @@ class SolverArgs:
         if not self.tol > 0:
             raise ConfigError(f"--tol (the solver tolerance) must be > 0, got {self.tol}")
 
+    @property
+    def streams_gradients(self) -> bool:
+        """Whether the training gradients are streamed instead of held (``n x p``): EK-FAC's
+        memory is bounded by its factors (:class:`~auditor.influence.gradients.StreamedGradients`)."""
+        return self.solver == "ekfac"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -81,7 +81,9 @@ def training_gradients(
     return per_example_grads(model, theta, x, y)
 
 
-def row_blocks(grads: TrainGradients, chunk: int = 1024) -> Iterator[tuple[int, torch.Tensor]]:
+def row_blocks(
+    grads: TrainGradients, chunk: int = STREAMED_ROWS
+) -> Iterator[tuple[int, torch.Tensor]]:
     """``(i0, rows)`` for consecutive blocks of rows ``(c, p)`` of ``grads``, in order: slices
     of a tensor (``chunk`` rows), or one streamed block of gradients at a time."""
     if isinstance(grads, StreamedGradients):

@@ -7,7 +7,7 @@ import os
 
 from auditor.errors import ConfigError
 
-__all__ = ["active", "rank", "world_size"]
+__all__ = ["active", "local_world_size", "rank", "world_size"]
 
 
 def world_size() -> int:
@@ -27,3 +27,8 @@ def rank() -> int:
 def active() -> bool:
     """Whether this process is one rank of a multi-process torchrun job."""
     return world_size() > 1
+
+
+def local_world_size() -> int:
+    """Ranks of this job on this machine (``LOCAL_WORLD_SIZE``), 1 outside torchrun."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)

@@ -478,9 +478,8 @@ def gradients(ctx: ScanContext, features: Features, fitted: Fitted) -> Gradients
     """The gradients phase on every rank, after dealing out the test blocks."""
     plan = plan_blocks(ctx, features.x_test.shape[0])
     with ctx.phases("gradients"):
-        streamed = ctx.config.solver.solver == "ekfac"
         f, theta = features, fitted.theta
-        train = training_gradients(f.model, theta, f.x, f.y, streamed)
+        train = training_gradients(f.model, theta, f.x, f.y, ctx.config.solver.streams_gradients)
         test = _test_gradients(features, theta, plan.to_solve)
     return Gradients(plan, train, test)
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from auditor.pipeline.job import local_world_size
+
 #: The cgroup v2 file that holds the CPU quota: ``"max 100000"`` or ``"200000 100000"``.
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
@@ -59,8 +61,7 @@ def choose_threads(
 def torch_threads(requested: int | None) -> Iterator[int]:
     """Run the body with torch's intra-op threads set to :func:`choose_threads` (torchrun's
     ``LOCAL_WORLD_SIZE`` ranks share the cores); yields the count, restores the previous."""
-    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    threads = choose_threads(requested, local_ranks)
+    threads = choose_threads(requested, local_world_size())
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

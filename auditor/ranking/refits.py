@@ -99,7 +99,7 @@ def robust_ranking(
         nonlocal si, z, refits, kept
         keep = torch.from_numpy(kept_points).to(x.device)
         fitted = fit(model, x[keep], y[keep], weight_decay, theta0=theta, **problem.fit_kwargs)
-        grads = training_gradients(model, fitted.theta, x, y, solver.solver == "ekfac")
+        grads = training_gradients(model, fitted.theta, x, y, solver.streams_gradients)
         op = HessianOperator(model, fitted.theta, x[keep], y[keep], weight_decay, solver.damping)
         si, diag = self_influences(op, grads, solver)
         z = influence_z(si.cpu(), rule.influence_scale)
