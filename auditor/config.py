@@ -266,7 +266,8 @@ class ModelArgs:
             ``mlp``, ``cnn``); ``None`` follows the data.
         weight_decay: L2 coefficient lambda of the risk (keeps the Hessian positive definite).
         hidden: Hidden units of the MLP.
-        max_iter: Most L-BFGS iterations.
+        max_iter: Most iterations of the fit (Newton for ``linear`` and ``logistic``,
+            L-BFGS otherwise).
         grad_tol: Gradient norm that counts as an optimum.
         dtype: ``float32`` or ``float64``.
         params: Parameters influence is taken over for ``cnn`` and ``model_file``:

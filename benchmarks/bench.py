@@ -5,6 +5,7 @@ Run from the repository root (not part of the test suite; nothing here asserts a
     python benchmarks/bench.py                      # cases 1-4 on the CPU, ~5 min on 2 cores
     python benchmarks/bench.py --cases 1,4 --quick  # a smaller case 3 (10,000 x 2,000)
     python benchmarks/bench.py --cases 2,3,5 --device cuda --out gpu-table.md
+    python benchmarks/bench.py --cases 1,2 --busy   # a CPU hog on every core beside each case
 
 Cases (each runs in its own subprocess, so its peak RSS is its own):
 
@@ -27,7 +28,14 @@ Cases 1-3 also time a *floor* in the same process, right after the scan (issue 1
 fit, no storage and no ranking: per-example gradients of the training and test points, the
 class-block Hessian of the logistic loss plus weight decay, its Cholesky factor, the IHVPs
 of every test gradient and every pair score (computed in blocks and dropped). The table's
-``scan/floor`` is the whole scan's time over it.
+``scan/floor`` is the whole scan's time over it; ``ranking %`` the ranking phase's share
+of the scan. Targets (issue 15): scan/floor at most 1.5 for case 2 exact and 2.5 for case 2
+LiSSA on a quiet machine, at most 2 for case 2 exact with ``--busy``.
+
+``--busy`` starts one pure-Python busy loop per usable core (``os.sched_getaffinity``)
+before the first case and stops them after the last: the scan and its floor then share
+the machine with that load, as on a machine where other jobs run. The scan picks its own
+thread count (the usable cores, or ``OMP_NUM_THREADS``, which ``--threads`` sets).
 
 Every case drives the library call :func:`auditor.pipeline.scan.scan` into a fresh SQLite file, so
 phases (load, fit, gradients, ihvp, pair_scores, storage, ranking) are the product's own
@@ -92,13 +100,14 @@ def case_specs(case: str, quick: bool) -> list[dict]:
                 "name": "2 MNIST 10-class exact",
                 "data": data,
                 "solver": {"solver": "exact"},
-                "targets": {"scan_s": 60.0, **storage},
+                "targets": {"scan_s": 60.0, "scan_floor": 1.5, **storage},
+                "busy_targets": {"scan_floor": 2.0},
             },
             {
                 "name": "2 MNIST 10-class lissa",
                 "data": data,
                 "solver": {"solver": "lissa", "tol": 1e-3},
-                "targets": {"scan_s": 240.0, "residual": 1e-3},
+                "targets": {"scan_s": 240.0, "scan_floor": 2.5, "residual": 1e-3},
             },
         ]
     if case in ("3", "5"):
@@ -185,6 +194,7 @@ def run_scan_case(spec: dict, device: str, workdir: Path) -> dict:
     engine.dispose()
     return {
         "floor_s": floor_s,
+        "scan_floor": scan_s / floor_s,
         "timings": timings,
         "scan_s": scan_s,
         "pairs": result.n_pairs,
@@ -405,6 +415,7 @@ def table(rows: list[tuple[dict, dict]]) -> str:
         "case",
         *PHASES,
         "scan s",
+        "ranking %",
         "floor s",
         "scan/floor",
         "Mpairs/s",
@@ -436,6 +447,7 @@ def table(rows: list[tuple[dict, dict]]) -> str:
             spec["name"],
             *(fmt(t.get(p)) for p in PHASES),
             fmt(row["scan_s"]),
+            f"{100 * t['ranking'] / row['scan_s']:.0f}" if "ranking" in t else "",
             fmt(row.get("floor_s")),
             fmt(row["scan_s"] / row["floor_s"], 1) if row.get("floor_s") else "",
             fmt(row["pairs"] / row["scan_s"] / 1e6, 1),
@@ -475,9 +487,12 @@ def machine(device: str, threads: int | None = None) -> str:
     return text + f"; load average before the run {load[0]:.1f}"
 
 
-def write_results(path: Path, device: str, header: str, body: str, command: str) -> None:
-    """Replace this device's section of ``path`` (between markers), keeping the rest."""
-    kind = "cuda" if device.startswith("cuda") else "cpu"
+def write_results(
+    path: Path, device: str, header: str, body: str, command: str, busy: bool = False
+) -> None:
+    """Replace this device's section of ``path`` (between markers; a busy run has its
+    own), keeping the rest."""
+    kind = ("cuda" if device.startswith("cuda") else "cpu") + ("-busy" if busy else "")
     start, end = f"<!-- bench:{kind}:start -->", f"<!-- bench:{kind}:end -->"
     section = f"{start}\nMachine: {header}\n\nCommand: `{command}`\n\n{body}\n{end}"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
@@ -499,21 +514,46 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="torch threads per scan (default: torch's, = cores)"
     )
+    parser.add_argument(
+        "--busy", action="store_true", help="run a CPU hog on every usable core beside the cases"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
         child(json.loads(args.child), args.device)
         return
 
+    hogs = start_hogs() if args.busy else []
+    try:
+        run_cases(args, hogs)
+    finally:
+        for hog in hogs:
+            hog.kill()
+
+
+def start_hogs() -> list[subprocess.Popen]:
+    """One busy-looping Python process per usable core, started and given a second to
+    spin up."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores or 1)]
+    time.sleep(1.0)
+    return hogs
+
+
+def run_cases(args: argparse.Namespace, hogs: list[subprocess.Popen]) -> None:
+    """Each case in its own child process; the table printed and written."""
     header = machine(args.device, args.threads)
+    if hogs:
+        header += f"; busy: {len(hogs)} CPU hogs beside every case"
     print(f"# {header}", flush=True)
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)  # the scan's thread count follows it
     rows = []
     for case in args.cases.split(","):
         for spec in case_specs(case.strip(), args.quick):
+            if hogs:
+                spec["targets"].update(spec.get("busy_targets", {}))
             command = [
                 sys.executable,
                 __file__,
@@ -522,12 +562,15 @@ def main() -> None:
                 "--child",
                 json.dumps(spec),
             ]
-            if args.threads:
-                command += ["--threads", str(args.threads)]
             print(f"running {spec['name']} ...", flush=True)
             try:
                 done = subprocess.run(
-                    command, capture_output=True, text=True, timeout=args.timeout, cwd=ROOT
+                    command,
+                    capture_output=True,
+                    text=True,
+                    timeout=args.timeout,
+                    cwd=ROOT,
+                    env=env,
                 )
                 if done.returncode != 0:
                     error = (done.stderr.strip().splitlines() or ["?"])[-1]
@@ -542,7 +585,7 @@ def main() -> None:
     print(body)
     if not args.no_write:
         command = "python benchmarks/bench.py " + " ".join(sys.argv[1:])
-        write_results(args.out, args.device, header, body, command.strip())
+        write_results(args.out, args.device, header, body, command.strip(), bool(hogs))
         print(f"wrote {args.out}")
 
 

@@ -185,7 +185,18 @@ def test_the_suggested_normalize_standard_fits_the_same_data(tmp_path):
     assert run_rows(db)[0][0] == "complete"
 
 
-def test_a_nan_risk_inside_the_line_search_fails_the_run_cleanly(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("mlp", ("the fit failed: L-BFGS's line search broke down", "IndexError")),
+        ("logistic", ("the fit reached a non-finite risk (nan) after 0 iterations",)),
+    ],
+)
+def test_a_nan_risk_inside_the_line_search_fails_the_run_cleanly(
+    tmp_path, monkeypatch, model, message
+):
+    """L-BFGS (the MLP) breaks down on it; Newton-CG (logistic) finds no step and ends on
+    a risk that is not finite. Either way: one line, a failed run."""
     real_risk = fit_module.risk
     calls = []
 
@@ -196,10 +207,9 @@ def test_a_nan_risk_inside_the_line_search_fails_the_run_cleanly(tmp_path, monke
     monkeypatch.setattr(fit_module, "risk", nan_after_the_first)
     db = tmp_path / "audit.db"
     result = invoke("scan", "--train", separable_csv(tmp_path / "d.csv"), "--test-split",
-                    "0.25", "--db", str(db))  # fmt: skip
+                    "0.25", "--model", model, "--db", str(db))  # fmt: skip
     assert result.exit_code == 1, result.output
-    line = one_error(result.output, "the fit failed: L-BFGS's line search broke down",
-                     "IndexError", "features of scale", "--dtype float64")  # fmt: skip
+    line = one_error(result.output, *message, "features of scale", "--dtype float64")
     [(status, phase, error)] = run_rows(db)
     assert (status, phase) == ("failed", "fit") and error in line
 
@@ -242,7 +252,7 @@ def test_the_targets_of_a_regression_count_towards_the_scale():
 
 def test_a_line_search_failure_is_a_solver_error_and_a_model_error_stays(monkeypatch):
     x, y = _classification()
-    model = build_model("logistic", "classification", 2, 2)
+    model = build_model("mlp", "classification", 2, 2, hidden=4)  # fitted by L-BFGS
     real_risk = fit_module.risk
     calls = []
 
@@ -273,7 +283,7 @@ def test_a_non_finite_risk_at_the_end_of_the_fit_is_a_solver_error(monkeypatch):
         return real_risk(model, theta, x, y, weight_decay) * math.nan
 
     monkeypatch.setattr(fit_module, "risk", nan_risk)
-    with pytest.raises(SolverError, match=r"non-finite (risk|gradient) \(nan\) after 0 L-BFGS"):
+    with pytest.raises(SolverError, match=r"non-finite (risk|gradient) \(nan\) after 0 iterations"):
         fit(model, x, y, 0.01, max_iter=0)  # measured only (a model used as trained)
 
 

@@ -60,6 +60,9 @@ NOT_AN_OPTIMUM = 1e-3
 ADVISED_WEIGHT_DECAY = 0.01
 #: Lanczos steps for each extreme eigenvalue.
 LANCZOS_STEPS = 30
+#: Relative accuracy at which a Lanczos run that only needs its largest Ritz value stops
+#: (the condition number is reported to three digits).
+RITZ_TOL = 1e-4
 
 Matvec = Callable[[torch.Tensor], torch.Tensor]
 #: How ``lambda_min`` was measured (:func:`extreme_eigenvalues`).
@@ -109,7 +112,11 @@ class Conditioning(ExtremeEigenvalues):
 
 
 def lanczos_extremes(
-    matvec: Matvec, start: torch.Tensor, steps: int = LANCZOS_STEPS, breakdown: float = 1e-12
+    matvec: Matvec,
+    start: torch.Tensor,
+    steps: int = LANCZOS_STEPS,
+    breakdown: float = 1e-12,
+    largest_tol: float = 0.0,
 ) -> tuple[float, float, int]:
     """The smallest and largest Ritz values of the symmetric operator ``matvec`` after
     ``steps`` Lanczos steps from ``start`` ``(p,)`` (fewer once the Krylov space closes:
@@ -118,7 +125,11 @@ def lanczos_extremes(
     reorthogonalised; ``matvec`` takes and returns ``(p, 1)`` float64 columns. The Ritz
     values lie inside the spectrum (restricted to the Krylov space of ``start``): the
     smallest bounds the smallest eigenvalue from above, the largest the largest from below,
-    and the largest converges within a few steps."""
+    and the largest converges within a few steps. With ``largest_tol`` > 0 (a caller that
+    only reads the largest) it stops once the largest Ritz value is within ``largest_tol``
+    of it, relatively, of an eigenvalue: its residual ``beta |s_last|`` (``s`` the Ritz
+    vector in the Krylov basis) bounds that distance (Parlett, *The Symmetric Eigenvalue
+    Problem*, 13.2)."""
     q = start.detach().to(torch.float64).reshape(-1, 1)
     steps = min(steps, q.shape[0])
     basis = q.new_empty(q.shape[0], steps)  # orthonormal Lanczos vectors, by column
@@ -135,14 +146,28 @@ def lanczos_extremes(
         beta = float(w.norm())
         if step == steps - 1 or not beta > breakdown * max(abs(a) for a in alphas):
             break
+        if largest_tol > 0 and _largest_converged(alphas, betas, beta, largest_tol):
+            break
         betas.append(beta)
         basis[:, step + 1 : step + 2] = w / beta
+    ritz = torch.linalg.eigvalsh(_tridiagonal(alphas, betas))
+    return float(ritz[0]), float(ritz[-1]), len(alphas)
+
+
+def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
+    """Lanczos's ``T`` ``(k, k)`` from its diagonal ``alphas`` (k) and off-diagonal ``betas``."""
     t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
     if betas:
         off = torch.tensor(betas, dtype=torch.float64)
         t += torch.diag(off, 1) + torch.diag(off, -1)
-    ritz = torch.linalg.eigvalsh(t)
-    return float(ritz[0]), float(ritz[-1]), len(alphas)
+    return t
+
+
+def _largest_converged(alphas: list[float], betas: list[float], beta: float, tol: float) -> bool:
+    """Whether the largest Ritz value of ``T`` is within ``tol`` (relative) of an eigenvalue,
+    ``beta`` being the norm of the next Lanczos direction."""
+    values, vectors = torch.linalg.eigh(_tridiagonal(alphas, betas))
+    return beta * abs(float(vectors[-1, -1])) <= tol * abs(float(values[-1]))
 
 
 def float64_matvec(op: HessianOperator) -> Matvec:
@@ -156,10 +181,12 @@ def extreme_eigenvalues(op: HessianOperator, start: torch.Tensor) -> ExtremeEige
     is not positive: singular or indefinite; JSON, which the run is stored as, has no
     infinity) from Lanczos started at ``start`` ``(p,)``, with ``method``: ``factor``
     (``lambda_min`` through the cached Cholesky factor) or ``lanczos`` (an upper bound)."""
-    low, high, taken = lanczos_extremes(
-        float64_matvec(op), start, LANCZOS_STEPS, _rounding(op.theta.dtype)
-    )
     factor = op.cached_cholesky()
+    # With the factor only the largest Ritz value of each run is read: it converges first.
+    largest_tol = RITZ_TOL if factor is not None else 0.0
+    low, high, taken = lanczos_extremes(
+        float64_matvec(op), start, LANCZOS_STEPS, _rounding(op.theta.dtype), largest_tol
+    )
     method: Method = "lanczos"
     if factor is not None:
 
@@ -167,7 +194,7 @@ def extreme_eigenvalues(op: HessianOperator, start: torch.Tensor) -> ExtremeEige
             return torch.cholesky_solve(v.to(factor.dtype), factor).to(torch.float64)
 
         _, inverse_high, inverse_taken = lanczos_extremes(
-            a_inverse_times, start, LANCZOS_STEPS, _rounding(factor.dtype)
+            a_inverse_times, start, LANCZOS_STEPS, _rounding(factor.dtype), largest_tol
         )
         taken += inverse_taken
         if inverse_high > 0:

@@ -94,10 +94,17 @@ class ModelTask(ABC):
         """Whether :meth:`loss_hessian` is implemented (cheap dense Hessians)."""
         return type(self).loss_hessian is not ModelTask.loss_hessian
 
+    @property
+    def convex_risk(self) -> bool:
+        """Whether the regularised risk is convex in ``theta`` with a closed-form
+        :meth:`hvp` (the generalised linear models): such a model is fitted by Newton-CG
+        (:mod:`auditor.models.newton`), any other by L-BFGS."""
+        return False
+
     def pretrain(
         self, x: torch.Tensor, y: torch.Tensor, weight_decay: float, seed: int
     ) -> torch.Tensor | None:
-        """Starting point ``(p,)`` of the L-BFGS fit from minibatch training, or ``None``
+        """Starting point ``(p,)`` of the fit from minibatch training, or ``None``
         (the default) to start from :meth:`init_params`. Deep models override it."""
         return None
 

@@ -3,6 +3,11 @@
 R(theta) = mean_i L(z_i, theta) + (weight_decay / 2) * ||theta||^2. Influence functions
 assume grad R = 0, so the final gradient norm is recorded and checked.
 
+The optimiser follows the model: a convex risk (linear and logistic models, and the head
+of a model with a frozen body) is minimised by Newton-CG with its closed-form
+Hessian-vector products (:mod:`auditor.models.newton`), which reaches the gradient
+tolerance in a few iterations also in float32; any other risk by full-batch L-BFGS.
+
 A fit never ends in a traceback from the optimiser: data too large for the fit's dtype is
 refused before it starts (:func:`check_scale`, :class:`~auditor.errors.DataError`), and a
 non-finite risk or gradient, or a failure inside L-BFGS's line search, is a
@@ -20,6 +25,7 @@ import torch
 
 from auditor.errors import DataError, SolverError
 from auditor.models.base import ModelTask
+from auditor.models.newton import newton_cg
 
 #: Rows of the features whose norms :func:`check_scale` computes at once (in float64).
 SCALE_CHUNK = 4096
@@ -60,7 +66,8 @@ def fit(
     grad_tol: float = 1e-5,
     theta0: torch.Tensor | None = None,
 ) -> FitResult:
-    """Minimise the risk with full-batch L-BFGS (strong Wolfe line search).
+    """Minimise the risk: Newton-CG for a convex model (:attr:`ModelTask.convex_risk`),
+    else full-batch L-BFGS (strong Wolfe line search).
 
     Args:
         model: The model.
@@ -69,7 +76,7 @@ def fit(
         weight_decay: L2 coefficient (lambda above).
         seed: Seeds the starting point of non-convex models (and their minibatch
             :meth:`~auditor.models.ModelTask.pretrain`, run first when ``theta0`` is None).
-        max_iter: Most L-BFGS iterations; 0 (a model's ``max_polish_iter`` of 0) keeps
+        max_iter: Most iterations of the optimiser (Newton or L-BFGS); 0 (a model's ``max_polish_iter`` of 0) keeps
             the starting point and only measures the risk and its gradient there.
         grad_tol: Stop when ``||grad R|| <= grad_tol``; ``converged`` records whether it did.
         theta0: Optional warm start ``(p,)``.
@@ -110,6 +117,66 @@ def fit(
             value = float(risk(model, theta, x, y, weight_decay))
         _check_finite(value, grad_norm, 0, x, y)
         return FitResult(theta.detach(), value, grad_norm, 0, grad_norm <= grad_tol)
+    if model.convex_risk:
+        theta, grad_norm, iterations = _fit_newton(
+            model, x, y, weight_decay, theta, max_iter, grad_tol
+        )
+    else:
+        theta, grad_norm, iterations = _fit_lbfgs(
+            model, x, y, weight_decay, theta, max_iter, grad_tol
+        )
+    with torch.no_grad():
+        value = float(risk(model, theta, x, y, weight_decay))
+    _check_finite(value, grad_norm, int(iterations), x, y)
+    return FitResult(
+        theta=theta,
+        risk=value,
+        grad_norm=grad_norm,
+        iterations=int(iterations),
+        converged=grad_norm <= grad_tol,
+    )
+
+
+def _fit_newton(
+    model: ModelTask,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight_decay: float,
+    theta: torch.Tensor,
+    max_iter: int,
+    grad_tol: float,
+) -> tuple[torch.Tensor, float, int]:
+    """:func:`~auditor.models.newton.newton_cg` on a convex model's risk with its closed-form
+    Hessian-vector products: the parameters ``(p,)``, their gradient norm, the iterations."""
+
+    def risk_and_gradient(t: torch.Tensor) -> tuple[float, torch.Tensor]:
+        t = t.detach().requires_grad_(True)
+        value = risk(model, t, x, y, weight_decay)
+        (g,) = torch.autograd.grad(value, t)
+        return float(value.detach()), g
+
+    def hessian_product(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        hv = model.hvp(t, x, y, v[:, None])
+        assert hv is not None, "a convex model has a closed-form Hessian-vector product"
+        return hv[:, 0] + weight_decay * v
+
+    found = newton_cg(
+        risk_and_gradient, hessian_product, theta.detach(), max_iter=max_iter, grad_tol=grad_tol
+    )
+    return found.theta, found.grad_norm, found.iterations
+
+
+def _fit_lbfgs(
+    model: ModelTask,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight_decay: float,
+    theta: torch.Tensor,
+    max_iter: int,
+    grad_tol: float,
+) -> tuple[torch.Tensor, float, int]:
+    """Full-batch L-BFGS (strong Wolfe line search) on a non-convex model's risk: the
+    parameters ``(p,)``, their gradient norm, the iterations."""
     theta.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [theta],
@@ -147,27 +214,7 @@ def fit(
         raise
     theta = theta.detach()
     iterations = optimizer.state[optimizer._params[0]].get("n_iter", 0)
-    budget = min(NEWTON_STEPS, max_iter - int(iterations))  # a stall, not the iteration cap
-    if (
-        grad_norm > grad_tol
-        and budget > 0
-        and model.has_closed_form_hessian
-        and theta.numel() <= NEWTON_MAX_PARAMS
-    ):
-        theta, grad_norm, steps = _newton_polish(
-            model, theta, x, y, weight_decay, grad_norm, budget, grad_tol
-        )
-        iterations += steps
-    with torch.no_grad():
-        value = float(risk(model, theta, x, y, weight_decay))
-    _check_finite(value, grad_norm, int(iterations), x, y)
-    return FitResult(
-        theta=theta,
-        risk=value,
-        grad_norm=grad_norm,
-        iterations=int(iterations),
-        converged=grad_norm <= grad_tol,
-    )
+    return theta, grad_norm, int(iterations)
 
 
 def data_scale(x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[float, str]:
@@ -204,7 +251,7 @@ def check_scale(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
     Hessian sum ``n`` of them before dividing by ``n``: beyond the bound they overflow to
     inf in the dtype (in float32: 1.5e18 for 40 points, 2.9e16 for 100,000). Data whose
     values are all finite in float32 always passes in float64. (A fit of data well
-    inside the bound can still fail: L-BFGS's steps span the square of the data's range
+    inside the bound can still fail: an optimiser's steps span the square of the data's range
     of scales; that failure is a :class:`SolverError` from :func:`fit`.)
 
     Raises:
@@ -259,7 +306,7 @@ def _check_finite(
     if math.isfinite(value) and math.isfinite(grad_norm):
         return
     what, found = ("risk", value) if not math.isfinite(value) else ("gradient", grad_norm)
-    steps = f"{iterations} L-BFGS iteration{'' if iterations == 1 else 's'}"
+    steps = f"{iterations} iteration{'' if iterations == 1 else 's'}"
     raise SolverError(
         f"the fit reached a non-finite {what} ({found}) after {steps}{_scale_note(x, y)}; "
         "scale the data, raise --weight-decay, or use --dtype float64"
@@ -293,53 +340,6 @@ def _scale_note(x: torch.Tensor, y: torch.Tensor) -> str:
     scale, what = data_scale(x, y)
     largest = "largest row norm" if what == "features" else "largest |target|"
     return f" on {_dtype_name(x)} {what} of scale {scale:.3g} (the {largest})"
-
-
-#: Largest ``p`` whose dense Hessian a stalled fit is polished with (``p^2`` floats).
-NEWTON_MAX_PARAMS = 8192
-#: Newton steps of the polish; a convex risk needs one or two from where L-BFGS stalls.
-NEWTON_STEPS = 5
-
-
-def _newton_polish(
-    model: ModelTask,
-    theta: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    weight_decay: float,
-    grad_norm: float,
-    steps: int,
-    grad_tol: float = 0.0,
-) -> tuple[torch.Tensor, float, int]:
-    """Newton steps ``theta - (H + lambda I)^{-1} g`` (solved in float64) from where L-BFGS
-    stalled, for a model with a closed-form Hessian: L-BFGS's line search can stall short of
-    the optimum in float32 (seen on AMD EPYC: toy-linear at gradient norm 1e-2), while the
-    convex risk of a generalised linear model is quadratic or nearly so. A step is kept only
-    if it lowers the gradient norm; at most ``steps``, and none once the norm is at most
-    ``grad_tol`` (each step builds the dense Hessian: the refits of a 50,000-point scan
-    spent most of their time on a step that could only fail). Returns the parameters
-    ``(p,)``, their gradient norm and the steps kept."""
-    eye = torch.eye(theta.numel(), dtype=torch.float64, device=theta.device)
-    taken = 0
-    for _ in range(steps):
-        if grad_norm <= grad_tol:
-            break
-        t = theta.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(risk(model, t, x, y, weight_decay), t)
-        loss_hessian = model.loss_hessian(theta, x, y)
-        if loss_hessian is None:  # no closed form after all: nothing to polish with
-            break
-        hessian = loss_hessian.double() + weight_decay * eye
-        factor, info = torch.linalg.cholesky_ex(hessian)
-        if int(info) != 0:
-            break
-        step = torch.cholesky_solve(g.double().unsqueeze(1), factor).squeeze(1)
-        candidate = (theta.double() - step).to(theta.dtype)
-        norm = _grad_norm(model, candidate, x, y, weight_decay)
-        if not norm < grad_norm:
-            break
-        theta, grad_norm, taken = candidate, norm, taken + 1
-    return theta, grad_norm, taken
 
 
 def _grad_norm(

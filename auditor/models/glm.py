@@ -26,6 +26,10 @@ class _GeneralizedLinear(ModelTask):
         super().__init__(n_features, n_outputs)
         self.n_params = n_features + 1
 
+    @property
+    def convex_risk(self) -> bool:
+        return True
+
     def outputs(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return x @ theta[:-1, None] + theta[-1]
 
@@ -98,6 +102,10 @@ class MultinomialLogistic(ModelTask):
     def __init__(self, n_features: int, n_outputs: int) -> None:
         super().__init__(n_features, n_outputs)
         self.n_params = (n_features + 1) * n_outputs
+
+    @property
+    def convex_risk(self) -> bool:
+        return True
 
     def _weights(self, theta: torch.Tensor) -> torch.Tensor:
         return theta.reshape(self.n_features + 1, self.n_outputs)

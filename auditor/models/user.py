@@ -22,7 +22,7 @@ log loss, squared error ``(y_hat - y)^2 / 2``), so the risk is the usual
 - ``none``: used as trained; ``theta`` is the trained parameters (the fit only measures
   the gradient norm, which is usually far from an optimum of the regularised risk: the
   scan warns and advises ``--fit last``). The ranking's masking refits keep them too.
-- ``last``: the last linear layer is refitted to the regularised risk by L-BFGS from its
+- ``last``: the last linear layer is refitted to the regularised risk by Newton-CG from its
   trained values (the body stays as trained), so the Hessian is taken at an optimum.
 """
 
@@ -57,7 +57,7 @@ from auditor.models.tape import ConvGeometry, TapedLayer, out_in_index
 
 #: Training points the load phase sends through the model to check it.
 CHECK_POINTS = 8
-#: Most L-BFGS iterations of ``--fit last`` (the scan's own limit applies too).
+#: Most iterations of ``--fit last`` (the scan's own limit applies too).
 HEAD_POLISH_ITER = 10_000
 
 
@@ -203,7 +203,7 @@ class UserModel(ModelTask):
     # --- the fit ---------------------------------------------------------------------------
     @property
     def max_polish_iter(self) -> int:
-        """L-BFGS iterations the fit (and the ranking's refits) may take: none for a model
+        """Iterations the fit (and the ranking's refits) may take: none for a model
         used as trained, or over all parameters (``--fit last`` refits the last layer in
         :meth:`pretrain` then)."""
         if self.fit_mode == "none" or self.params == "all":
@@ -296,6 +296,10 @@ class NoBias(ModelTask):
     @property
     def has_closed_form_hessian(self) -> bool:
         return self.inner.has_closed_form_hessian
+
+    @property
+    def convex_risk(self) -> bool:
+        return self.inner.convex_risk
 
     def taped_outputs(
         self, theta: torch.Tensor, x: torch.Tensor

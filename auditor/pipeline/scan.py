@@ -673,8 +673,8 @@ def rank_points(
 
 
 def _refit_kwargs(config: ScanConfig, model: ModelTask) -> dict:
-    """The refits' :func:`fit` options: the scan's, within the model's own limit on L-BFGS
-    iterations (kept when the refits run on the head of a model with a frozen body)."""
+    """The refits' :func:`fit` options: the scan's, within the model's own limit on the
+    fit's iterations (kept when the refits run on the head of a model with a frozen body)."""
     kwargs = config.model.fit_kwargs()
     kwargs["max_iter"] = min(
         kwargs["max_iter"], getattr(model, "max_polish_iter", kwargs["max_iter"])
