@@ -14,10 +14,12 @@ from auditor.influence.hessian import HessianOperator
 from auditor.influence.scores import self_influence
 from auditor.influence.solvers import solve
 from auditor.influence.solvers.ekfac import ekfac_quadratic_forms
-from auditor.influence.solvers.exact import exact_affordable, exact_ihvp, exact_quadratic_forms
-
-#: Columns re-solved in full to measure the residual of the exact self-influences.
-RESIDUAL_SAMPLE = 64
+from auditor.influence.solvers.exact import (
+    exact_affordable,
+    exact_ihvp,
+    exact_quadratic_forms,
+    residual_columns,
+)
 
 
 def self_influence_from_factor(op: HessianOperator, args: SolverArgs) -> bool:
@@ -40,7 +42,7 @@ def self_influences(
     if n and self_influence_from_factor(op, args):
         start = time.perf_counter()
         # The sample's solve checks the factor first (and refines it if float32 is not enough).
-        sample = rows_at(grads, torch.arange(0, n, max(1, n // RESIDUAL_SAMPLE))).T
+        sample = rows_at(grads, residual_columns(n, grads.device)).T
         _, diag = exact_ihvp(op, sample, args)
         values = map_row_blocks(grads, lambda g: exact_quadratic_forms(op, g))
         diag.seconds = time.perf_counter() - start

@@ -3,6 +3,11 @@
 The factor is cached on the operator and computed in the parameters' dtype; when a
 float32 factor leaves a relative residual above ``PRECISE_ABOVE`` the system is factored
 again in float64 and solved again. Triangular solves run in the columns' own dtype.
+
+A Cholesky solve is backward stable: every column's relative residual is about the same,
+``cond(A)`` times the rounding. So the residual is measured on at most
+:data:`RESIDUAL_COLUMNS` evenly spaced columns; measuring every column would cost as much
+as the solve itself (``2 p^2 m`` flops; 0.6 s of case 2's 16 M pairs).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from auditor.influence.solvers.base import SolveDiagnostics
 MAX_PARAMS = 20_000
 #: Relative residual of a float32 factor's solve above which float64 is used instead.
 PRECISE_ABOVE = 1e-4
+#: Most columns of a solve whose residual is measured (evenly spaced).
+RESIDUAL_COLUMNS = 64
 
 
 def _cholesky_solve(v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -38,11 +45,12 @@ def exact_ihvp(
     start = time.perf_counter()
     factor = factor_or_raise(op)
     solution = _cholesky_solve(v, factor.to(v.dtype))
-    residual = op.relative_residual(solution, v)
+    columns = residual_columns(v.shape[1], v.device)
+    residual = op.relative_residual(solution[:, columns], v[:, columns])
     if factor.dtype != torch.float64 and residual.numel() and residual.max() > PRECISE_ABOVE:
         factor = factor_or_raise(op, precise=True)
         solution = _cholesky_solve(v.to(torch.float64), factor).to(v.dtype)
-        residual = op.relative_residual(solution, v)
+        residual = op.relative_residual(solution[:, columns], v[:, columns])
     return solution, SolveDiagnostics(
         solver="exact",
         converged=bool(residual.max() <= max(args.tol, 1e-3)),
@@ -52,6 +60,12 @@ def exact_ihvp(
         seconds=time.perf_counter() - start,
         tol=args.tol,
     )
+
+
+def residual_columns(m: int, device: torch.device) -> torch.Tensor:
+    """Indexes of at most :data:`RESIDUAL_COLUMNS` evenly spaced columns of ``m`` (all of
+    them when there are no more)."""
+    return torch.arange(0, m, max(1, -(-m // RESIDUAL_COLUMNS)), device=device)
 
 
 #: Rows of gradients per triangular solve in :func:`exact_quadratic_forms`.
