@@ -109,6 +109,14 @@ def evaluate(**opts: Any) -> None:
         click.echo(json.dumps(json_safe(evaluation_dict(evaluation)), indent=2, allow_nan=False))
     else:
         _echo_summary(evaluation)
+        click.echo(_runs_line(evaluation))
+
+
+def _runs_line(evaluation: Evaluation) -> str:
+    """``runs scanned: 3 (seed 0), 4 (seed 1); ...``: each seed's run, for ``report``."""
+    scanned = dict.fromkeys((r["run_id"], r["seed"]) for r in evaluation.results)
+    listed = ", ".join(f"{run_id} (seed {seed})" for run_id, seed in scanned)
+    return f"runs scanned: {listed}; `auditor report RUN` shows one with its detection curve"
 
 
 def _echo_summary(evaluation: Evaluation) -> None:

@@ -82,7 +82,9 @@ class FlaggedRow:
     record: dict  # exports.train_records entry (index, id, label, predicted, ...)
     point: PointRef  # the same point, carrying its thumbnail or features
     reason: str
-    relabel_default: str
+    #: The model's prediction, shown as a hint beside the relabel control; the control
+    #: itself starts empty (the reviewer chooses: a hasty one must not copy the model).
+    predicted_label: str
     hurts: list[PointRef]
 
 
@@ -168,7 +170,7 @@ def collect(
             r,
             _ref(run, "train", r),
             _reason(r, thresholds),
-            _relabel_default(r),
+            _predicted_label(r),
             _hurts(run, test, columns[:, k]),
         )
         for k, r in enumerate(shown)
@@ -247,8 +249,8 @@ def _z(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
-def _relabel_default(record: dict) -> str:
-    """The value the relabel control starts at: the model's prediction."""
+def _predicted_label(record: dict) -> str:
+    """The model's prediction of a training point (its given label when there is none)."""
     return str(record["predicted"] if record["predicted"] is not None else record["label"])
 
 

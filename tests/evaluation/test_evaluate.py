@@ -32,6 +32,7 @@ def test_evaluate_cli_prints_table_and_stores_rows(tmp_path, mnist_dir):
     table = {line[:16].strip(): line[16:].split() for line in lines[2:7]}
     assert list(table) == list(RANKINGS)
     assert "fix experiment" in result.stdout
+    assert lines[-1].startswith("runs scanned: ")
 
     engine = open_db(db)
     evaluation, rows = read_evaluation(engine, 1)
@@ -45,6 +46,7 @@ def test_evaluate_cli_prints_table_and_stores_rows(tmp_path, mnist_dir):
         train = points.read_points(engine, by[(seed, "combined")]["run_id"], "train")
         loss = np.array([p["loss"] for p in train])
         assert by[(seed, "random")]["n_faults"] == 173
+        assert f"{by[(seed, 'combined')]['run_id']} (seed {seed})" in lines[-1]
         curve = np.array(by[(seed, "combined")]["curve"])
         assert np.all(np.diff(curve[:, 1]) >= 0) and curve[-1, 1] == 1.0
         assert by[(seed, "combined")]["auroc"] > 0.99

@@ -125,7 +125,9 @@ def test_mnist_report_rows_carry_the_decision_controls(tmp_path, mnist_db):
         radios = row.select(f'input[type="radio"][name="action-{i}"]')
         assert [r["value"] for r in radios] == ["keep", "relabel", "remove"]
         options = row.select(f'select[name="label-{i}"] option')
-        assert [o["value"] for o in options] == run["class_names"]
+        # the reviewer chooses: the control starts on an empty choice, never on a class
+        assert [o["value"] for o in options] == ["", *run["class_names"]]
+        assert [o.get("value") for o in options if o.has_attr("selected")] == [""]
         assert data["ids"][i] == row.select_one("td.id").contents[0].strip()
     assert soup.select_one("button#download-decisions") is not None
     assert soup.select_one("#decision-count").get_text() == "0"
@@ -198,7 +200,8 @@ def test_toy_linear_scatter_marks_exactly_the_two_outliers(tmp_path, toy_db):
     )
     rows = soup.select("tr[data-index]")
     assert sorted(int(r["data-index"]) for r in rows) == [1, 15]
-    assert all(r.select_one('input[type="number"][name^="label-"]') for r in rows)
+    targets = [r.select_one('input[type="number"][name^="label-"]') for r in rows]
+    assert all(t is not None and t["value"] == "" and t["placeholder"] for t in targets)
     # Only 5 training points raise the toy test point's loss: the harmful strip stops there.
     scores = pairs.read_test_scores(engine, run_id, 0)
     panel = soup.select_one('.panel[data-test-index="0"]')
@@ -240,7 +243,7 @@ def test_strings_from_data_are_escaped(tmp_path):
     assert EVIL_FILE in soup.select_one("h1").get_text()
     options = soup.select("select[name^='label-'] option")
     assert EVIL in {o["value"] for o in options}
-    assert EVIL in [o.get_text().removesuffix(" (given)") for o in options]
+    assert EVIL in [o.get_text().removesuffix(" (model)").removesuffix(" (given)") for o in options]
     assert set(run_data(soup)["class_names"]) == {"ok", EVIL}  # through |tojson, intact
 
 
