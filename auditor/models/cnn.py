@@ -88,6 +88,12 @@ class CNN(ModelTask):
         self.input_scale = 1.0
         self.body_theta: torch.Tensor | None = None  # the frozen body of ``params="last"``
 
+    def facts(self) -> dict[str, str]:
+        """The network's size beside the parameters influence is taken over."""
+        total = self.n_body + self.n_head
+        over = "the last layer's" if self.params == "last" else "all"
+        return {"network": f"{total:,} weights; influence over {over} {self.n_params:,}"}
+
     @property
     def max_polish_iter(self) -> int:
         """Most L-BFGS iterations (full-batch passes are costly for the whole network)."""

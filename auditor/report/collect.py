@@ -82,6 +82,8 @@ class FlaggedRow:
     record: dict  # exports.train_records entry (index, id, label, predicted, ...)
     point: PointRef  # the same point, carrying its thumbnail or features
     reason: str
+    #: The exact z-scores the reason rounds or caps (its tooltip).
+    reason_exact: str
     #: The model's prediction, shown as a hint beside the relabel control; the control
     #: itself starts empty (the reviewer chooses: a hasty one must not copy the model).
     predicted_label: str
@@ -170,6 +172,7 @@ def collect(
             r,
             _ref(run, "train", r),
             _reason(r, thresholds),
+            _reason_exact(r),
             _predicted_label(r),
             _hurts(run, test, columns[:, k]),
         )
@@ -236,17 +239,34 @@ def _reason(record: dict, thresholds: dict[str, float | None]) -> str:
         test = record.get("strongest_test") or "strongest test"
         return (
             f"predicted {record['predicted']} ≠ given {record['label']} and "
-            f"{test} z {_z(union)} ≥ {thresholds['mislabel']:.3g}"
+            f"{test} z {shown_z(union)} ≥ {thresholds['mislabel']:.3g}"
         )
-    return f"influence z {_z(influence)} ≥ {thresholds['outlier']:.3g}"
+    return f"influence z {shown_z(influence)} ≥ {thresholds['outlier']:.3g}"
 
 
 def _first_known(value: float | None, fallback: float) -> float:
     return fallback if value is None else value
 
 
-def _z(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+#: Largest |z| a report prints as a number; beyond it the text says "above" and the cell's
+#: tooltip holds the exact value (a z of 6,231 only says "far beyond any threshold").
+Z_SHOWN = 100.0
+
+
+def shown_z(value: float) -> str:
+    """A z-score for reading: three digits, or ``above 100`` / ``below -100``."""
+    if value >= Z_SHOWN:
+        return f"above {Z_SHOWN:g}"
+    if value <= -Z_SHOWN:
+        return f"below -{Z_SHOWN:g}"
+    return f"{value:.3g}"
+
+
+def _reason_exact(record: dict) -> str:
+    """The exact z-scores behind a row's reason, for its tooltip."""
+    union = _first_known(record.get("union_z"), record["suspicion"])
+    influence = _first_known(record.get("influence_z"), record["suspicion"])
+    return f"strongest test z {union:.6g}; influence z {influence:.6g}"
 
 
 def _predicted_label(record: dict) -> str:
@@ -473,7 +493,7 @@ def _cards(run: StoredRun, rule: FlagRule, n_flagged: int) -> list[Card]:
         data.append(Fact("image shape", "×".join(str(v) for v in run.image_shape)))
     data.append(Fact("fingerprint", run.data_fingerprint[:12]))
     model = [Fact("model", run.model), *_model_file_facts(run)]
-    model.append(Fact("parameters", f"{run.n_params or 0:,}"))
+    model.append(Fact("influence parameters", f"{run.n_params or 0:,}"))
     model += [Fact(label, str(text)) for label, text in m.get("model_facts", {}).items()]
     model.append(Fact("weight decay", f"{cfg['model']['weight_decay']:g}"))
     for split in ("train", "test"):

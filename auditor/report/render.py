@@ -7,7 +7,7 @@ import math
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from auditor.report.collect import ReportView
+from auditor.report.collect import ReportView, shown_z
 from auditor.resources import resource_dir
 
 CSP = (
@@ -52,7 +52,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=num, label=label, sort_key=sort_key)
+    env.filters.update(num=num, label=label, sort_key=sort_key, zscore=shown_z)
     env.globals["csp"] = CSP
     return env
 

@@ -82,6 +82,18 @@ def test_the_fitted_state_rebuilds_the_same_network(small_digits, params):
     assert model.has_closed_form_hessian == (params == "last")
 
 
+@pytest.mark.parametrize("params", ["last", "all"])
+def test_the_cnns_facts_count_every_weight_and_those_influence_covers(params):
+    model = CNN((1, 16, 16), 10, params=params, hidden=32)
+    # conv1 1->16 5x5, conv2 16->32 5x5 (16x16 -> 1x1 after two conv+pool), fc 32->32, head
+    total = (16 * 25 + 16) + (32 * 16 * 25 + 32) + (32 * 32 + 32) + (32 + 1) * 10
+    facts = model.facts()["network"]
+    assert facts.startswith(f"{total:,} weights; influence over ")
+    assert facts.endswith(f"{model.n_params:,}") and model.n_params == (
+        330 if params == "last" else total
+    )
+
+
 def test_cnn_needs_images():
     with pytest.raises(ConfigError, match="at least 16x16"):
         CNN((1, 8, 8), 2)

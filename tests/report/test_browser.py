@@ -193,3 +193,53 @@ def test_paging_shows_each_page_and_keeps_decisions_of_hidden_pages(browser, tmp
     assert [d["index"] for d in json.loads(path.read_text())["decisions"]] == [int(last)]
     assert problems == []
     page.close()
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 800), (390, 844)])
+def test_every_decision_control_is_in_view_and_usable_at_laptop_and_phone_width(
+    browser, mnist_run, width, height
+):
+    """The decision column stays on screen (sticky) however wide the table is: at a
+    1,280 x 800 laptop window and a 390-pixel phone, each control of each row of the first
+    page lies inside the window when the row is scrolled to, and clicking it works."""
+    root, *_ = mnist_run
+    problems: list[str] = []
+    page = open_page(browser, root / "report.html", problems)
+    page.set_viewport_size({"width": width, "height": height})
+    table_width = page.evaluate("document.getElementById('flagged').scrollWidth")
+    if width < 1000:
+        assert table_width > width  # the table overflows the phone: the sticky column matters
+    rows = page.locator("tr[data-index]:not([hidden])")
+    assert rows.count() > 0
+    for k in range(min(rows.count(), 5)):
+        index = rows.nth(k).get_attribute("data-index")
+        # Scroll the page down to the row only (not sideways), as a reader scrolls.
+        page.evaluate(
+            f"""window.scrollTo(0, document.querySelector('tr[data-index="{index}"]')
+                .getBoundingClientRect().top + window.scrollY - 200)"""
+        )
+        controls = [
+            f'input[name="action-{index}"][value="keep"]',
+            f'input[name="action-{index}"][value="relabel"]',
+            f'input[name="action-{index}"][value="remove"]',
+            f'[name="label-{index}"]',
+        ]
+        for selector in controls:
+            box = page.locator(selector).bounding_box()
+            assert box is not None, selector
+            inside = box["x"] >= 0 and box["x"] + box["width"] <= width
+            inside = inside and box["y"] >= 0 and box["y"] + box["height"] <= height
+            assert inside, f"{selector} at {box} is outside the {width}x{height} window"
+            top = page.evaluate(
+                f"""(() => {{ const b = document.querySelector('{selector}')
+                    .getBoundingClientRect();
+                    const el = document.elementFromPoint(b.x + b.width / 2, b.y + b.height / 2);
+                    return el === document.querySelector('{selector}') ||
+                        el.closest('label') === document.querySelector('{selector}').closest('label'); }})()"""
+            )
+            assert top, f"{selector} is covered by another element"
+        page.click(f'input[name="action-{index}"][value="remove"]', trial=False)
+        assert page.is_checked(f'input[name="action-{index}"][value="remove"]')
+    assert page.locator("#decision-count").inner_text() == str(min(rows.count(), 5))
+    assert problems == []
+    page.close()

@@ -19,6 +19,7 @@ from auditor.cli import cli
 from auditor.config import DataArgs, FlagRule
 from auditor.evaluation.metrics import RANKINGS
 from auditor.report import charts
+from auditor.report.collect import shown_z
 from auditor.report.render import num as render_num
 from auditor.report.thumbnails import thumbnail
 from auditor.store import open_db, pairs, points, runs
@@ -110,6 +111,17 @@ def test_mnist_report_shows_every_flagged_point_with_its_thumbnail(tmp_path, mni
         r = records[int(row["data-index"])]
         reason = row.select_one("td.reason div").get_text()
         assert f"≠ given {r['label']} and {r['strongest_test']} z " in reason, reason
+        # z-scores print as three digits or capped; the tooltips carry the exact values
+        z_cell = row.select("td.num")[-1]
+        assert float(z_cell["title"].removeprefix("z ")) == pytest.approx(r["suspicion"])
+        assert z_cell.get_text() == shown_z(r["suspicion"])
+        assert "strongest test z " in row.select_one("td.reason")["title"]
+
+
+def test_z_scores_print_capped_at_100_with_three_digits_below():
+    assert [shown_z(z) for z in (4.567, -2.0, 99.94, 100.0, 6231.4, -150.0)] == [
+        "4.57", "-2", "99.9", "above 100", "above 100", "below -100"
+    ]  # fmt: skip
 
 
 def test_mnist_report_rows_carry_the_decision_controls(tmp_path, mnist_db):
