@@ -6,20 +6,25 @@ of a process that has to print a table)."""
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import NamedTuple
 
 import click
 
 from auditor import __version__
+from auditor.cli.terminal import isatty
+from auditor.pipeline import job
 from auditor.pipeline.interrupts import exit_after_interrupt
 
 
 class LazyCommand(NamedTuple):
-    """Where a command lives (``module:attribute``) and its one-line help for ``auditor
-    --help`` (tests check that it is the command's own)."""
+    """Where a command lives (``module:attribute``), its one-line help for ``auditor
+    --help`` (tests check that it is the command's own), and whether its module loads
+    torch (seconds: the command says it is starting first)."""
 
     target: str
     short_help: str
+    loads_torch: bool = False
 
 
 #: Every command, by name.
@@ -27,6 +32,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "apply": LazyCommand(
         "auditor.cli.commands:apply",
         "Apply a reviewer's decisions (keep / relabel / remove) to the run's training data.",
+        loads_torch=True,
     ),
     "compare": LazyCommand(
         "auditor.cli.reading:compare",
@@ -35,6 +41,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "evaluate": LazyCommand(
         "auditor.cli.evaluate:evaluate",
         "Inject known faults, scan, and measure how well each ranking finds them.",
+        loads_torch=True,
     ),
     "export": LazyCommand(
         "auditor.cli.reading:export",
@@ -50,6 +57,7 @@ COMMANDS: dict[str, LazyCommand] = {
     "scan": LazyCommand(
         "auditor.cli.commands:scan",
         "Fit a model, score every (train, test) pair by influence, rank and flag.",
+        loads_torch=True,
     ),
     "show": LazyCommand(
         "auditor.cli.reading:show",
@@ -63,6 +71,32 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """Resolve (and import) the command. On a terminal, one that loads torch says it is
+        starting while it does (seconds), so that something shows at once; the line is
+        erased when the command takes over (its progress bars, or an error's one line).
+        Not for ``--help``, nor on torchrun's ranks other than 0."""
+        name = args[0] if args else None
+        starting = (
+            name in COMMANDS
+            and COMMANDS[name].loads_torch
+            and "--help" not in args[1:]
+            and not ctx.resilient_parsing
+            and job.rank() == 0
+            and isatty(sys.stderr)
+        )
+        if starting:
+            sys.stderr.write(f"auditor {name}: starting…")
+            sys.stderr.flush()
+        try:
+            return super().resolve_command(ctx, args)
+        finally:
+            if starting:
+                sys.stderr.write("\r\033[K")  # back to the line's start, erase it
+                sys.stderr.flush()
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from auditor.cli.common import db_option, handle_errors, open_existing, resolve_run
+from auditor.cli.progress import PhaseProgress, one_step
 from auditor.report.collect import DEFAULT_TOP, MAX_TEST_PANELS, MAX_TOP, PAGE_SIZE, collect
 from auditor.report.render import render_report
 
@@ -43,7 +44,8 @@ def report(run: int | None, out: str, top: int, test_indexes: tuple[int, ...], d
 
     RUN defaults to the latest run. The page needs no network: thumbnails, charts, CSS
     and JavaScript are all inline. Its size is bounded whatever the run's size: the
-    flagged table holds at most --top rows, paged, and only the points shown are read. Mark flagged rows keep / relabel / remove and press
+    flagged table holds at most --top rows, paged, and only the points shown are read.
+    Mark flagged rows keep / relabel / remove and press
     "Download decisions" to save decisions-run-RUN.json for `auditor apply`.
 
     \b
@@ -53,6 +55,10 @@ def report(run: int | None, out: str, top: int, test_indexes: tuple[int, ...], d
     """
     engine = open_existing(db)
     run_id = resolve_run(engine, run, db)
-    html = render_report(collect(engine, run_id, top=top, test_indexes=test_indexes))
-    Path(out).write_text(html, encoding="utf-8")
+    with PhaseProgress() as progress:
+        with one_step(progress, "read the run"):
+            view = collect(engine, run_id, top=top, test_indexes=test_indexes)
+        with one_step(progress, "render"):
+            html = render_report(view)
+            Path(out).write_text(html, encoding="utf-8")
     click.echo(f"wrote {out} (run {run_id}, {len(html) / 1e6:.1f} MB)", err=True)

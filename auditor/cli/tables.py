@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Collection, Iterable, Sequence
-from typing import TextIO
 
 import click
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from auditor.cli.terminal import isatty
 
 PIPED_WIDTH = 10_000
 """Columns a piped table may take: wide enough that no row is ever wrapped or cut."""
@@ -52,11 +53,4 @@ def echo_table(
     headers: Sequence[str], rows: Iterable[Sequence[object]], *, right: Collection[str] = ()
 ) -> None:
     """Print :func:`render_table` on standard output, styled for a terminal only."""
-    click.echo(render_table(headers, rows, right=right, terminal=_isatty(sys.stdout)))
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except ValueError:  # closed
-        return False
+    click.echo(render_table(headers, rows, right=right, terminal=isatty(sys.stdout)))

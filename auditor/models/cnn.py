@@ -34,6 +34,10 @@ from auditor.models.tape import ConvGeometry, TapedLayer, in_out_index, out_in_i
 PARAM_CHOICES = ("all", "last")
 
 
+#: The progress phase of the Adam epochs (:meth:`CNN.pretrain`).
+EPOCHS_PHASE = "fit: Adam epochs"
+
+
 class CNN(ModelTask):
     """Two conv + pooling layers, a hidden linear layer and a linear head.
 
@@ -256,7 +260,9 @@ class CNN(ModelTask):
         n = x.shape[0]
         steps = self.epochs * math.ceil(n / self.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        for _ in range(self.epochs):
+        for epoch in range(self.epochs):
+            if self.progress:
+                self.progress(EPOCHS_PHASE, epoch, self.epochs)
             order = torch.randperm(n, generator=gen).to(x.device)
             for start in range(0, n, self.batch_size):
                 b = order[start : start + self.batch_size]
@@ -265,6 +271,8 @@ class CNN(ModelTask):
                 torch.autograd.backward(self._full_risk(theta, x[b], y[b], weight_decay))
                 optimizer.step()
                 schedule.step()
+        if self.progress:
+            self.progress(EPOCHS_PHASE, self.epochs, self.epochs)
         theta = theta.detach()
         if self.params == "last":
             self.body_theta = theta[: self.n_body].clone()

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
 from auditor.config import ScanConfig
 from auditor.pipeline.distributed import Comm
-from auditor.pipeline.phases import Phases
+from auditor.pipeline.phases import Phases, Progress
 from auditor.pipeline.run_record import stored_warnings, total_timings
 from auditor.store.runs import StoredRun
 from auditor.store.writer import RunWriter
-
-#: ``progress(phase, done, total)``: how far a phase of the scan got.
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -61,7 +57,7 @@ class ScanContext:
             config,
             comm,
             writer,
-            Phases(writer),
+            Phases(writer, progress),
             progress or _silent,
             previous,
             warnings=stored_warnings(previous),

@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from auditor.store.writer import RunWriter
 
+#: ``progress(phase, done, total)``: how far a phase of the scan got (``total`` 0: not
+#: known yet).
+Progress = Callable[[str, int, int], None]
+
+#: The phases reported as one step each (``done`` 0 of an unknown ``total`` 0 at the start,
+#: 1 of 1 at the end), by the name progress shows; the others report their own steps
+#: (pair scores) or run inside another (storage). The ranking also reports its refits.
+REPORTED = {
+    "load": "load data",
+    "fit": "fit",
+    "gradients": "gradients",
+    "ihvp": "solve",
+    "ranking": "rank and flag",
+}
+
 
 class Phases:
-    """Times a scan's phases (``timings``: seconds per phase name) and records through
-    ``writer`` how far the run got (rank 0, once the run exists)."""
+    """Times a scan's phases (``timings``: seconds per phase name), records through
+    ``writer`` how far the run got (rank 0, once the run exists) and reports the start and
+    end of the :data:`REPORTED` phases to ``progress``."""
 
-    def __init__(self, writer: RunWriter) -> None:
+    def __init__(self, writer: RunWriter, progress: Progress | None = None) -> None:
         self.writer = writer
+        self.progress = progress
         self.timings: dict[str, float] = {}
 
     @contextmanager
@@ -23,9 +40,14 @@ class Phases:
         phase in the database."""
         if mark:
             self.writer.mark_phase(name)
+        shown = REPORTED.get(name) if mark and self.progress else None
+        if shown and self.progress:
+            self.progress(shown, 0, 0)
         start = time.perf_counter()
         yield
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        if shown and self.progress:
+            self.progress(shown, 1, 1)
 
     def timed_iter(self, name: str, items: Iterator) -> Iterator:
         """Yield from ``items``, adding the time spent producing each item to ``name``."""

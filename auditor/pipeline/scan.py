@@ -49,7 +49,7 @@ from auditor.pipeline.blocks import (
     plan_blocks,
     score_and_store,
 )
-from auditor.pipeline.context import Progress, ScanContext
+from auditor.pipeline.context import ScanContext
 from auditor.pipeline.distributed import (
     Block,
     Comm,
@@ -69,6 +69,7 @@ from auditor.pipeline.loading import (
     model_for,
     model_outputs,
 )
+from auditor.pipeline.phases import Progress
 from auditor.pipeline.run_record import (
     add_warnings,
     count_flags,
@@ -640,8 +641,10 @@ def rank_points(
         )
         predicted = train_out["predicted"].to(f.y.dtype)
         first = FirstPass(scored.self_influence, predicted, loss, harmfulness)
-        progress = _counter(ctx.progress, "ranking refits", rule.rounds + 1)
+        progress = _counter(ctx.progress, REFITS_PHASE, rule.rounds + 1)
         ranked = robust_ranking(problem, first, rule, config.solver, progress)
+        if 0 < ranked.refits < rule.rounds + 1:  # the refits settled early: done at that
+            ctx.progress(REFITS_PHASE, ranked.refits, ranked.refits)
         self_influence, influence = ranked.self_influence.cpu(), ranked.z
         if ranked.refits:  # else it is the first self-influence, checked above
             check_finite(self_influence.numpy(), "self-influence")
@@ -680,6 +683,10 @@ def _refit_kwargs(config: ScanConfig, model: ModelTask) -> dict:
         kwargs["max_iter"], getattr(model, "max_polish_iter", kwargs["max_iter"])
     )
     return kwargs
+
+
+#: The progress phase of the ranking's masking refits.
+REFITS_PHASE = "ranking refits"
 
 
 def _counter(progress: Progress, phase: str, total: int) -> Callable[[int], None]:
