@@ -535,6 +535,12 @@ class FlagRule:
             (2.81 for 20 points, 4.02 for 1,730, 4.37 for 8,000). See :meth:`resolved`.
         mislabel_z: Flag ``mislabel`` at or above this z of the strongest test when the
             prediction disagrees.
+        mislabel_p: ... and when the given label's leave-one-out probability is at most
+            this: ``exp(-(loss - self_influence / n))``, the first-order estimate of the
+            model fitted without the point (Koh & Liang, eq. 2), at most ``mislabel_p``.
+            A hard but rightly labelled point keeps a fair chance of its label once left
+            out; a flipped one does not. ``None`` (runs stored before it existed) drops
+            the condition.
         outlier_support_z: The strongest test's z an ``outlier`` must also reach; ``None``
             (the default) is ``outlier_z`` itself, so the calibrated threshold alone
             decides (runs stored before it existed keep their 4).
@@ -562,6 +568,15 @@ class FlagRule:
             "--mislabel-z", "ranking", "Flag mislabel at this z when the prediction disagrees."
         ),
     )
+    mislabel_p: float | None = field(
+        default=0.3,
+        metadata=cli(
+            "--mislabel-p",
+            "ranking",
+            "Flag mislabel only when the label's leave-one-out probability is at most "
+            "this (1: no such condition).",
+        ),
+    )
     outlier_support_z: float | None = None
     trim: float = field(
         default=0.25,
@@ -582,6 +597,8 @@ class FlagRule:
         for option, value in (("--outlier-z", self.outlier_z), ("--mislabel-z", self.mislabel_z)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{option} must be a positive finite number, got {value}")
+        if self.mislabel_p is not None and not 0.0 < self.mislabel_p <= 1.0:
+            raise ConfigError(f"--mislabel-p must lie in (0, 1], got {self.mislabel_p}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -602,7 +619,7 @@ class FlagRule:
         ``checked=False`` keeps thresholds that are no longer accepted (a zero, negative
         or non-finite ``outlier_z`` or ``mislabel_z`` stored before they were checked):
         the run's flags were decided with them, so a report shows them as applied."""
-        fields = {"influence_scale": "sqrt", **d}
+        fields = {"influence_scale": "sqrt", "mislabel_p": None, **d}
         if checked:
             return cls(**fields)
         rule = cls(**{**fields, "outlier_z": None, "mislabel_z": cls.mislabel_z})

@@ -81,7 +81,13 @@ from auditor.pipeline.run_record import (
 )
 from auditor.pipeline.threads import torch_threads
 from auditor.ranking.refits import FirstPass, TrainingProblem, robust_ranking
-from auditor.ranking.rule import flag_lists, flag_masks, ranks, suspicion_tests
+from auditor.ranking.rule import (
+    flag_lists,
+    flag_masks,
+    left_out_probability,
+    ranks,
+    suspicion_tests,
+)
 from auditor.store import runs
 from auditor.store.runs import StoredRun
 
@@ -652,7 +658,8 @@ def rank_points(
         z = tests.combined
         check_finite(z, "suspicion scores")
         predicted = train_out["predicted"].cpu()
-        masks = flag_masks(tests.union, influence, predicted, f.y.cpu(), train.task, rule)
+        left_out = left_out_probability(loss, self_influence)
+        masks = flag_masks(tests.union, influence, predicted, f.y.cpu(), train.task, rule, left_out)
         flags = flag_lists(*masks)
         scores = {
             "self_influence": self_influence.double().tolist(),

@@ -21,6 +21,7 @@ from auditor.ranking.rule import (
     FlagRule,
     flag_masks,
     influence_z,
+    left_out_probability,
     suspicion_tests,
     trimmed_mask,
 )
@@ -119,7 +120,8 @@ def robust_ranking(
             refit(keep)
         union = suspicion_tests(first.loss, first.harmfulness, si.cpu()).union
         predicted = first.predicted.cpu()
-        mislabel, _ = flag_masks(union, z, predicted, y.cpu(), problem.task, rule)
+        left_out = left_out_probability(first.loss.cpu(), si.cpu())
+        mislabel, _ = flag_masks(union, z, predicted, y.cpu(), problem.task, rule, left_out)
         outlier_z = rule.outlier_z
         assert outlier_z is not None, "robust_ranking needs a resolved rule (FlagRule.resolved)"
         # ``outlier`` flags are a subset of ``z >= outlier_z`` (their first condition)

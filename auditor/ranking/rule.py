@@ -15,8 +15,11 @@ The rule (documented in docs/method.md, "Ranking and flags"; thresholds overrida
    those whose influence z reached ``outlier_z`` on the last concentration refit. Each
    point's score is then "how much its own loss depends on it, next to the clean data".
 3. Flags (:func:`flag_masks`): ``mislabel`` when the model predicts another class than
-   the given label and the strongest test reaches ``mislabel_z``; ``outlier`` when the
-   influence z after the refits reaches ``outlier_z`` and the point is not a mislabel.
+   the given label, the strongest test reaches ``mislabel_z`` and the label's
+   leave-one-out probability (:func:`left_out_probability`) is at most ``mislabel_p``
+   (a hard but rightly labelled point keeps a fair chance of its label once left out);
+   ``outlier`` when the influence z after the refits reaches ``outlier_z`` and the point
+   is not a mislabel.
    Regression data has no labels to flip: only outliers.
 
 The rule is statistics of ``n`` numbers per point, in float64 numpy: the commands that only
@@ -187,10 +190,13 @@ def flag_masks(
     targets: Values,
     task: Task,
     rule: FlagRule,
+    given_probability: Values | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boolean masks ``(mislabel, outlier)``, each ``(n,)``: ``mislabel`` when the
-    prediction disagrees with the label and the strongest test ``union_z``
-    (:attr:`SuspicionTests.union`) reaches ``mislabel_z``; otherwise ``outlier`` when the
+    prediction disagrees with the label, the strongest test ``union_z``
+    (:attr:`SuspicionTests.union`) reaches ``mislabel_z`` and the label's leave-one-out
+    probability ``given_probability`` (:func:`left_out_probability`; needed when the rule
+    has a ``mislabel_p``) is at most ``mislabel_p``; otherwise ``outlier`` when the
     masking-resistant influence z ``influence`` reaches ``outlier_z`` (a cluster of
     outliers hides from the loss but not from the refits) and ``union_z`` reaches
     ``outlier_support_z`` (by default ``outlier_z`` itself, which that already implies).
@@ -201,10 +207,25 @@ def flag_masks(
     assert outlier_z is not None and support_z is not None  # resolved() sets both
     if task == "classification":
         mislabel = (np.asarray(predicted) != np.asarray(targets)) & (union >= rule.mislabel_z)
+        if rule.mislabel_p is not None:
+            if given_probability is None:
+                raise ValueError("a rule with mislabel_p needs the leave-one-out probabilities")
+            mislabel &= _array(given_probability) <= rule.mislabel_p
     else:
         mislabel = np.zeros(union.shape[0], dtype=bool)
     outlier = (z >= outlier_z) & (union >= support_z)
     return mislabel, ~mislabel & outlier
+
+
+def left_out_probability(loss: Values, self_influence: Values, n: int | None = None) -> np.ndarray:
+    """The probability ``(n,)`` a classifier fitted without each training point gives its
+    label, to first order: ``exp(-(loss - self_influence / n))``. Removing a point is
+    up-weighting it by ``-1/n``, which changes its own loss by ``-I(z, z) / n`` (Koh &
+    Liang, eq. 2; ``self_influence`` is ``I(z, z) = -g^T A^-1 g <= 0``), and the loss is
+    ``-log p(label)``. ``n``, the training points, defaults to the length of ``loss``."""
+    loss, si = _array(loss), _array(self_influence)
+    count = loss.size if n is None else n
+    return np.exp(-(loss - si / max(count, 1)))
 
 
 def ranks(score: Values) -> np.ndarray:

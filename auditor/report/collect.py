@@ -24,6 +24,7 @@ from auditor.cleaning.exports import flag_rule, label_name, run_summary, train_r
 from auditor.config import FlagRule
 from auditor.errors import ConfigError
 from auditor.evaluation.metrics import RANKINGS
+from auditor.ranking.rule import left_out_probability
 from auditor.report import charts
 from auditor.report.charts import INFLUENCE_LABELS
 from auditor.report.thumbnails import png_data_uri
@@ -171,7 +172,7 @@ def collect(
         FlaggedRow(
             r,
             _ref(run, "train", r),
-            _reason(r, thresholds),
+            _reason(r, thresholds, run.n_train),
             _reason_exact(r),
             _predicted_label(r),
             _hurts(run, test, columns[:, k]),
@@ -231,15 +232,18 @@ def _thresholds(rule: FlagRule, task: Task) -> dict[str, float | None]:
     return out
 
 
-def _reason(record: dict, thresholds: dict[str, float | None]) -> str:
-    """Why a point was flagged, in words: the rule and the z-scores it compared."""
+def _reason(record: dict, thresholds: dict[str, float | None], n_train: int) -> str:
+    """Why a point was flagged, in words: the rule and the z-scores it compared, and for a
+    mislabel how sure the rule is: the label's leave-one-out probability."""
     union = _first_known(record.get("union_z"), record["suspicion"])
     influence = _first_known(record.get("influence_z"), record["suspicion"])
     if "mislabel" in record["flags"]:
         test = record.get("strongest_test") or "strongest test"
+        left_out = float(left_out_probability(record["loss"], record["self_influence"], n_train))
         return (
             f"predicted {record['predicted']} ≠ given {record['label']} and "
-            f"{test} z {shown_z(union)} ≥ {thresholds['mislabel']:.3g}"
+            f"{test} z {shown_z(union)} ≥ {thresholds['mislabel']:.3g}; refitted without "
+            f"it, the model would give {record['label']} a probability of {left_out:.2f}"
         )
     return f"influence z {shown_z(influence)} ≥ {thresholds['outlier']:.3g}"
 
@@ -531,7 +535,12 @@ def _cards(run: StoredRun, rule: FlagRule, n_flagged: int) -> list[Card]:
         )
     ]
     if run.task == "classification":
-        rule_facts.append(Fact("mislabel", f"z ≥ {rule.mislabel_z:g} and prediction ≠ label"))
+        left_out = (
+            "" if rule.mislabel_p is None else f", label's leave-one-out p ≤ {rule.mislabel_p:g}"
+        )
+        rule_facts.append(
+            Fact("mislabel", f"z ≥ {rule.mislabel_z:g} and prediction ≠ label{left_out}")
+        )
     rule_facts.append(Fact("trim", f"{rule.trim:g} ({ranking.get('refits', 0)} refits)"))
     rule_facts.append(
         Fact("flagged", f"{n_flagged:,}" + "".join(f" · {n} {k}" for k, n in sorted(flags.items())))

@@ -51,7 +51,8 @@ def test_a_rule_stored_before_the_log_scale_keeps_the_influence_norm():
 
 
 def test_flags_mislabel_before_outlier_and_only_with_support():
-    rule = FlagRule(outlier_z=3.0, mislabel_z=5.0, outlier_support_z=4.0)
+    # without the leave-one-out condition (tests/ranking/test_left_out.py has it)
+    rule = FlagRule(outlier_z=3.0, mislabel_z=5.0, outlier_support_z=4.0, mislabel_p=None)
     union = np.array([6.0, 6.0, 3.5, 4.5, 1.0])
     influence = np.array([0.0, 9.0, 9.0, 3.0, 9.0])
     predicted = np.array([1, 1, 0, 0, 0])

@@ -111,6 +111,9 @@ def test_mnist_report_shows_every_flagged_point_with_its_thumbnail(tmp_path, mni
         r = records[int(row["data-index"])]
         reason = row.select_one("td.reason div").get_text()
         assert f"≠ given {r['label']} and {r['strongest_test']} z " in reason, reason
+        # and how sure the rule is: the label's leave-one-out probability, by hand
+        left_out = math.exp(-(r["loss"] - r["self_influence"] / len(records)))
+        assert reason.endswith(f"give {r['label']} a probability of {left_out:.2f}"), reason
         # z-scores print as three digits or capped; the tooltips carry the exact values
         z_cell = row.select("td.num")[-1]
         assert float(z_cell["title"].removeprefix("z ")) == pytest.approx(r["suspicion"])
@@ -148,11 +151,12 @@ def test_mnist_report_rows_carry_the_decision_controls(tmp_path, mnist_db):
 def test_top_limits_rows_and_says_how_many_are_left_out(tmp_path, mnist_db):
     db, engine, run_id = mnist_db
     n_flagged = len(flagged_rows(engine, run_id))
-    result, soup = report(tmp_path, db, "--top", "7")
+    assert n_flagged > 3
+    result, soup = report(tmp_path, db, "--top", "3")
     assert result.exit_code == 0
-    assert len(soup.select("table#flagged tbody tr")) == 7
+    assert len(soup.select("table#flagged tbody tr")) == 3
     summary = soup.select_one("#flagged-summary").get_text(" ", strip=True)
-    assert f"{n_flagged - 7} more" in summary
+    assert f"{n_flagged - 3} more" in summary
 
 
 def test_test_panels_default_to_the_highest_test_loss(tmp_path, mnist_db):
@@ -369,9 +373,14 @@ def test_stored_flag_tests_reproduce_the_flags_and_the_fallback_recomputes_them(
     rule = FlagRule.from_dict(run["ranking"]["rule"])
     assert rule.influence_scale == "log" and rule.outlier_z is not None
     train = train_records(engine, run_id)
+    n = len(train)
     for r in train:
         disagrees = run["task"] == "classification" and r["predicted"] != r["label"]
         mislabel = disagrees and r["union_z"] >= rule.mislabel_z
+        if rule.mislabel_p is not None:  # the label's leave-one-out probability, by hand
+            mislabel = mislabel and math.exp(-(r["loss"] - r["self_influence"] / n)) <= (
+                rule.mislabel_p
+            )
         outlier = not mislabel and (
             r["influence_z"] >= rule.outlier_z and r["union_z"] >= rule.outlier_support_z
         )
