@@ -42,6 +42,7 @@ from auditor.influence.solvers import check_solver, solve
 from auditor.models import ModelTask
 from auditor.models.fit import FitResult, fit
 from auditor.models.pretrained import check_features
+from auditor.models.underfit import underfit
 from auditor.pipeline.blocks import (
     BlockPlan,
     check_all_stored,
@@ -374,6 +375,12 @@ def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
         add_warnings(ctx.warnings, [far])
     if stored is not None:
         return stored
+    if model.fitted_to_optimum:
+        found = underfit(
+            model, loaded.x, loaded.y, config.model.weight_decay, fitted, config.model.fit_kwargs()
+        )
+        if found is not None:
+            add_warnings(ctx.warnings, [found.warning()])
     state = runs.theta_bytes(model.fitted_state(fitted.theta))
     ctx.writer.store_fit(state, fit_metrics(fitted))
     return fitted, state
