@@ -48,6 +48,9 @@ class HessianOperator:
     damping: float = 0.0
     chunk: int = 2048
     dense_matvec: bool | None = None
+    #: ``progress(phase, done, total)``: an iterative solver on this operator reports its
+    #: steps through it (the scan's test solve sets it).
+    progress: Callable[[str, int, int], None] | None = field(default=None, repr=False)
     _loss_hessian: torch.Tensor | None = field(default=None, init=False, repr=False)
     _max_eigenvalues: dict[int, float] = field(default_factory=dict, init=False, repr=False)
     _factor: tuple[float, torch.Tensor] | None = field(default=None, init=False, repr=False)

@@ -534,6 +534,7 @@ def solve_ihvps(
     with ctx.phases("ihvp"):
         wd = ctx.config.model.weight_decay
         op = HessianOperator(f.model, fitted.theta, f.x, f.y, wd, args.damping)
+        op.progress = ctx.progress
         share_operator(comm, op, args)
         ihvps, diag = comm.step(_solve, op, grads.test.T.contiguous(), args)
         n_solved = grads.test.shape[0]

@@ -101,3 +101,29 @@ def test_the_commands_that_load_torch_are_marked(name):
         for n, c in group_module.COMMANDS.items()
         if n not in ("apply", "evaluate", "scan")
     )
+
+
+@pytest.mark.parametrize("squaring", [True, False])
+def test_a_lissa_solve_reports_its_steps_towards_an_estimated_total(squaring):
+    from auditor.config import SolverArgs
+    from auditor.influence.hessian import HessianOperator
+    from auditor.influence.solvers.lissa import PROGRESS_PHASE, lissa_ihvp
+    from auditor.models import build_model
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 5, generator=gen, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    model = build_model("logistic", "classification", 5, 2)
+    op = HessianOperator(model, torch.zeros(6, dtype=torch.float64), x, y, 0.01)
+    seen: list[tuple[str, int, int]] = []
+    op.progress = lambda phase, done, total: seen.append((phase, done, total))
+    v = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    args = SolverArgs(solver="lissa", tol=1e-6, squaring=squaring)
+    _, diag = lissa_ihvp(op, v, args)
+    unit = "doublings" if squaring else "steps"
+    assert seen and {p for p, _, _ in seen} == {f"{PROGRESS_PHASE} {unit}"}
+    done = [d for _, d, _ in seen]
+    assert done == sorted(done) and all(d <= t for _, d, t in seen)
+    assert seen[-1][1] == seen[-1][2]  # the last report: done, at the total reached
+    if not squaring:
+        assert seen[-1][1] == diag.iterations + 1  # the step whose residual met the tolerance

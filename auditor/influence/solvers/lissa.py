@@ -85,6 +85,26 @@ def lissa_ihvp(
     )
 
 
+#: The progress phase of a LiSSA solve.
+PROGRESS_PHASE = "solve: LiSSA"
+
+
+def _report(op: HessianOperator, done: int, rel: float, tol: float, unit: str) -> None:
+    """Report ``done`` steps (or doublings) of an estimated total: with linear convergence
+    the residual after ``t`` steps is ``rel``, so about ``T = t log(tol) / log(rel)`` steps
+    reach the tolerance; ``k`` doublings are ``t = 2^k - 1`` steps, and ``T`` steps
+    ``log2(T + 1)`` doublings."""
+    if op.progress is None:
+        return
+    if 0 < rel < 1 and 0 < tol < 1:
+        taken = 2**done - 1 if unit == "doublings" else done
+        needed = taken * math.log(tol) / math.log(rel)
+        total = math.ceil(math.log2(needed + 1)) if unit == "doublings" else math.ceil(needed)
+    else:
+        total = 0  # not known yet
+    op.progress(f"{PROGRESS_PHASE} {unit}", done, max(total, done))
+
+
 def _squaring_pays(op: HessianOperator, v: torch.Tensor, args: SolverArgs, scale: float) -> bool:
     """Whether repeated squaring costs fewer flops than the step-by-step recursion.
 
@@ -129,6 +149,7 @@ def _squaring(
             raise _divergence(scale, lambda_max, n)
         best = min(best, rel)
         history.append([n - 1, rel])
+        _report(op, int(math.log2(n)), rel, args.tol, "doublings")
         if rel <= args.tol or 2 * n > args.depth + 1:
             h = v.clone() if partial is None else partial if by_columns else partial @ v
             if rel <= args.tol:
@@ -186,6 +207,8 @@ def _recursion(
             if not math.isfinite(rel) or (rel > DIVERGENCE_FACTOR * max(best, 1.0)):
                 raise _divergence(scale, lambda_max, step)
             best = min(best, rel)
+            if step == first or step % 10 == 0 or rel <= args.tol:
+                _report(op, step, rel, args.tol, "steps")
             if full_batch and (step == 1 or step % 10 == 0 or rel <= args.tol):
                 history.append([step - 1, rel])
             elif not full_batch:
