@@ -73,24 +73,30 @@
     th.addEventListener("click", function () { sortBy(th.closest("table"), th); });
   });
 
-  // Review decisions: only the rows the reviewer set are exported.
-  function decisions() {
+  // Review decisions: only the points the reviewer set are exported, training points
+  // (the flagged rows) first, then test points (their panels, marked "split": "test").
+  function collect(selector, indexAttr, prefix, ids, split) {
     var out = [];
-    document.querySelectorAll("tr[data-index]").forEach(function (row) {
-      var index = row.getAttribute("data-index");
-      var checked = row.querySelector('input[name="action-' + index + '"]:checked');
-      row.removeAttribute("data-decision");
+    document.querySelectorAll(selector).forEach(function (holder) {
+      var index = holder.getAttribute(indexAttr);
+      var checked = holder.querySelector('input[name="' + prefix + "action-" + index + '"]:checked');
+      holder.removeAttribute("data-decision");
       if (!checked) { return; }
-      var item = { index: Number(index), id: data.ids[index], action: checked.value };
+      var item = { index: Number(index), id: ids[index], action: checked.value };
+      if (split) { item.split = split; }
       if (checked.value === "relabel") {
-        var label = row.querySelector('[name="label-' + index + '"]').value.trim();
+        var label = holder.querySelector('[name="' + prefix + "label-" + index + '"]').value.trim();
         if (label === "") { return; }
         item.label = label;
       }
-      row.setAttribute("data-decision", checked.value);
+      holder.setAttribute("data-decision", checked.value);
       out.push(item);
     });
     return out.sort(function (a, b) { return a.index - b.index; });
+  }
+  function decisions() {
+    return collect("tr[data-index]", "data-index", "", data.ids, null).concat(
+      collect(".test-decide[data-test-index]", "data-test-index", "test-", data.test_ids, "test"));
   }
   function update() {
     var list = decisions();
@@ -103,16 +109,19 @@
   function onEdit(event) {
     var target = event.target;
     var name = target.getAttribute("name") || "";
-    if (name.indexOf("label-") === 0) {  // choosing a new label means "relabel"
-      var radio = document.querySelector('input[name="action-' + name.slice(6) + '"][value="relabel"]');
+    var label = /^(test-)?label-(.+)$/.exec(name);
+    if (label) {  // choosing a new label means "relabel"
+      var radio = document.querySelector(
+        'input[name="' + (label[1] || "") + "action-" + label[2] + '"][value="relabel"]');
       if (radio) { radio.checked = true; }
     }
-    if (name.indexOf("action-") === 0 || name.indexOf("label-") === 0) { update(); }
+    if (/^(test-)?(action|label)-/.test(name)) { update(); }
   }
   document.addEventListener("change", onEdit);
   document.addEventListener("input", onEdit);  // typing a new regression target
   document.getElementById("clear-decisions").addEventListener("click", function () {
-    document.querySelectorAll('tr[data-index] input[type="radio"]').forEach(function (r) { r.checked = false; });
+    document.querySelectorAll('tr[data-index] input[type="radio"], .test-decide input[type="radio"]')
+      .forEach(function (r) { r.checked = false; });
     update();
   });
   document.getElementById("download-decisions").addEventListener("click", function () {

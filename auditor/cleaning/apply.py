@@ -5,7 +5,11 @@ A decisions file is what the report's "Download decisions" button writes::
     {"run": 3, "data_fingerprint": "...",
      "decisions": [{"index": 12, "id": "t10k-images-idx3-ubyte.gz#1207",
                     "action": "relabel", "label": "7"},
-                   {"index": 40, "id": "...", "action": "remove"}]}
+                   {"index": 40, "id": "...", "action": "remove"},
+                   {"split": "test", "index": 5, "id": "...", "action": "relabel",
+                    "label": "1"}]}
+
+A decision names a training point unless its ``split`` is ``"test"``.
 """
 
 from __future__ import annotations
@@ -30,29 +34,42 @@ ACTIONS = ("keep", "relabel", "remove")
 
 
 @dataclass
+class ReviewDecisions:
+    """A decisions file's decisions by point id, for the training and the test points."""
+
+    train: Decisions
+    test: Decisions
+
+
+@dataclass
 class ApplyResult:
     """What ``apply_decisions`` wrote and what to scan next.
 
     Attributes:
         written: The files written.
-        counts: How many decisions of each action were applied.
+        counts: How many decisions of each action were applied (training points).
+        test_counts: The same for the test points.
         config: The run's configuration, for the rescan.
         train, test: The rescan's data specs (``test`` ``None``: ``train`` holds both).
     """
 
     written: list[Path]
     counts: dict[str, int]
+    test_counts: dict[str, int]
     config: ScanConfig
     train: str
     test: str | None
 
 
-def read_decisions(path: Path, run: StoredRun, train_ids: list[str]) -> Decisions:
-    """Parse and check a decisions file against the run it was made for.
+def read_decisions(
+    path: Path, run: StoredRun, train_ids: list[str], test_ids: list[str] | None = None
+) -> ReviewDecisions:
+    """Parse and check a decisions file against the run it was made for (the ids of its
+    training and test points, by index).
 
     Raises:
-        DataError: unreadable JSON, another run's file, an index or id that does not
-            match the run's training points, an unknown action or class.
+        DataError: unreadable JSON, another run's file, an unknown split, an index or id
+            that does not match the run's points of its split, an unknown action or class.
     """
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -65,31 +82,36 @@ def read_decisions(path: Path, run: StoredRun, train_ids: list[str]) -> Decision
     fp = payload.get("data_fingerprint")
     if fp is not None and fp != run.data_fingerprint:
         raise DataError(f"{path} was made for other data (fingerprint differs from run {run.id})")
-    decisions: Decisions = {}
-    first: dict[int, int] = {}  # index -> the decision that named it
+    ids = {"train": train_ids, "test": test_ids or []}
+    decided: dict[str, Decisions] = {"train": {}, "test": {}}
+    first: dict[tuple[str, int], int] = {}  # (split, index) -> the decision that named it
     for n, item in enumerate(payload["decisions"]):
         where = f"{path}: decision {n + 1}"
         if not isinstance(item, dict):
             raise DataError(f"{where} is not an object")
         index, point_id, action = item.get("index"), item.get("id"), item.get("action")
-        if not _is_index(index, len(train_ids)):
-            raise DataError(f"{where}: index {index!r} is not a training point of run {run.id}")
-        if index in first:
+        split = item.get("split", "train")
+        if split not in ids:
+            raise DataError(f"{where}: split must be train or test, got {split!r}")
+        what = "training point" if split == "train" else "test point"
+        if not _is_index(index, len(ids[split])):
+            raise DataError(f"{where}: index {index!r} is not a {what} of run {run.id}")
+        if (split, index) in first:
             raise DataError(
-                f"{where}: index {index} was already decided by decision {first[index]}"
+                f"{where}: index {index} was already decided by decision {first[split, index]}"
             )
-        first[index] = n + 1
-        if point_id is not None and point_id != train_ids[index]:
+        first[split, index] = n + 1
+        if point_id is not None and point_id != ids[split][index]:
             raise DataError(
-                f"{where}: id {point_id!r} is not training point {index} ({train_ids[index]!r})"
+                f"{where}: id {point_id!r} is not {what} {index} ({ids[split][index]!r})"
             )
         if action not in ACTIONS:
             raise DataError(f"{where}: action must be one of {', '.join(ACTIONS)}, got {action!r}")
         label = None
         if action == "relabel":
             label = _check_label(str(item.get("label", "")).strip(), run, where)
-        decisions[train_ids[index]] = (action, label)
-    return decisions
+        decided[split][ids[split][index]] = (action, label)
+    return ReviewDecisions(decided["train"], decided["test"])
 
 
 def _is_index(value: object, n: int) -> TypeGuard[int]:
@@ -105,31 +127,47 @@ def apply_decisions(
     decisions name points by position. ``out_dir`` must be new or empty. With a
     ``--test-split`` run the held-out test points are written beside it, unchanged, so
     the next scan is evaluated on exactly the same test points; otherwise the rescan reads
-    the run's own test data. The run must be complete: the CLI checks it
-    (:func:`auditor.cli.common.resolve_run`, which says how to finish it).
+    the run's own test data. Decisions on test points are applied to them (a run with its
+    own test data then gets ``train`` and ``test`` folders in ``out_dir`` too). The run must be
+    complete: the CLI checks it (:func:`auditor.cli.common.resolve_run`, which says how to
+    finish it).
     """
     run = runs.get_run(engine, run_id)
     out_dir = Path(out_dir)
     _check_empty(out_dir)
     train_ids = [p["point_id"] for p in points.read_points(engine, run_id, "train")]
-    decisions = read_decisions(decisions_path, run, train_ids)
+    test_ids = [p["point_id"] for p in points.read_points(engine, run_id, "test")]
+    review = read_decisions(decisions_path, run, train_ids, test_ids)
+    decisions = review.train
     config = ScanConfig.from_dict(run.config)
     data = _as_read(run, config.data)
     train, test = load_data(data)
     check_fingerprint(run, train, test)
     source = SourceInfo(**_sources(run)["train"])
-    if data.test_split is None:
+    if data.test_split is None and not review.test:
         written = write_cleaned(source, decisions, out_dir)
         train_spec, test_spec = _spec(source, out_dir), _original_test(run)
+    elif data.test_split is None:  # the test data changes too: both get a folder
+        test_source = SourceInfo(**_sources(run)["test"])
+        written = write_cleaned(source, decisions, out_dir / "train")
+        written += write_cleaned(test_source, review.test, out_dir / "test")
+        train_spec = _spec(source, out_dir / "train")
+        test_spec = _spec(test_source, out_dir / "test")
     else:
         train_decisions: Decisions = {**{i: ("remove", None) for i in test.ids}, **decisions}
-        # the test points are kept; the rest of the source goes
-        test_decisions: Decisions = {i: ("keep", None) for i in test.ids}
+        # the test points are kept (but for the reviewer's decisions); the rest goes
+        test_decisions: Decisions = {**{i: ("keep", None) for i in test.ids}, **review.test}
         written = write_cleaned(source, train_decisions, out_dir / "train")
         written += write_cleaned(source, test_decisions, out_dir / "test", unlisted="remove")
         train_spec, test_spec = _spec(source, out_dir / "train"), _spec(source, out_dir / "test")
-    counts = {a: sum(1 for act, _ in decisions.values() if act == a) for a in ACTIONS}
-    return ApplyResult(written, counts, config, train_spec, test_spec)
+    return ApplyResult(
+        written, _counts(decisions), _counts(review.test), config, train_spec, test_spec
+    )
+
+
+def _counts(decisions: Decisions) -> dict[str, int]:
+    """How many decisions of each action."""
+    return {a: sum(1 for act, _ in decisions.values() if act == a) for a in ACTIONS}
 
 
 def _as_read(run: StoredRun, data: DataArgs) -> DataArgs:

@@ -131,7 +131,10 @@ def apply(run: int, decisions: str, out: str, db: str) -> None:
     """Apply a reviewer's decisions (keep / relabel / remove) to the run's training data.
 
     Writes the cleaned dataset into OUT in the input's own format (idx, CSV, NPZ, image
-    folder) and prints the `auditor scan` command that audits it again.
+    folder) and prints the `auditor scan` command that audits it again. Decisions on test
+    points (marked in the report's test panels) are applied to the test data, written
+    under OUT/test; the rescan then reads it, so its test loss is not comparable with
+    the run's.
 
     \b
     Example:
@@ -142,6 +145,9 @@ def apply(run: int, decisions: str, out: str, db: str) -> None:
     resolve_run(engine, run, db)  # complete, or why not (a live writer, the resume command)
     result = cleaning.apply_decisions(engine, run, Path(decisions), Path(out))
     counts = ", ".join(f"{n} {a}" for a, n in result.counts.items())
+    if any(result.test_counts.values()):
+        test_counts = ", ".join(f"{n} {a}" for a, n in result.test_counts.items())
+        counts += f" (training points); {test_counts} (test points)"
     click.echo(f"applied {counts}; wrote {len(result.written)} file(s) under {out}", err=True)
     click.echo("rescan with:", err=True)
     argv = scan_argv(result.config, result.train, result.test)

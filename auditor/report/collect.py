@@ -204,6 +204,7 @@ def collect(
         "task": run.task,
         "class_names": run.class_names or [],
         "ids": {str(r.record["index"]): r.record["id"] for r in rows},
+        "test_ids": {str(p.point.index): p.point.id for p in view.tests},
     }
     return view
 

@@ -2,6 +2,7 @@
 
 import json
 import shlex
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -196,3 +197,76 @@ def test_compare_refuses_runs_of_different_tasks(tmp_path):
     invoke("scan", "--train", str(csv), "--test-split", "0.25", "--db", db)
     result = invoke("compare", "1", "2", "--db", db, ok=False)
     assert result.exit_code == 1 and "do not compare" in result.output
+
+
+def test_decisions_on_test_points_are_applied_to_a_split_runs_test_data(tmp_path, mnist_dir):
+    pixels, labels = read_pair(
+        mnist_dir / "t10k-images-idx3-ubyte.gz", mnist_dir / "t10k-labels-idx1-ubyte.gz"
+    )
+    src = tmp_path / "src"
+    src.mkdir()
+    write_idx(src / "train-images-idx3-ubyte", pixels[:400])
+    write_idx(src / "train-labels-idx1-ubyte", labels[:400])
+    db = str(tmp_path / "a.db")
+    args = ["--classes", "1,7", "--test-split", "0.25", "--solver", "exact", "--db", db]
+    invoke("scan", "--train", str(src), *args)
+    names = runs.get_run(open_db(db), 1).class_names
+    test = [
+        {**p, "label": names[int(p["label"])]} for p in points.read_points(open_db(db), 1, "test")
+    ]
+    relabelled, removed = test[0], test[1]
+    new_label = "1" if relabelled["label"] == "7" else "7"
+    decisions = [
+        {"split": "test", "index": 0, "id": relabelled["point_id"], "action": "relabel",
+         "label": new_label},
+        {"split": "test", "index": 1, "id": removed["point_id"], "action": "remove"},
+        {"index": 0, "action": "keep"},
+    ]  # fmt: skip
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"run": 1, "decisions": decisions}))
+    result = invoke("apply", "1", str(path), "--out", str(tmp_path / "clean"), "--db", db)
+    assert "0 keep, 1 relabel, 1 remove (test points)" in result.stderr
+    rescan = shlex.split(result.stdout.strip().splitlines()[-1])
+    invoke(*rescan[1:])
+    engine = open_db(db)
+    # the rewritten idx pair numbers its points anew: compare the labels as a multiset
+    after = Counter(names[int(p["label"])] for p in points.read_points(engine, 2, "test"))
+    want = Counter(p["label"] for p in test[2:]) + Counter([new_label])
+    assert after == want and sum(after.values()) == len(test) - 1
+    assert runs.get_run(engine, 2).n_train == runs.get_run(engine, 1).n_train
+
+
+def test_decisions_on_test_points_write_a_run_with_its_own_test_data_into_two_folders(tmp_path):
+    train = two_class_csv(tmp_path / "train.csv")
+    test = tmp_path / "test.csv"
+    test.write_text("x,label\n0.05,a\n0.15,b\n0.95,a\n")
+    db = str(tmp_path / "a.db")
+    invoke("scan", "--train", str(train), "--test", str(test), "--db", db)
+    decisions = [{"split": "test", "index": 2, "action": "relabel", "label": "b"}]
+    rescan = apply_and_rescan(tmp_path, db, {"run": 1, "decisions": decisions})
+    clean = tmp_path / "clean"
+    assert rescan[rescan.index("--train") + 1] == str(clean / "train" / "train.csv")
+    assert rescan[rescan.index("--test") + 1] == str(clean / "test" / "test.csv")
+    engine = open_db(db)
+    names = runs.get_run(engine, 2).class_names
+    got = [names[int(p["label"])] for p in points.read_points(engine, 2, "test")]
+    assert got == ["a", "b", "b"]
+    assert test.read_text().endswith("0.95,a\n")  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ({"split": "valid", "index": 0, "action": "keep"}, "split must be train or test"),
+        ({"split": "test", "index": 99, "action": "keep"}, "index 99 is not a test point"),
+        ({"split": "test", "index": 0, "id": "x", "action": "keep"}, "'x' is not test point 0"),
+    ],
+)
+def test_bad_test_point_decisions_are_refused(tmp_path, item, message):
+    db = str(tmp_path / "a.db")
+    invoke("scan", "--train", str(two_class_csv(tmp_path / "t.csv")), "--test-split", "0.25",
+           "--db", db)  # fmt: skip
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"run": 1, "decisions": [item]}))
+    result = invoke("apply", "1", str(path), "--out", str(tmp_path / "o"), "--db", db, ok=False)
+    assert result.exit_code == 1 and message in result.output, result.output

@@ -19,7 +19,7 @@ from auditor import sources
 from auditor.cli import cli
 from auditor.config import DataArgs
 from auditor.pipeline.scan import load_data
-from auditor.store import points
+from auditor.store import points, runs
 from benchmarks.report_scale import build_run
 from tests.helpers import run_scan
 
@@ -243,3 +243,28 @@ def test_every_decision_control_is_in_view_and_usable_at_laptop_and_phone_width(
     assert page.locator("#decision-count").inner_text() == str(min(rows.count(), 5))
     assert problems == []
     page.close()
+
+
+def test_a_test_point_marked_in_its_panel_becomes_a_test_decision(browser, mnist_run, tmp_path):
+    root, db, engine, run_id, data = mnist_run
+    problems: list[str] = []
+    page = open_page(browser, root / "report.html", problems)
+    panel = page.locator(".panel").first
+    index = int(panel.get_attribute("data-test-index"))
+    test = points.read_points(engine, run_id, "test")
+    names = runs.get_run(engine, run_id).class_names
+    given = names[int(test[index]["label"])]
+    new_label = "1" if given == "7" else "7"
+    page.select_option(f'select[name="test-label-{index}"]', new_label)  # selects "relabel"
+    assert page.is_checked(f'input[name="test-action-{index}"][value="relabel"]')
+    assert page.locator("#decision-count").inner_text() == "1"
+    with page.expect_download() as info:
+        page.click("#download-decisions")
+    path = tmp_path / "d.json"
+    info.value.save_as(path)
+    assert problems == []
+    page.close()
+    assert json.loads(path.read_text())["decisions"] == [
+        {"index": index, "id": test[index]["point_id"], "action": "relabel", "label": new_label,
+         "split": "test"}
+    ]  # fmt: skip
