@@ -14,6 +14,7 @@ from auditor.influence.conditioning import (
     NOT_AN_OPTIMUM,
     RITZ_TOL,
     TARGET_CONDITION,
+    block_krylov_largest,
     check_conditioning,
     conditioning_warnings,
     extreme_eigenvalues,
@@ -65,6 +66,35 @@ def test_lanczos_stops_once_the_largest_ritz_value_is_within_its_tolerance(tol):
     _, _, all_steps = lanczos_extremes(lambda v: m @ v, start, steps=60)
     assert steps < all_steps == 60
     assert truth * (1 - tol) <= high <= truth * (1 + 1e-12)  # a Ritz value never exceeds it
+
+
+def test_block_krylov_finds_the_largest_eigenvalue_of_an_inverse_in_eight_solves():
+    m = spd(300, 1e-4, 2.0, seed=3)  # the smallest eigenvalues crowd: A^-1's largest do
+    inverse = torch.linalg.inv(m)
+    truth = float(torch.linalg.eigvalsh(inverse)[-1])
+    gen = torch.Generator().manual_seed(4)
+    start = torch.randn(300, 8, generator=gen, dtype=torch.float64)
+    calls = []
+
+    def apply(v):
+        calls.append(v.shape[1])
+        return inverse @ v
+
+    high, applied = block_krylov_largest(apply, start, steps=8)
+    assert calls == [8] * 8 and applied == 64
+    assert truth * (1 - 1e-5) <= high <= truth * (1 + 1e-12)  # from below
+
+
+def test_block_krylov_sees_a_direction_its_first_column_misses_and_stops_when_closed():
+    values = torch.tensor([5.0, 3.0, 2.0, 1e-3], dtype=torch.float64)
+    m = torch.diag(values)
+    one = torch.tensor([[1.0], [1.0], [1.0], [0.0]], dtype=torch.float64)  # misses e_4
+    high, _ = block_krylov_largest(lambda v: torch.linalg.solve(m, v), one, steps=4)
+    assert high == pytest.approx(1 / 2.0)  # the span of one column never reaches 1e-3
+    random = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    block = torch.cat([one, random], dim=1)
+    high, applied = block_krylov_largest(lambda v: torch.linalg.solve(m, v), block, steps=4)
+    assert high == pytest.approx(1e3) and applied == 4  # all of R^4 after the first blocks
 
 
 def test_lanczos_stops_when_the_krylov_space_closes():
