@@ -20,6 +20,10 @@ from auditor.models.fit import FitResult, fit
 WEAKER = 0.01
 #: Train-accuracy gap (absolute) at and above which the fit is reported.
 UNDERFIT_GAP = 0.05
+#: The smallest weight decay that is checked (whose hundredth would be advised): below,
+#: the Hessian is too ill-conditioned for influence (10-class MNIST at 1e-4 already needs
+#: more than LiSSA's 5,000 steps, and the check there advised 1e-6).
+SMALLEST_CHECKED = 1e-3
 #: Gradient norm the comparison fit stops at: its accuracy, not its optimum, is read.
 COMPARISON_GRAD_TOL = 1e-3
 
@@ -53,11 +57,12 @@ def underfit(
     """The comparison of a classifier's fit ``fitted`` (on ``x`` ``(n, d)``, labels ``y``
     ``(n,)``) with a fit at ``WEAKER`` times the weight decay, when its train accuracy
     is at least :data:`UNDERFIT_GAP` higher there; ``None`` otherwise, and for a model
-    whose risk (or whose head's, over frozen features) is not convex, or no weight decay."""
+    whose risk (or whose head's, over frozen features) is not convex, or a weight decay below
+    :data:`SMALLEST_CHECKED`."""
     head, features = model, x
     if fitted.features is not None and model.head is not None:
         head, features = model.head, fitted.features
-    if not head.convex_risk or weight_decay <= 0 or y.is_floating_point():
+    if not head.convex_risk or weight_decay < SMALLEST_CHECKED or y.is_floating_point():
         return None
     weaker_decay = weight_decay * WEAKER
     options = {**fit_kwargs, "grad_tol": max(fit_kwargs.get("grad_tol", 0.0), COMPARISON_GRAD_TOL)}
