@@ -228,19 +228,40 @@ def floor_of_run(config, run, device: str) -> float:
 
 def influence_floor(x, y, x_test, y_test, theta, weight_decay: float, classes: int) -> float:
     """Seconds of the bare influence arithmetic of a (binary or multinomial) logistic
-    regression at ``theta``, in plain float32 torch: per-example gradients ``(n, p)`` and
-    ``(m, p)``, the class-block Hessian ``(p, p)`` plus ``weight_decay I``, its Cholesky
-    factor, the IHVPs ``(p, m)`` and every pair score ``G S`` in blocks of
-    :data:`FLOOR_BLOCK` test points. Nothing is stored, no fit, no ranking."""
+    regression at ``theta``, in plain float32 torch: :func:`logistic_influence_terms`, the
+    Cholesky factor of the damped Hessian, the IHVPs ``(p, m)`` and every pair score
+    ``G S`` in blocks of :data:`FLOOR_BLOCK` test points. Nothing is stored, no fit, no
+    ranking."""
+    import torch
+
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    hessian, g_train, g_test = logistic_influence_terms(
+        x, y, x_test, y_test, theta, weight_decay, classes
+    )
+    factor = torch.linalg.cholesky(hessian)
+    ihvps = torch.cholesky_solve(g_test.T.contiguous(), factor)
+    for j0 in range(0, ihvps.shape[1], FLOOR_BLOCK):
+        scores = -(g_train @ ihvps[:, j0 : j0 + FLOOR_BLOCK])
+        del scores
+    sync()
+    return time.perf_counter() - start
+
+
+def logistic_influence_terms(x, y, x_test, y_test, theta, weight_decay: float, classes: int):
+    """The damped class-block Hessian ``(p, p)`` of a (binary or multinomial) logistic
+    regression at ``theta`` and the per-example gradients of the training ``(n, p)`` and
+    test ``(m, p)`` points, in plain torch in ``x``'s dtype: written here on purpose, apart
+    from ``auditor.models.glm``, so that the floor (and ``peers.py``'s float64 reference)
+    checks the product rather than repeating it."""
     import torch
 
     def with_bias(a):
         return torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], 1)
 
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    sync()
-    start = time.perf_counter()
     xb, xtb = with_bias(x), with_bias(x_test)
+    theta = theta.to(x.dtype)
     n, d1 = xb.shape
     if classes == 2:  # theta (d + 1,): the logit of the second class
         prob = torch.sigmoid(xb @ theta)
@@ -266,13 +287,7 @@ def influence_floor(x, y, x_test, y_test, theta, weight_decay: float, classes: i
 
         g_train, g_test = grads(xb, y), grads(xtb, y_test)
     hessian.diagonal().add_(weight_decay)
-    factor = torch.linalg.cholesky(hessian)
-    ihvps = torch.cholesky_solve(g_test.T.contiguous(), factor)
-    for j0 in range(0, ihvps.shape[1], FLOOR_BLOCK):
-        scores = -(g_train @ ihvps[:, j0 : j0 + FLOOR_BLOCK])
-        del scores
-    sync()
-    return time.perf_counter() - start
+    return hessian, g_train, g_test
 
 
 def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:

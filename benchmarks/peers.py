@@ -87,36 +87,18 @@ def prepare(workdir: Path) -> dict:
 
 
 def reference(workdir: Path) -> tuple:
-    """Float64 pair scores ``(m, n)`` and self-influences ``(n,)`` in plain torch, with
-    auditor's sign convention: ``-g_train . A^{-1} g_test`` and ``-g . A^{-1} g``."""
+    """Float64 pair scores ``(m, n)`` and self-influences ``(n,)`` in plain torch
+    (:func:`bench.logistic_influence_terms`, apart from auditor's code), with auditor's
+    sign convention: ``-g_train . A^{-1} g_test`` and ``-g . A^{-1} g``."""
     import torch
+    from bench import logistic_influence_terms
 
     p = torch.load(workdir / "problem.pt")
-    k = p["classes"]
-
-    def with_bias(a):
-        return torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1).double()
-
-    xb, xtb = with_bias(p["x"]), with_bias(p["x_test"])
-    n, d1 = xb.shape
-    w = p["theta"].double().reshape(d1, k)
-
-    def grads(a, labels):
-        residual = torch.softmax(a @ w, dim=1)
-        residual[torch.arange(a.shape[0]), labels] -= 1
-        return (a[:, :, None] * residual[:, None, :]).reshape(a.shape[0], -1)
-
-    soft = torch.softmax(xb @ w, dim=1)
-    blocks = torch.empty(d1, k, d1, k, dtype=torch.float64)
-    for c in range(k):
-        for e in range(c, k):
-            block = (xb * (soft[:, c] * (float(c == e) - soft[:, e]))[:, None]).T @ xb / n
-            blocks[:, c, :, e] = block
-            blocks[:, e, :, c] = block.T
-    hessian = blocks.reshape(d1 * k, d1 * k)
-    hessian.diagonal().add_(p["weight_decay"])
+    x, x_test = p["x"].double(), p["x_test"].double()
+    hessian, g_train, g_test = logistic_influence_terms(
+        x, p["y"], x_test, p["y_test"], p["theta"], p["weight_decay"], p["classes"]
+    )
     factor = torch.linalg.cholesky(hessian)
-    g_train, g_test = grads(xb, p["y"]), grads(xtb, p["y_test"])
     pairs = -(g_train @ torch.cholesky_solve(g_test.T.contiguous(), factor)).T
     half = torch.linalg.solve_triangular(factor, g_train.T.contiguous(), upper=False)
     self_influence = -(half**2).sum(dim=0)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from types import TracebackType
 
 import click
@@ -97,15 +95,6 @@ class PhaseProgress:
             if not task.finished:
                 self._progress.stop_task(task.id)
         self._progress.stop()
-
-
-@contextmanager
-def one_step(progress: Callable[[str, int, int], None], phase: str) -> Iterator[None]:
-    """Report ``phase`` as a phase of one step: started (of a total not known) on entry,
-    done on a normal exit."""
-    progress(phase, 0, 0)
-    yield
-    progress(phase, 1, 1)
 
 
 class _Rate(ProgressColumn):

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from auditor.cli.common import db_option, handle_errors, open_existing, resolve_run
-from auditor.cli.progress import PhaseProgress, one_step
+from auditor.cli.progress import PhaseProgress
+from auditor.pipeline.phases import one_step
 from auditor.report.collect import DEFAULT_TOP, MAX_TEST_PANELS, MAX_TOP, PAGE_SIZE, collect
 from auditor.report.render import render_report
 

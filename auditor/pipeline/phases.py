@@ -24,6 +24,18 @@ REPORTED = {
 }
 
 
+@contextmanager
+def one_step(progress: Progress | None, phase: str | None) -> Iterator[None]:
+    """Report ``phase`` as a phase of one step: started (of a total not known) on entry,
+    done on a normal exit; nothing without a ``progress`` or a ``phase``."""
+    if progress is None or phase is None:
+        yield
+        return
+    progress(phase, 0, 0)
+    yield
+    progress(phase, 1, 1)
+
+
 class Phases:
     """Times a scan's phases (``timings``: seconds per phase name), records through
     ``writer`` how far the run got (rank 0, once the run exists) and reports the start and
@@ -40,14 +52,11 @@ class Phases:
         phase in the database."""
         if mark:
             self.writer.mark_phase(name)
-        shown = REPORTED.get(name) if mark and self.progress else None
-        if shown and self.progress:
-            self.progress(shown, 0, 0)
-        start = time.perf_counter()
-        yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-        if shown and self.progress:
-            self.progress(shown, 1, 1)
+        shown = REPORTED.get(name) if mark else None
+        with one_step(self.progress, shown):
+            start = time.perf_counter()
+            yield
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     def timed_iter(self, name: str, items: Iterator) -> Iterator:
         """Yield from ``items``, adding the time spent producing each item to ``name``."""
