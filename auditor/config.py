@@ -146,9 +146,9 @@ PARAMS = ("last", "all")
 FITS = ("none", "last")
 DTYPES = ("float32", "float64")
 SELF_INFLUENCE = ("auto", "same")
-#: The solver ``auditor scan --features`` uses unless ``--solver`` is given: the head
-#: over the embeddings is small, so its dense Hessian is cheap.
-FEATURES_SOLVER = "exact"
+#: ``--solver auto``: the exact solver where the dense Hessian is affordable, else LiSSA
+#: (:func:`auditor.influence.solvers.resolved_solver`); a scan stores the one it chose.
+AUTO_SOLVER = "auto"
 
 
 @dataclass
@@ -264,7 +264,9 @@ class ModelArgs:
     Attributes:
         name: A name in :data:`auditor.models.MODEL_NAMES` (``linear``, ``logistic``,
             ``mlp``, ``cnn``); ``None`` follows the data.
-        weight_decay: L2 coefficient lambda of the risk (keeps the Hessian positive definite).
+        weight_decay: L2 coefficient lambda of the risk (keeps the Hessian positive definite);
+            ``None`` (``auto``) is chosen when the scan loads its data
+            (:func:`auditor.models.weight_decay.default_weight_decay`) and stored as a number.
         hidden: Hidden units of the MLP.
         max_iter: Most iterations of the fit (Newton for ``linear`` and ``logistic``,
             L-BFGS otherwise).
@@ -276,7 +278,7 @@ class ModelArgs:
         features: A torchvision architecture (``resnet18``, ``vit_b_16``...): embed the
             images with that pretrained network, frozen, and fit a logistic head on the
             embeddings (:mod:`auditor.models.pretrained`); ``None``: no pretrained features.
-            The command line then defaults to ``--solver exact``.
+            ``--solver auto`` then solves exactly: the head's dense Hessian is small.
         weights: The state dict file of ``features`` (stored as an absolute path);
             ``None`` takes torchvision's file from the torch hub cache.
         features_size: The side, in pixels, images are resized to for ``features``;
@@ -301,8 +303,16 @@ class ModelArgs:
             registry="models",
         ),
     )
-    weight_decay: float = field(
-        default=0.01, metadata=cli("--weight-decay", "model", "L2 coefficient.")
+    weight_decay: float | None = field(
+        default=None,
+        metadata=cli(
+            "--weight-decay",
+            "model",
+            "L2 coefficient (auto: for --model logistic, the strongest of 0.01, 0.001 and "
+            "0.0001 within one point of the best held-out accuracy; 0.01 otherwise).",
+            parse=parse_auto_float,
+            default_text="auto",
+        ),
     )
     hidden: int = field(
         default=32, metadata=cli("--hidden", "model", "Hidden units of --model mlp.")
@@ -332,7 +342,7 @@ class ModelArgs:
             "--features",
             "model",
             "Embed the images with this pretrained torchvision network (resnet18, resnet50, "
-            "vit_b_16, ...) and fit a logistic head on the embeddings (default solver: exact).",
+            "vit_b_16, ...) and fit a logistic head on the embeddings.",
             metavar="ARCH",
         ),
     )
@@ -409,7 +419,7 @@ class ModelArgs:
             raise ConfigError(f"--params must be all or last, got {self.params!r}")
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.weight_decay < 0:
+        if self.weight_decay is not None and self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be float32 or float64, got {self.dtype!r}")
@@ -430,6 +440,13 @@ class ModelArgs:
         elif self.features is not None:
             raise ConfigError("give --features or --model-file, not both")
 
+    @property
+    def resolved_weight_decay(self) -> float:
+        """``weight_decay`` once a scan's load phase has resolved ``auto`` (``None``)."""
+        if self.weight_decay is None:
+            raise ValueError("--weight-decay auto is resolved when the scan loads its data")
+        return self.weight_decay
+
     def fit_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`auditor.models.fit.fit` these options set."""
         return {"max_iter": self.max_iter, "grad_tol": self.grad_tol}
@@ -441,7 +458,8 @@ class SolverArgs:
 
     Attributes:
         solver: A name in :data:`auditor.influence.solvers.SOLVERS` (``lissa``, ``exact``,
-            ``cg``); checked against it when a scan starts
+            ``cg``, ``ekfac``) or ``auto`` (exact where the dense Hessian is affordable,
+            else lissa; a scan stores the one it chose); checked when a scan starts
             (:func:`auditor.pipeline.scan.check_registered`), since this module may not
             import the solvers.
         damping: Added to the Hessian's diagonal (all solvers), on top of the weight decay.
@@ -463,11 +481,13 @@ class SolverArgs:
     """
 
     solver: str = field(
-        default="lissa",
+        default=AUTO_SOLVER,
         metadata=cli(
             "--solver",
             "solver",
-            "How the inverse-Hessian-vector products are solved (docs/method.md).",
+            "How the inverse-Hessian-vector products are solved (docs/method.md); auto: "
+            "exact where the dense Hessian is affordable (closed form, at most 20,000 "
+            "parameters), else lissa.",
             registry="solvers",
             always=True,
         ),

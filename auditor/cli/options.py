@@ -16,10 +16,9 @@ from dataclasses import MISSING, Field, fields, is_dataclass
 from typing import Any, NamedTuple
 
 import click
-from click.core import ParameterSource
 
 from auditor.cli.help import SectionOption, command_markdown
-from auditor.config import CLI, FEATURES_SOLVER, CliCopy, CliOption, DataArgs, ScanConfig
+from auditor.config import CLI, CliCopy, CliOption, DataArgs, ScanConfig
 from auditor.errors import ConfigError
 from auditor.influence.solvers import SOLVER_NAMES
 from auditor.models import MODEL_NAMES
@@ -188,29 +187,18 @@ def _param(option: str) -> str:
 def scan_config(opts: dict) -> ScanConfig:
     """The :class:`ScanConfig` the parsed ``scan_options`` describe (through
     :data:`_FIELDS`); a field whose option was left out (``evaluate`` has no --seed)
-    keeps its default. With ``--features`` and no ``--solver`` the solver is
-    :data:`~auditor.config.FEATURES_SOLVER`."""
+    keeps its default."""
     groups = _groups()
     values: dict[str | None, dict[str, Any]] = {group: {} for group in groups}
     for option, group, name, _text in _FIELDS:
         if _param(option) in opts:
             values[group][name] = opts[_param(option)]
-    if values["model"].get("features") is not None and _left_default("solver"):
-        values["solver"]["solver"] = FEATURES_SOLVER
     nested: dict[str, Any] = {
         group: cls(**values[group])
         for group, cls in groups.items()
         if group is not None and cls is not None
     }
     return ScanConfig(**nested, **values[None])
-
-
-def _left_default(param: str) -> bool:
-    """Whether the command line left the option of Click parameter ``param`` at its
-    default (or does not have it)."""
-    ctx = click.get_current_context(silent=True)
-    source = None if ctx is None else ctx.get_parameter_source(param)
-    return source in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
 
 
 def _value(config: ScanConfig, group: str | None, name: str) -> Any:

@@ -130,7 +130,8 @@ class FaultyScan:
     """One seed's scan of faulty data (:func:`scan_with_faults`).
 
     Attributes:
-        config: The configuration as scanned, seeded (split, fit, solver).
+        config: The configuration as scanned, seeded (split, fit, solver), with its
+            ``auto`` settings resolved (the fix experiment refits at the scan's weight decay).
         clean, faulty, test: The training split before and after the injection, and the
             test split.
         run_id: The scan's run.
@@ -164,7 +165,8 @@ def scan_with_faults(
     assert result is not None, "an evaluation scans in one process, rank 0"
     is_fault = np.zeros(len(faulty), dtype=bool)
     is_fault[fault_index] = True
-    return FaultyScan(config, clean, faulty, test, result.run_id, is_fault, result.warnings)
+    assert result.config is not None, "a finished scan returns its resolved configuration"
+    return FaultyScan(result.config, clean, faulty, test, result.run_id, is_fault, result.warnings)
 
 
 def ranking_scores(train_points: list[dict], seed: int) -> dict[str, np.ndarray]:
@@ -325,7 +327,7 @@ def _retrain(config: ScanConfig, train: Dataset, test: Dataset) -> HeldOutMetric
     model = model_for(config, train, device=device)
     x, y = dataset_tensors(train, device, dtype)
     x_test, y_test = dataset_tensors(test, device, dtype)
-    wd = config.model.weight_decay
+    wd = config.model.resolved_weight_decay
     fitted = fit(model, x, y, wd, seed=config.data.seed, **config.model.fit_kwargs())
     out = model_outputs(model, fitted.theta, x_test, y_test)
     accuracy = None

@@ -24,7 +24,7 @@ from auditor.influence.solvers.exact import (
 
 def self_influence_from_factor(op: HessianOperator, args: SolverArgs) -> bool:
     """Whether :func:`self_influences` reads the cached Cholesky factor (else it solves)."""
-    return args.self_influence == "auto" and exact_affordable(op)
+    return args.self_influence == "auto" and exact_affordable(op.model)
 
 
 def self_influences(

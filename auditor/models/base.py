@@ -58,6 +58,13 @@ class ModelTask(ABC):
         """Predictions ``(n,)`` and the probability of each prediction ``(n,)`` (NaN for
         regression)."""
 
+    def accuracy(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+        """The share of the labels ``y`` ``(n,)`` that the classifier at ``theta`` predicts on
+        ``x`` ``(n, d)``."""
+        with torch.no_grad():
+            predicted, _ = self.predict(self.outputs(theta, x))
+        return float((predicted == y).double().mean())
+
     def example_loss(self, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Loss of one example: ``x`` ``(d,)``, ``y`` scalar -> scalar (for ``vmap(grad)``)."""
         return self.loss(self.outputs(theta, x[None]), y[None])[0]

@@ -67,14 +67,8 @@ def underfit(
     weaker_decay = weight_decay * WEAKER
     options = {**fit_kwargs, "grad_tol": max(fit_kwargs.get("grad_tol", 0.0), COMPARISON_GRAD_TOL)}
     weaker = fit(head, features, y, weaker_decay, theta0=fitted.theta, **options)
-    accuracy = _accuracy(head, fitted.theta, features, y)
-    weaker_accuracy = _accuracy(head, weaker.theta, features, y)
+    accuracy = head.accuracy(fitted.theta, features, y)
+    weaker_accuracy = head.accuracy(weaker.theta, features, y)
     if weaker_accuracy - accuracy < UNDERFIT_GAP:
         return None
     return Underfit(accuracy, weaker_accuracy, weight_decay, weaker_decay)
-
-
-def _accuracy(model: ModelTask, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        predicted, _ = model.predict(model.outputs(theta, x))
-    return float((predicted == y).double().mean())

@@ -301,7 +301,7 @@ def share_operator(comm: Comm, op: HessianOperator, args: SolverArgs) -> Hessian
     process ``op`` is left as it is. Returns ``op``."""
     if comm.world == 1:
         return op
-    exact = args.solver == "exact" and exact_affordable(op)
+    exact = args.solver == "exact" and exact_affordable(op.model)
     if op.dense_matvec or exact or self_influence_from_factor(op, args):
         h = comm.root_step(op.loss_hessian)  # rank 0 keeps it in its own cache
         h = comm.broadcast_tensor(h, (op.p, op.p), op.theta.dtype)

@@ -24,7 +24,7 @@ and writes the run row.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -38,11 +38,12 @@ from auditor.influence.ekfac import check_ekfac_model
 from auditor.influence.gradients import TrainGradients, per_example_grads, training_gradients
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.self_influence import self_influences
-from auditor.influence.solvers import check_solver, solve
+from auditor.influence.solvers import check_solver, resolved_solver, solve
 from auditor.models import ModelTask
 from auditor.models.fit import FitResult, fit
 from auditor.models.pretrained import check_features
 from auditor.models.underfit import underfit
+from auditor.models.weight_decay import WeightDecayChoice, default_weight_decay
 from auditor.pipeline.blocks import (
     BlockPlan,
     check_all_stored,
@@ -123,6 +124,10 @@ class ScanResult:
     ranks: int = 1
     resumed: bool = False
     scored: int = 0
+    #: The configuration as run: ``auto`` settings resolved (weight decay, solver).
+    config: ScanConfig | None = None
+    #: How ``--weight-decay auto`` chose, when this scan chose.
+    weight_decay: WeightDecayChoice | None = None
 
 
 def scan(
@@ -260,19 +265,36 @@ class Loaded:
     y: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    #: How ``--weight-decay auto`` was resolved, when the config left it so.
+    weight_decay: WeightDecayChoice | None = None
 
 
 def load(ctx: ScanContext, datasets: tuple[Dataset, Dataset] | None = None) -> Loaded:
     """The timed load phase on every rank: the data (``datasets``, or what the config
     names), the model and the tensors; for a resume, the check that the data still has
-    the run's fingerprint."""
+    the run's fingerprint. ``auto`` settings (weight decay, solver) are resolved here, on
+    rank 0, into ``ctx.config``, so that the run stores what it used."""
     with interruptible(None), ctx.phases("load"):
         loaded = ctx.comm.step(_load, ctx.config, datasets, ctx.comm.device)
         loaded.model.progress = ctx.progress
         if ctx.resumed:
             ctx.comm.step(check_fingerprint, ctx.previous, loaded.train, loaded.test)
             ctx.comm.step(check_model_source, ctx.previous, loaded.model)
+        ctx.config, loaded.weight_decay = ctx.comm.root_value(_resolved, ctx.config, loaded)
     return loaded
+
+
+def _resolved(config: ScanConfig, loaded: Loaded) -> tuple[ScanConfig, WeightDecayChoice | None]:
+    """Rank 0: ``config`` with its ``auto`` weight decay and solver replaced by what they
+    mean for the loaded model and data, and how the weight decay was chosen."""
+    model_args, choice = config.model, None
+    if model_args.weight_decay is None:
+        choice = default_weight_decay(
+            loaded.model, loaded.x, loaded.y, config.data.seed, model_args.fit_kwargs()
+        )
+        model_args = replace(model_args, weight_decay=choice.weight_decay)
+    solver = replace(config.solver, solver=resolved_solver(config.solver.solver, loaded.model))
+    return replace(config, model=model_args, solver=solver), choice
 
 
 def _load(
@@ -357,7 +379,7 @@ def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
             model,
             loaded.x,
             loaded.y,
-            config.model.weight_decay,
+            config.model.resolved_weight_decay,
             seed=config.data.seed,
             **config.model.fit_kwargs(),
         )
@@ -377,12 +399,17 @@ def _fit_on_root(ctx: ScanContext, loaded: Loaded) -> tuple[FitResult, bytes]:
         return stored
     if model.fitted_to_optimum:
         found = underfit(
-            model, loaded.x, loaded.y, config.model.weight_decay, fitted, config.model.fit_kwargs()
+            model,
+            loaded.x,
+            loaded.y,
+            config.model.resolved_weight_decay,
+            fitted,
+            config.model.fit_kwargs(),
         )
         if found is not None:
             add_warnings(ctx.warnings, [found.warning()])
     state = runs.theta_bytes(model.fitted_state(fitted.theta))
-    ctx.writer.store_fit(state, fit_metrics(fitted))
+    ctx.writer.store_fit(state, {**fit_metrics(fitted), **_choice_metrics(ctx, loaded)})
     return fitted, state
 
 
@@ -467,7 +494,16 @@ def _outputs(ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitte
     metrics["threads"] = ctx.threads
     if facts := loaded.model.facts():
         metrics["model_facts"] = facts
-    return Outputs(train_out, metrics)
+    return Outputs(train_out, {**metrics, **_choice_metrics(ctx, loaded)})
+
+
+def _choice_metrics(ctx: ScanContext, loaded: Loaded) -> dict:
+    """``{"weight_decay_choice": ...}`` when this scan (or the run it resumes) chose its
+    weight decay by ``auto``, else ``{}``."""
+    if loaded.weight_decay is not None:
+        return {"weight_decay_choice": loaded.weight_decay.to_dict()}
+    stored = (ctx.previous.metrics or {}) if ctx.previous is not None else {}
+    return {key: stored[key] for key in ("weight_decay_choice",) if key in stored}
 
 
 # --- gradients ---------------------------------------------------------------------------
@@ -532,7 +568,7 @@ def solve_ihvps(
     by the ranks), and the run's solver record stored."""
     comm, args, f = ctx.comm, ctx.config.solver, features
     with ctx.phases("ihvp"):
-        wd = ctx.config.model.weight_decay
+        wd = ctx.config.model.resolved_weight_decay
         op = HessianOperator(f.model, fitted.theta, f.x, f.y, wd, args.damping)
         op.progress = ctx.progress
         share_operator(comm, op, args)
@@ -650,7 +686,7 @@ def rank_points(
             f.x,
             f.y,
             train.task,
-            config.model.weight_decay,
+            config.model.resolved_weight_decay,
             _refit_kwargs(config, loaded.model),
         )
         predicted = train_out["predicted"].to(f.y.dtype)
@@ -740,4 +776,6 @@ def finish(
         ranks=ctx.comm.world,
         resumed=ctx.resumed,
         scored=scored.n_scored,
+        config=ctx.config,
+        weight_decay=loaded.weight_decay,
     )

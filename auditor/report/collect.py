@@ -482,6 +482,20 @@ def _model_file_facts(run: StoredRun) -> list[Fact]:
     return facts
 
 
+def _weight_decay_facts(weight_decay: float | None, choice: dict | None) -> list[Fact]:
+    """The weight decay (``None``: a run that stopped before its load phase resolved
+    ``auto``), and when ``--weight-decay auto`` validated it, the held-out accuracy of each
+    weight decay it tried."""
+    tried = (choice or {}).get("held_out_accuracy") or {}
+    if weight_decay is None or not tried:
+        return [Fact("weight decay", "auto" if weight_decay is None else f"{weight_decay:g}")]
+    accuracies = ", ".join(f"{a:.1%} at {wd}" for wd, a in tried.items())
+    return [
+        Fact("weight decay", f"{weight_decay:g}, chosen by held-out accuracy"),
+        Fact("held-out accuracy", accuracies),
+    ]
+
+
 def _cards(run: StoredRun, rule: FlagRule, n_flagged: int) -> list[Card]:
     """The header: data, model, solver, flag rule (as applied), time per phase."""
     m, s = run.metrics or {}, run.solver or {}
@@ -500,7 +514,7 @@ def _cards(run: StoredRun, rule: FlagRule, n_flagged: int) -> list[Card]:
     model = [Fact("model", run.model), *_model_file_facts(run)]
     model.append(Fact("influence parameters", f"{run.n_params or 0:,}"))
     model += [Fact(label, str(text)) for label, text in m.get("model_facts", {}).items()]
-    model.append(Fact("weight decay", f"{cfg['model']['weight_decay']:g}"))
+    model += _weight_decay_facts(cfg["model"]["weight_decay"], m.get("weight_decay_choice"))
     for split in ("train", "test"):
         if f"{split}_accuracy" in m:
             model.append(Fact(f"{split} accuracy", f"{m[split + '_accuracy']:.2%}"))

@@ -79,7 +79,7 @@ def test_export_json_and_csv_agree_with_the_database(toy_db, runner, tmp_path):
     assert result.exit_code == 0
     payload = json.loads(result.stdout)
     assert payload["run"]["id"] == run_id
-    assert payload["run"]["config"]["solver"]["solver"] == "lissa"
+    assert payload["run"]["config"]["solver"]["solver"] == "exact"  # auto, as resolved
     train = payload["train"]
     assert [r["index"] for r in train] == list(range(20))
     required = {

@@ -144,8 +144,8 @@ def test_the_sections_keep_one_column_for_the_help_texts():
 
 
 def test_solver_and_model_choices_come_from_the_registries():
-    assert list(params(scan)["--solver"].type.choices) == list(SOLVERS)
-    assert SolverArgs().solver in SOLVERS
+    assert list(params(scan)["--solver"].type.choices) == ["auto", *SOLVERS]
+    assert SolverArgs().solver == "auto"
     assert list(params(scan)["--model"].type.choices) == list(MODEL_NAMES)
 
 
@@ -188,10 +188,10 @@ def test_the_rescan_names_the_solver_always_and_other_options_only_off_their_def
         "--train",
         "x.csv",
         "--solver",
-        "lissa",
+        "auto",
     ]
     argv = scan_argv(parse("--train", "x", "--classes", "1,7", "--resize", "8x9"), "x", None)
-    assert argv[4:] == ["--classes", "1,7", "--resize", "8x9", "--solver", "lissa"]
+    assert argv[4:] == ["--classes", "1,7", "--resize", "8x9", "--solver", "auto"]
 
 
 def test_seed_sets_the_datas_and_the_solvers_seed_and_the_rescan_repeats_it_once():
@@ -224,7 +224,7 @@ def test_scan_options_without_an_unknown_option_is_an_error():
 
 
 def test_an_unregistered_solver_fails_as_before_and_writes_nothing(tmp_path):
-    message = "unknown solver 'magic'; choose lissa, exact, cg or ekfac"
+    message = "unknown solver 'magic'; choose auto, lissa, exact, cg or ekfac"
     config = ScanConfig(DataArgs(train="toy-linear"), solver=SolverArgs(solver="magic"))
     engine = open_db(str(tmp_path / "audit.db"))
     with pytest.raises(ConfigError) as error:
@@ -240,7 +240,7 @@ def test_the_solver_check_names_what_the_registry_holds(monkeypatch):
     monkeypatch.setitem(solvers.SOLVERS, "newton", solvers.SOLVERS["exact"])
     check_solver("newton")
     with pytest.raises(
-        ConfigError, match=r"^unknown solver 'x'; choose lissa, exact, cg, ekfac or newton$"
+        ConfigError, match=r"^unknown solver 'x'; choose auto, lissa, exact, cg, ekfac or newton$"
     ):
         check_solver("x")
 

@@ -26,6 +26,7 @@ from auditor.cli.commands import scan as scan_command
 from auditor.cli.options import scan_argv, scan_config
 from auditor.config import DataArgs
 from auditor.errors import ConfigError, DataError
+from auditor.influence.solvers import resolved_solver
 from auditor.models import embedding_cache, pretrained
 from auditor.models.backbones import build_backbone, hub_checkpoints, resolve_weights
 from auditor.models.pretrained import PretrainedFeatures, build_features_model
@@ -202,22 +203,20 @@ def test_a_features_scan_is_the_logistic_model_on_the_backbones_embeddings(
     np.testing.assert_array_equal(pairs.read_pair_scores(engine, 1), scores)
 
 
-def test_the_command_line_defaults_to_the_exact_solver_and_the_rescan_repeats_the_features(
-    digits, weights
-):
+def test_auto_solves_the_features_head_exactly_and_the_rescan_repeats_the_features(digits, weights):
     def config(*args: str):
         with scan_command.make_context("scan", list(args)) as ctx:
             return scan_config(ctx.params)
 
     base = ["--train", str(digits), "--test-split", "0.2"]
-    assert config(*base).solver.solver == "lissa"
     features = [*base, "--features", "resnet18", "--weights", str(weights)]
-    assert config(*features).solver.solver == "exact"
+    assert config(*features).solver.solver == "auto"
+    assert resolved_solver("auto", embeddings_model(weights)) == "exact"  # a 1,026-weight head
     assert config(*features, "--solver", "cg").solver.solver == "cg"
     argv = scan_argv(config(*features, "--features-size", "64"), str(digits), None)
     assert argv[argv.index("--features") :] == [
         "--features", "resnet18", "--weights", str(weights), "--features-size", "64",
-        "--solver", "exact",
+        "--solver", "auto",
     ]  # fmt: skip
 
 

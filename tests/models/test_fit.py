@@ -130,15 +130,16 @@ def test_a_non_convex_model_is_fitted_by_lbfgs():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_first_commands_toy_fit_reaches_its_optimum_with_any_thread_count(threads):
     """README's first command scans toy-linear (its y = 100 outliers included): in float32
-    Newton-CG reaches the ridge optimum whatever the thread count (L-BFGS stalled at a
-    gradient norm of 1e-2 on AMD EPYC)."""
-    from auditor.config import DataArgs, ModelArgs
+    Newton-CG reaches the ridge optimum at the default weight decay whatever the thread
+    count (L-BFGS stalled at a gradient norm of 1e-2 on AMD EPYC)."""
+    from auditor.config import DataArgs
+    from auditor.models.weight_decay import default_weight_decay
     from auditor.pipeline.loading import dataset_tensors, load_data
 
     train, _ = load_data(DataArgs(train="toy-linear"))
     x, y = dataset_tensors(train, torch.device("cpu"), torch.float32)
     model = build_model("linear", "regression", x.shape[1], 1)
-    wd = ModelArgs().weight_decay
+    wd = default_weight_decay(model, x, y, seed=0, fit_kwargs={}).weight_decay
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

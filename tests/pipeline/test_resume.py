@@ -234,7 +234,9 @@ def test_a_resume_keeps_the_runs_solver_record_warnings_and_timings(tmp_path):
     solved, so the resume solves none: the run keeps what its solve found."""
     db = str(tmp_path / "i.db")
     engine = open_db(db)
-    config = ScanConfig(data=DataArgs(train="toy-linear"), solver=SolverArgs(depth=3))
+    config = ScanConfig(
+        data=DataArgs(train="toy-linear"), solver=SolverArgs(solver="lissa", depth=3)
+    )
 
     def ctrl_c_in_the_ranking(phase, done, total):
         if phase == "ranking refits":

@@ -21,6 +21,7 @@ from auditor.errors import SolverError
 from auditor.influence.conditioning import not_positive_definite
 from auditor.influence.hessian import HessianOperator
 from auditor.influence.solvers.base import SolveDiagnostics
+from auditor.models.base import ModelTask
 
 MAX_PARAMS = 20_000
 #: Relative residual of a float32 factor's solve above which float64 is used instead.
@@ -89,10 +90,10 @@ def exact_quadratic_forms(op: HessianOperator, g: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def exact_affordable(op: HessianOperator) -> bool:
-    """Whether the dense Hessian and its factor are cheap enough to build (a closed form
-    and at most ``MAX_PARAMS`` parameters)."""
-    return op.model.has_closed_form_hessian and op.p <= MAX_PARAMS
+def exact_affordable(model: ModelTask) -> bool:
+    """Whether ``model``'s dense Hessian and its factor are cheap enough to build (a closed
+    form and at most ``MAX_PARAMS`` parameters)."""
+    return model.has_closed_form_hessian and model.n_params <= MAX_PARAMS
 
 
 def factor_or_raise(op: HessianOperator, precise: bool = False) -> torch.Tensor:
