@@ -1,20 +1,25 @@
-"""Measure the detection-quality targets (docs/quality.md): every setting x ranking, with mean and
-spread over seeds, through the same library call as ``auditor evaluate``.
+"""Detection quality over 10 seeds (issue 16): every setting x ranking, the confident-learning
+baseline, the flags' precision and recall, and paired one-sided tests of the combined
+ranking against every single ranking, through the same library call as ``auditor evaluate``.
 
 Run from the repository root (MNIST idx files in ../shared/data/mnist by default)::
 
-    python benchmarks/detection.py --out benchmarks/results.json       # all settings
-    python benchmarks/detection.py --only cnn-flip-10 --seeds 0        # one setting
+    python benchmarks/detection.py                                  # every setting, seeds 0-9
+    python benchmarks/detection.py --only cnn-confusion-10 --seeds 0  # one setting
+    python benchmarks/detection.py --markdown-only                  # the tables from --out
 
-Prints a Markdown table (docs/quality.md's "Targets and where they stand") and writes every
-summary to ``--out``. The 1-vs-7 settings take seconds per seed; the 10-class CNN about a
-minute per seed on 2 busy cores, plus 7 retrains per seed for the fix experiment.
+Prints the Markdown tables of docs/quality.md ("Ten seeds") and writes every setting's
+summary and per-seed rows to ``--out`` as it goes (a setting already there is skipped
+unless ``--again``). The fix experiment is off (``--fix`` turns it on): it retrains 7
+models per seed. The confusion settings of one model share their out-of-fold
+probabilities (one cross-validation per seed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -23,9 +28,15 @@ from auditor.config import DataArgs, ModelArgs, ScanConfig, SolverArgs
 from auditor.evaluation.evaluate import EvalArgs, evaluate
 from auditor.evaluation.faults import FaultSpec
 from auditor.evaluation.metrics import RANKINGS, fraction_key
+from auditor.evaluation.paired import sign_test_worse, wilcoxon_worse
 from auditor.store import open_db
 
 MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
+#: The rankings the combined one is tested against.
+SINGLE = ("training loss", "self-influence", "harmfulness", "confident learning")
+#: The metric of the paired tests: the share of the faults found after checking 10%.
+FOUND = f"found@{fraction_key(0.1)}"
+ALPHA = 0.05
 
 
 def settings(mnist: str) -> dict[str, tuple[ScanConfig, FaultSpec]]:
@@ -35,70 +46,152 @@ def settings(mnist: str) -> dict[str, tuple[ScanConfig, FaultSpec]]:
     exact = SolverArgs(solver="exact")
     ten = DataArgs(train=mnist, test_split=0.2)
     cnn = ModelArgs(name="cnn", params="last", weight_decay=1e-4)
-    return {
-        "1v7-flip-5": (ScanConfig(pair, logistic, exact), FaultSpec("flip", 0.05)),
-        "1v7-flip-10": (ScanConfig(pair, logistic, exact), FaultSpec("flip", 0.10)),
-        "1v7-flip-20": (ScanConfig(pair, logistic, exact), FaultSpec("flip", 0.20)),
-        "1v7-class-flip-7>1-20": (
-            ScanConfig(pair, logistic, exact),
-            FaultSpec("class-flip", 0.2, "7", "1"),
-        ),
-        "1v7-outlier-5": (ScanConfig(pair, logistic, exact), FaultSpec("outlier", 0.05)),
-        "1v7-flip-10-default-wd": (ScanConfig(pair, ModelArgs(), exact), FaultSpec("flip", 0.1)),
-        "cnn-flip-10": (ScanConfig(ten, cnn, exact), FaultSpec("flip", 0.10)),
-        "cnn-class-flip-7>1-30": (
-            ScanConfig(ten, cnn, exact),
-            FaultSpec("class-flip", 0.3, "7", "1"),
-        ),
+    one = {
+        "flip-5": FaultSpec("flip", 0.05),
+        "flip-10": FaultSpec("flip", 0.10),
+        "flip-20": FaultSpec("flip", 0.20),
+        "class-flip-7>1-20": FaultSpec("class-flip", 0.2, "7", "1"),
+        "confusion-5": FaultSpec("confusion", 0.05),
+        "confusion-10": FaultSpec("confusion", 0.10),
+        "confusion-20": FaultSpec("confusion", 0.20),
+        "outlier-5": FaultSpec("outlier", 0.05),
+        "none": FaultSpec("none"),
     }
+    many = {
+        "flip-10": FaultSpec("flip", 0.10),
+        "class-flip-7>1-30": FaultSpec("class-flip", 0.3, "7", "1"),
+        "confusion-5": FaultSpec("confusion", 0.05),
+        "confusion-10": FaultSpec("confusion", 0.10),
+        "confusion-20": FaultSpec("confusion", 0.20),
+        "none": FaultSpec("none"),
+    }
+    found = {f"1v7-{k}": (ScanConfig(pair, logistic, exact), f) for k, f in one.items()}
+    found |= {f"cnn-{k}": (ScanConfig(ten, cnn, exact), f) for k, f in many.items()}
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mnist", default=MNIST)
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default=",".join(map(str, range(10))))
     parser.add_argument("--only", action="append", help="run only these settings")
-    parser.add_argument("--no-fix", action="store_true")
+    parser.add_argument("--fix", action="store_true", help="run the fix experiment too")
+    parser.add_argument("--again", action="store_true", help="rerun settings in --out")
+    parser.add_argument("--markdown-only", action="store_true")
     parser.add_argument("--db", default="benchmarks/detection.db")
-    parser.add_argument("--out", default="benchmarks/results.json")
+    parser.add_argument("--out", default="benchmarks/detection.json")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    engine = open_db(args.db)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
-    for name, (config, faults) in settings(args.mnist).items():
-        if args.only and name not in args.only:
-            continue
-        start = time.perf_counter()
-        ev = evaluate(engine, config, EvalArgs(faults, seeds=seeds, fix=not args.no_fix))
-        results[name] = {
-            "seeds": seeds,
-            "seconds": round(time.perf_counter() - start, 1),
-            "evaluation_id": ev.id,
-            "summary": ev.summary,
-        }
-        print(f"{name}: {results[name]['seconds']} s", file=sys.stderr)
-        out.write_text(json.dumps(results, indent=1))
+    if not args.markdown_only:
+        engine = open_db(args.db)
+        for name, (config, faults) in settings(args.mnist).items():
+            if (args.only and name not in args.only) or (name in results and not args.again):
+                continue
+            start = time.perf_counter()
+            ev = evaluate(engine, config, EvalArgs(faults, seeds=seeds, fix=args.fix))
+            results[name] = {
+                "seeds": seeds,
+                "seconds": round(time.perf_counter() - start, 1),
+                "evaluation_id": ev.id,
+                "summary": ev.summary,
+                "rows": [
+                    {k: r[k] for k in ("seed", "ranking", "n_faults", "auroc", "found", "flags")}
+                    for r in ev.results
+                ],
+            }
+            print(f"{name}: {results[name]['seconds']} s", file=sys.stderr, flush=True)
+            out.write_text(json.dumps(results, indent=1, allow_nan=True))
     print(markdown(results))
 
 
+def paired(result: dict) -> dict[str, tuple[float, float, float]]:
+    """Per single ranking: the mean per-seed difference combined - it of the share found
+    after 10%, and the one-sided sign-test and Wilcoxon p-values that combined is worse."""
+    by = {(r["seed"], r["ranking"]): r for r in result["rows"]}
+    seeds = sorted({r["seed"] for r in result["rows"]})
+    tested = {}
+    for other in SINGLE:
+        if (seeds[0], other) not in by:
+            continue
+        a = [by[(s, "combined")]["found"][fraction_key(0.1)] for s in seeds]
+        b = [by[(s, other)]["found"][fraction_key(0.1)] for s in seeds]
+        diff = sum(x - y for x, y in zip(a, b, strict=True)) / len(seeds)
+        tested[other] = (diff, sign_test_worse(a, b), wilcoxon_worse(a, b))
+    return tested
+
+
 def markdown(results: dict) -> str:
-    """The docs/quality.md table: setting x ranking, AUROC and share found after checking 10%."""
-    lines = [
-        "| setting | seeds | ranking | AUROC | found@10% | AP |",
+    """docs/quality.md's tables: detection per setting and ranking; the paired tests; the
+    flags (and confident learning's label issues) per setting."""
+    detection = [
+        "| setting | seeds | faults | "
+        + " | ".join(r for r in RANKINGS if r != "random")
+        + " | random | time |",
+        "| --- | --- | --- |" + " --- |" * (len(RANKINGS) + 1),
+    ]
+    tests = [
+        "| setting | ranking | combined − it, found@10% | sign p | Wilcoxon p | verdict |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
+    flags = [
+        "| setting | faults | flags: count | precision | recall "
+        "| CL label issues: count | precision | recall |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in results.items():
+        s = r["summary"]
+        n_faults = next((row["n_faults"] for row in r["rows"]), 0)
+        flags.append(
+            f"| {name} | {n_faults} | "
+            + " | ".join(_flag_cells(s.get(k, {})) for k in ("combined", "confident learning"))
+            + " |"
+        )
+        if n_faults == 0:  # clean data: only the flags count
+            continue
+        seeds = f"{len(r['seeds'])}"
+        cells = []
         for ranking in RANKINGS:
-            s = r["summary"][ranking]
-            cell = " | ".join(
-                f"{s[m][0]:.4f} ± {s[m][1]:.4f}"
-                for m in ("auroc", f"found@{fraction_key(0.1)}", "average_precision")
+            if ranking not in s:
+                cells.append("")
+                continue
+            auroc, found = s[ranking]["auroc"][0], s[ranking][FOUND][0]
+            text = f"{_num(auroc, 3)} / {_num(found, 2)}"
+            cells.append(f"**{text}**" if ranking == "combined" else text)
+        detection.append(
+            f"| {name} | {seeds} | {n_faults} | " + " | ".join(cells) + f" | {r['seconds']:.0f} s |"
+        )
+        for other, (diff, p_sign, p_wilcoxon) in paired(r).items():
+            worse = min(p_sign, p_wilcoxon) < ALPHA
+            verdict = "**worse**" if worse else ("better" if diff > 0 else "not worse")
+            tests.append(
+                f"| {name} | {other} | {diff:+.3f} | {p_sign:.3g} | {p_wilcoxon:.3g} | {verdict} |"
             )
-            bold = "**" if ranking == "combined" else ""
-            seeds = ",".join(map(str, r["seeds"]))
-            lines.append(f"| {name} | {seeds} | {bold}{ranking}{bold} | {cell} |")
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            "AUROC / share found after checking 10%, mean over seeds:",
+            "",
+            *detection,
+            "",
+            *tests,
+            "",
+            *flags,
+        ]
+    )
+
+
+def _flag_cells(s: dict) -> str:
+    if "flags" not in s:
+        return " | | "
+    count, spread = s["flags"]
+    return f"{count:.1f} ± {spread:.1f} | {_num(s['flag_precision'][0], 2)} | " + _num(
+        s["flag_recall"][0], 2
+    )
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

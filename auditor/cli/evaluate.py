@@ -43,7 +43,8 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
     metavar="KIND",
     help="flip, class-flip:SOURCE>TARGET[,SOURCE>TARGET...] (e.g. class-flip:7>1 or "
     "class-flip:1>7,7>1), class-flip:cycle (every class to the next, the last to the "
-    "first), outlier or none.",
+    "first), confusion (to the class a held-out model most confuses, on ambiguous "
+    "points), outlier or none.",
 )
 @click.option(
     "--rate",
@@ -67,6 +68,12 @@ def _fractions(_ctx: click.Context, _param: click.Parameter, value: str) -> tupl
     help="Shares of the data checked, for 'found' and the fix experiment's k.",
 )
 @click.option("--fix/--no-fix", default=True, show_default=True, help="Run the fix experiment.")
+@click.option(
+    "--baseline/--no-baseline",
+    default=True,
+    show_default=True,
+    help="Measure the confident-learning ranking (5 cross-validated fits per seed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead.")
 @db_option
 @handle_errors
@@ -74,11 +81,14 @@ def evaluate(**opts: Any) -> None:
     """Inject known faults, scan, and measure how well each ranking finds them.
 
     Rankings: training loss, self-influence, harmfulness, combined (the product's
-    ranking) and random. Metrics per seed: AUROC, average precision, share of the faults
-    found after checking 5/10/20% of the data, and the fix experiment (restore the faults
-    among the top k, retrain, test loss and accuracy against k random points). Prints
-    mean ± standard deviation over seeds and stores every row in the database; `auditor
-    report RUN` then shows the detection curve of that run.
+    ranking), confident learning (the baseline, on out-of-fold probabilities of the same
+    model; class labels only) and random. Metrics per seed: AUROC, average precision,
+    share of the faults found after checking 5/10/20% of the data, the precision and
+    recall of the scan's flags and of confident learning's label issues, and the fix
+    experiment (restore the faults among the top k, retrain, test loss and accuracy
+    against k random points). Prints mean ± standard deviation over seeds and stores
+    every row in the database; `auditor report RUN` then shows the detection curve of
+    that run.
 
     \b
     Examples:
@@ -88,6 +98,8 @@ def evaluate(**opts: Any) -> None:
             --solver exact --faults 'class-flip:7>1' --rate 0.2
         auditor evaluate --train ../shared/data/mnist --test-split 0.2 --model cnn \\
             --params last --solver exact --faults class-flip:cycle --rate 0.1
+        auditor evaluate --train ../shared/data/mnist --classes 1,7 --test-split 0.2 \\
+            --faults confusion --rate 0.1 --seeds 0,1,2 --no-fix
         auditor evaluate --train toy-linear --solver exact --faults outlier --rate 0.1
     """
     config = scan_config(opts)
@@ -98,6 +110,7 @@ def evaluate(**opts: Any) -> None:
         seeds=opts["seeds"],
         fractions=opts["checked"],
         fix=opts["fix"],
+        baseline=opts["baseline"],
     )
     engine = dispose_on_close(open_db(opts["db"]))
     with PhaseProgress() as progress:
@@ -126,6 +139,14 @@ def _echo_summary(evaluation: Evaluation) -> None:
     click.echo(summary.heading)
     rows = [(name, *map(_pm, cells)) for name, cells in summary.detection]
     echo_table(["ranking", *summary.columns], rows, right=summary.columns)
+    if summary.flags:
+        click.echo("\nflagged points against the faults")
+        flag_columns = ("flagged", "count", "precision", "recall")
+        rows = [
+            (name, _pm(count, 1), _pm(precision), _pm(recall))
+            for name, (count, precision, recall) in summary.flags
+        ]
+        echo_table(flag_columns, rows, right=flag_columns[1:])
     if not summary.fix:
         return
     click.echo("\nfix experiment: faults among the top k restored, model retrained")
@@ -141,11 +162,11 @@ def _echo_summary(evaluation: Evaluation) -> None:
     )
 
 
-def _pm(pair: list[float]) -> str:
+def _pm(pair: list[float], digits: int = 4) -> str:
     mean, spread = pair
     if math.isnan(mean):
         return "n/a"
-    return f"{mean:.4f} ± {spread:.4f}"
+    return f"{mean:.{digits}f} ± {spread:.{digits}f}"
 
 
 def _num(value: float | None) -> str:

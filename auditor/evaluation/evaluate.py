@@ -8,7 +8,12 @@ known faults (:mod:`auditor.evaluation.metrics`):
 - ``self-influence``: ``|self-influence|`` from the scan (after its masking refits);
 - ``harmfulness``: the sum of a point's influence over all test points;
 - ``combined``: the product's ranking, as stored by the scan (the ``rank`` column);
+- ``confident learning``: the baseline of :mod:`auditor.evaluation.confident`, on
+  out-of-fold probabilities of cross-validated fits of the same model (class labels only);
 - ``random``: a random order (the floor).
+
+The scan's flags and confident learning's label issues are scored as sets too (count,
+precision, recall).
 
 The fix experiment: a reviewer checks the top ``k`` of the combined ranking and of a random
 order, and restores every fault among them to its original label (and features, for
@@ -29,11 +34,13 @@ import torch
 from sqlalchemy.engine import Engine
 
 from auditor.config import ScanConfig, check_seed
-from auditor.data import Dataset
+from auditor.data import Dataset, points_fingerprint
 from auditor.errors import ConfigError
 from auditor.evaluation import metrics as detection
-from auditor.evaluation.faults import FaultSpec, inject
-from auditor.evaluation.metrics import RANKINGS
+from auditor.evaluation.confident import confident_learning
+from auditor.evaluation.cross_val import out_of_fold_probabilities
+from auditor.evaluation.faults import NEEDS_PROBABILITIES, FaultSpec, inject
+from auditor.evaluation.metrics import FLAGGING, RANKINGS
 from auditor.models.fit import fit
 from auditor.pipeline.distributed import torch_device
 from auditor.pipeline.loading import dataset_tensors, load_data, model_for, model_outputs
@@ -89,12 +96,15 @@ class EvalArgs:
         fractions: Shares of the data checked for "found after checking" and for the fix
             experiment's ``k``.
         fix: Run the fix experiment (retrains ``1 + 2 * len(fractions)`` models per seed).
+        baseline: Measure the confident-learning ranking (five cross-validated fits per
+            seed; class labels only).
     """
 
     faults: FaultSpec
     seeds: list[int] = field(default_factory=lambda: [0])
     fractions: tuple[float, ...] = (0.05, 0.1, 0.2)
     fix: bool = True
+    baseline: bool = True
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -160,13 +170,30 @@ def scan_with_faults(
     config = replace(config, data=replace(config.data, seed=seed))
     config.solver = replace(config.solver, seed=seed)
     clean, test = load_data(config.data)
-    faulty, fault_index = inject(clean, faults, seed)
+    probabilities = None
+    if faults.kind in NEEDS_PROBABILITIES and clean.task == "classification":
+        probabilities = clean_probabilities(config, clean, seed)
+    faulty, fault_index = inject(clean, faults, seed, probabilities)
     result = scan(engine, config, progress, datasets=(faulty, test))
     assert result is not None, "an evaluation scans in one process, rank 0"
     is_fault = np.zeros(len(faulty), dtype=bool)
     is_fault[fault_index] = True
     assert result.config is not None, "a finished scan returns its resolved configuration"
     return FaultyScan(result.config, clean, faulty, test, result.run_id, is_fault, result.warnings)
+
+
+#: Out-of-fold probabilities of clean training splits, by (data, model, seed): the
+#: ``confusion`` settings of one process (5, 10 and 20%) share them.
+_CLEAN_PROBABILITIES: dict[tuple, np.ndarray] = {}
+
+
+def clean_probabilities(config: ScanConfig, clean: Dataset, seed: int) -> np.ndarray:
+    """:func:`out_of_fold_probabilities` of the clean split ``(n, k)``, computed once per
+    data, model and seed in this process."""
+    key = (points_fingerprint(clean), repr(config.model), config.device, seed)
+    if key not in _CLEAN_PROBABILITIES:
+        _CLEAN_PROBABILITIES[key] = out_of_fold_probabilities(config, clean, seed)
+    return _CLEAN_PROBABILITIES[key]
 
 
 def ranking_scores(train_points: list[dict], seed: int) -> dict[str, np.ndarray]:
@@ -214,7 +241,15 @@ def evaluate(
         warnings[done.run_id] = done.warnings
         timings["scan"] += time.perf_counter() - start
         is_fault = done.is_fault
-        scores = ranking_scores(points.read_points(engine, done.run_id, "train"), seed)
+        train_points = points.read_points(engine, done.run_id, "train")
+        scores = ranking_scores(train_points, seed)
+        flagged = {"combined": np.array([bool(p["flags"]) for p in train_points])}
+        if args.baseline and done.faulty.task == "classification":
+            start = time.perf_counter()
+            probabilities = out_of_fold_probabilities(done.config, done.faulty, seed)
+            cl = confident_learning(probabilities, done.faulty.targets.numpy())
+            scores["confident learning"], flagged["confident learning"] = cl.scores, cl.issues
+            timings["baseline"] = timings.get("baseline", 0.0) + time.perf_counter() - start
         fixes: dict[str, list[FixRow]] = {}
         if args.fix and is_fault.any():
             start = time.perf_counter()
@@ -229,7 +264,8 @@ def evaluate(
                 args.fractions,
             )
             timings["fix"] += time.perf_counter() - start
-        for name in RANKINGS:
+        for name in (r for r in RANKINGS if r in scores):
+            flags = flagged.get(name)
             results.append(
                 {
                     "seed": seed,
@@ -239,6 +275,7 @@ def evaluate(
                     "n_faults": int(is_fault.sum()),
                     **detection_metrics(scores[name], is_fault, args.fractions),
                     "fix": fixes.get(name),
+                    "flags": None if flags is None else detection.flag_metrics(flags, is_fault),
                 }
             )
         progress("seeds", args.seeds.index(seed) + 1, len(args.seeds))
@@ -343,11 +380,12 @@ def _share(worst: float | None, value: float | None, best: float | None) -> floa
 
 
 def summarize(results: list[dict], fractions: Sequence[float]) -> dict[str, dict[str, list[float]]]:
-    """``{ranking: {metric: [mean, spread]}}`` over seeds; metrics ``auroc``,
-    ``average_precision``, ``found@F`` and, for the fix rankings, ``accuracy@F`` and
-    ``loss@F`` (test accuracy and loss after the fix)."""
+    """``{ranking: {metric: [mean, spread]}}`` over seeds, for the rankings ``results``
+    hold; metrics ``auroc``, ``average_precision``, ``found@F``, for the fix rankings
+    ``accuracy@F`` and ``loss@F`` (test accuracy and loss after the fix), and for the
+    rankings with flags ``flags``, ``flag_precision`` and ``flag_recall``."""
     summary: dict[str, dict[str, list[float]]] = {}
-    for name in RANKINGS:
+    for name in measured_rankings(results):
         rows = [r for r in results if r["ranking"] == name]
         s = {
             "auroc": list(detection.mean_spread([r["auroc"] for r in rows])),
@@ -367,8 +405,20 @@ def summarize(results: list[dict], fractions: Sequence[float]) -> dict[str, dict
                     detection.mean_spread([_nan(fx["test_accuracy"]) for fx in at])
                 )
                 s[f"loss@{key}"] = list(detection.mean_spread([fx["test_loss"] for fx in at]))
+        flags = [r["flags"] for r in rows if r.get("flags")]
+        if flags:
+            s["flags"] = list(detection.mean_spread([f["count"] for f in flags]))
+            for metric in ("precision", "recall"):
+                values = [_nan(f[metric]) for f in flags]
+                s[f"flag_{metric}"] = list(detection.mean_spread(values))
         summary[name] = s
     return summary
+
+
+def measured_rankings(results: list[dict]) -> list[str]:
+    """The rankings of :data:`RANKINGS` that ``results`` hold, in its order."""
+    present = {r["ranking"] for r in results}
+    return [name for name in RANKINGS if name in present]
 
 
 def _nan(value: float | None) -> float:
@@ -392,6 +442,9 @@ class SummaryRows:
             ``faulty_test_loss``, ``clean_test_accuracy`` and ``clean_test_loss`` (the
             models before the fix and without faults; an accuracy may be ``None``);
             ``None`` without ``fix``.
+        flags: One row per ranking with flags of its own (:data:`FLAGGING`): what they
+            are called (``flags``, ``label issues``) and ``[mean, spread]`` of their count,
+            precision and recall.
     """
 
     heading: str
@@ -399,6 +452,7 @@ class SummaryRows:
     detection: list[tuple[str, list[list[float]]]]
     fix: list[tuple[float, str, list[float], list[float]]]
     baseline: FixRow | None
+    flags: list[tuple[str, list[list[float]]]] = field(default_factory=list)
 
 
 def summary_rows(evaluation: Evaluation) -> SummaryRows:
@@ -414,7 +468,7 @@ def summary_rows(evaluation: Evaluation) -> SummaryRows:
     )
     columns = ["AUROC", "AP", *(f"found@{f:.0%}" for f in fr)]
     per_ranking = []
-    for name in RANKINGS:
+    for name in measured_rankings(evaluation.results):
         s = evaluation.summary[name]
         per_ranking.append(
             (name, [s["auroc"], s["average_precision"], *(s[f"found@{key}"] for key in keys)])
@@ -426,7 +480,12 @@ def summary_rows(evaluation: Evaluation) -> SummaryRows:
             if f"accuracy@{key}" in s:
                 fix.append((f, name, s[f"accuracy@{key}"], s[f"loss@{key}"]))
     baseline = next((r["fix"][0] for r in evaluation.results if r["fix"]), None)
-    return SummaryRows(heading, columns, per_ranking, fix, baseline if fix else None)
+    flags = [
+        (f"{FLAGGING[name]} ({name})", [s["flags"], s["flag_precision"], s["flag_recall"]])
+        for name, s in evaluation.summary.items()
+        if name in FLAGGING and "flags" in s
+    ]
+    return SummaryRows(heading, columns, per_ranking, fix, baseline if fix else None, flags)
 
 
 def evaluation_dict(evaluation: Evaluation) -> dict:

@@ -11,6 +11,11 @@ Kinds (``FaultSpec.kind``):
   pixels for images, independent Gaussian features for feature vectors, scaled to the
   replaced point's norm); for regression the target is set to ``y = 100`` as in the seed's
   toy data.
+- ``confusion``: realistic label errors; ``rate`` of all points are relabelled with the
+  class a held-out model most confuses them with (the largest out-of-fold probability
+  among the other classes, :mod:`auditor.evaluation.cross_val`), the points drawn with
+  probability proportional to that class's probability, so that the errors fall on the
+  ambiguous points, as a person's do (a 4 written like a 9).
 - ``none``: no faults (to measure how many clean points a rule flags).
 """
 
@@ -24,7 +29,12 @@ import torch
 from auditor.data import Dataset
 from auditor.errors import ConfigError, DataError
 
-FAULT_KINDS = ("flip", "class-flip", "outlier", "none")
+FAULT_KINDS = ("flip", "class-flip", "confusion", "outlier", "none")
+#: The kinds that need the out-of-fold class probabilities of the clean points.
+NEEDS_PROBABILITIES = ("confusion",)
+#: The least drawing weight of a ``confusion`` point (a point the held-out model never
+#: confuses can still be drawn once the ambiguous ones run out).
+LEAST_CONFUSION = 1e-6
 #: The regression outliers' target, as in the seed's toy data.
 REGRESSION_OUTLIER = 100.0
 #: The ``class-flip`` shorthand for every class -> the next one, wrapping around.
@@ -165,9 +175,13 @@ def _check_pairs(pairs: list[tuple[str, str]]) -> None:
         seen.add(source)
 
 
-def inject(ds: Dataset, spec: FaultSpec, seed: int) -> tuple[Dataset, np.ndarray]:
+def inject(
+    ds: Dataset, spec: FaultSpec, seed: int, probabilities: np.ndarray | None = None
+) -> tuple[Dataset, np.ndarray]:
     """A copy of ``ds`` with faults injected, and the sorted indexes ``(m,)`` of the faulty
     points. The input is not modified; every other point is left exactly as it was.
+    ``probabilities`` ``(n, k)``: the out-of-fold class probabilities of ``ds``'s points,
+    which ``confusion`` needs.
 
     Raises:
         DataError: a kind the data cannot take (flips of regression data), or a rate that
@@ -178,11 +192,15 @@ def inject(ds: Dataset, spec: FaultSpec, seed: int) -> tuple[Dataset, np.ndarray
     n = len(ds)
     if spec.kind == "none":
         return replace(ds), np.zeros(0, dtype=np.int64)
-    if spec.kind in ("flip", "class-flip") and ds.task != "classification":
+    if spec.kind in ("flip", "class-flip", "confusion") and ds.task != "classification":
         raise DataError(f"{spec.kind} needs class labels; {ds.name} is regression data")
     targets = ds.targets.clone()
     if spec.kind == "class-flip":
         return _class_flips(ds, targets, spec, rng)
+    if spec.kind == "confusion":
+        if probabilities is None or probabilities.shape != (n, ds.n_classes):
+            raise ValueError("confusion faults need the points' (n, k) class probabilities")
+        return _confusion_flips(ds, targets, spec.rate, probabilities, rng)
     index = _choose(rng, np.arange(n), spec.rate)
     if spec.kind == "flip":
         k = ds.n_classes
@@ -211,6 +229,28 @@ def _class_flips(
     if not chosen:
         raise DataError(f"a fault rate of {spec.rate} of each source class injects no fault")
     return replace(ds, targets=targets), np.sort(np.concatenate(chosen))
+
+
+def _confusion_flips(
+    ds: Dataset,
+    targets: torch.Tensor,
+    rate: float,
+    probabilities: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[Dataset, np.ndarray]:
+    """Relabel ``rate`` of the points with their most confused class (module docstring)."""
+    n = len(ds)
+    others = np.array(probabilities, dtype=np.float64)
+    given = targets.numpy()
+    others[np.arange(n), given] = -np.inf
+    confused = others.argmax(axis=1)
+    weight = np.maximum(others[np.arange(n), confused], LEAST_CONFUSION)
+    m = int(round(rate * n))
+    if m == 0:
+        raise DataError(f"a fault rate of {rate} of {n} points injects no fault")
+    index = np.sort(rng.choice(n, size=m, replace=False, p=weight / weight.sum()))
+    targets[torch.from_numpy(index)] = torch.from_numpy(confused[index])
+    return replace(ds, targets=targets), index
 
 
 def _choose(rng: np.random.Generator, pool: np.ndarray, rate: float) -> np.ndarray:

@@ -12,8 +12,19 @@ import numpy as np
 
 from auditor.ranking.rule import average_ranks
 
-#: The rankings an evaluation measures, in the order tables and charts show them.
-RANKINGS = ("training loss", "self-influence", "harmfulness", "combined", "random")
+#: The rankings an evaluation measures, in the order tables and charts show them
+#: (``confident learning`` only for class labels, with the baseline on).
+RANKINGS = (
+    "training loss",
+    "self-influence",
+    "harmfulness",
+    "combined",
+    "confident learning",
+    "random",
+)
+#: The ranking whose flags are its own: the scan's rule flags the points the combined
+#: ranking is about; confident learning flags its label issues.
+FLAGGING = {"combined": "flags", "confident learning": "label issues"}
 
 
 def auroc(scores: np.ndarray, is_fault: np.ndarray) -> float:
@@ -93,3 +104,17 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     if v.size == 0:
         return math.nan, math.nan
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def flag_metrics(flagged: np.ndarray, is_fault: np.ndarray) -> dict:
+    """How many points a rule flagged, how many of them are faults, and the flags'
+    precision (faults among the flagged; NaN with no flag) and recall (flagged among the
+    faults; NaN with no fault)."""
+    flagged, is_fault = np.asarray(flagged, dtype=bool), np.asarray(is_fault, dtype=bool)
+    count, hits, faults = int(flagged.sum()), int((flagged & is_fault).sum()), int(is_fault.sum())
+    return {
+        "count": count,
+        "faults": hits,
+        "precision": hits / count if count else math.nan,
+        "recall": hits / faults if faults else math.nan,
+    }

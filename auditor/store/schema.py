@@ -131,5 +131,8 @@ evaluation_results = Table(
     Column("found", JSON),  # {"0.05": share, ...}
     Column("curve", JSON),  # [[share checked, share found], ...]
     Column("fix", JSON),  # [{k, test_loss, test_accuracy, ...}] (combined and random only)
+    # (revision 0004) {count, faults, precision, recall} of the scan's flags (combined) and
+    # of confident learning's label issues; NULL for the other rankings and older rows
+    Column("flags", JSON),
     sqlite_with_rowid=False,
 )

@@ -29,9 +29,14 @@ def test_evaluate_cli_prints_table_and_stores_rows(tmp_path, mnist_dir):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("evaluation 1: flip 10%, seeds 0,1, 173 faults of 1730")
-    table = {line[:16].strip(): line[16:].split() for line in lines[2:7]}
+    table = {line[:20].strip(): line[20:].split() for line in lines[2:8]}
     assert list(table) == list(RANKINGS)
     assert "fix experiment" in result.stdout
+    flagged = lines[lines.index("flagged points against the faults") + 2 :][:2]
+    assert [line.split("  ")[0] for line in flagged] == [
+        "flags (combined)",
+        "label issues (confident learning)",
+    ]
     assert lines[-1].startswith("runs scanned: ")
 
     engine = open_db(db)
@@ -46,6 +51,14 @@ def test_evaluate_cli_prints_table_and_stores_rows(tmp_path, mnist_dir):
         train = points.read_points(engine, by[(seed, "combined")]["run_id"], "train")
         loss = np.array([p["loss"] for p in train])
         assert by[(seed, "random")]["n_faults"] == 173
+        # the scan's flags, scored as a set against the faults the run's points hold
+        flags = by[(seed, "combined")]["flags"]
+        assert flags["count"] == sum(bool(p["flags"]) for p in train)
+        assert flags["precision"] == pytest.approx(flags["faults"] / flags["count"])
+        assert flags["recall"] == pytest.approx(flags["faults"] / 173)
+        assert flags["precision"] > 0.9 and flags["recall"] > 0.8
+        assert by[(seed, "confident learning")]["flags"]["count"] > 0
+        assert by[(seed, "training loss")]["flags"] is None
         assert f"{by[(seed, 'combined')]['run_id']} (seed {seed})" in lines[-1]
         curve = np.array(by[(seed, "combined")]["curve"])
         assert np.all(np.diff(curve[:, 1]) >= 0) and curve[-1, 1] == 1.0

@@ -1,0 +1,57 @@
+"""Paired comparisons of two rankings over the same seeds (numpy only): is ranking A worse
+than ranking B more often, or by more, than chance allows?
+
+Both tests are exact and one-sided, for the few seeds an evaluation runs (10 here):
+
+- the sign test: the binomial probability of at least as many seeds where A < B, among
+  the seeds where they differ, if either were as likely;
+- the Wilcoxon signed-rank test: the differences ``a - b`` ranked by size (ties averaged,
+  zeros dropped), and the probability, over all ``2^m`` sign assignments, of a sum of
+  positive ranks at most the observed one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from auditor.ranking.rule import average_ranks
+
+#: The most nonzero differences the exact Wilcoxon enumeration takes (2^20 sign sets).
+WILCOXON_EXACT = 20
+
+
+def sign_test_worse(a: Sequence[float], b: Sequence[float]) -> float:
+    """One-sided p-value that ``a`` is smaller than ``b`` (paired, ties dropped): the chance
+    of at least as many ``a < b`` among the differing pairs under a fair coin; 1 without a
+    differing pair."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    worse, m = int((d < 0).sum()), int((d != 0).sum())
+    if m == 0:
+        return 1.0
+    return sum(math.comb(m, j) for j in range(worse, m + 1)) / 2.0**m
+
+
+def wilcoxon_worse(a: Sequence[float], b: Sequence[float]) -> float:
+    """One-sided exact Wilcoxon signed-rank p-value that ``a`` is smaller than ``b``: the
+    share of sign assignments of the ranked nonzero differences whose positive-rank sum is
+    at most the observed one; 1 without a nonzero difference."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    d = d[d != 0]
+    if d.size == 0:
+        return 1.0
+    if d.size > WILCOXON_EXACT:
+        raise ValueError(f"the exact test takes at most {WILCOXON_EXACT} nonzero differences")
+    ranks = average_ranks(np.abs(d))
+    observed = ranks[d > 0].sum()
+    sums = np.array(
+        [sum(r for r, s in zip(ranks, signs, strict=True) if s) for signs in _signs(d.size)]
+    )
+    return float((sums <= observed + 1e-9).mean())
+
+
+def _signs(m: int) -> itertools.product:
+    return itertools.product((False, True), repeat=m)
