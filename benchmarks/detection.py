@@ -7,6 +7,7 @@ Run from the repository root (MNIST idx files in ../shared/data/mnist by default
     python benchmarks/detection.py                                  # every setting, seeds 0-9
     python benchmarks/detection.py --only cnn-confusion-10 --seeds 0  # one setting
     python benchmarks/detection.py --markdown-only                  # the tables from --out
+    python benchmarks/detection.py --markdown-only --readme         # the README's table
 
 Prints the Markdown tables of docs/quality.md ("Ten seeds") and writes every setting's
 summary and per-seed rows to ``--out`` as it goes (a setting already there is skipped
@@ -29,7 +30,7 @@ from auditor.evaluation.evaluate import EvalArgs, evaluate
 from auditor.evaluation.faults import FaultSpec
 from auditor.evaluation.metrics import RANKINGS, fraction_key
 from auditor.evaluation.paired import sign_test_worse, wilcoxon_worse
-from auditor.store import open_db
+from auditor.store import open_db, runs
 
 MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 #: The rankings the combined one is tested against.
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--fix", action="store_true", help="run the fix experiment too")
     parser.add_argument("--again", action="store_true", help="rerun settings in --out")
     parser.add_argument("--markdown-only", action="store_true")
+    parser.add_argument("--readme", action="store_true", help="print the README's table")
     parser.add_argument("--db", default="benchmarks/detection.db")
     parser.add_argument("--out", default="benchmarks/detection.json")
     args = parser.parse_args()
@@ -91,19 +93,18 @@ def main() -> None:
                 continue
             start = time.perf_counter()
             ev = evaluate(engine, config, EvalArgs(faults, seeds=seeds, fix=args.fix))
+            keys = ("seed", "ranking", "n_faults", "auroc", "found", "flags", "fix")
             results[name] = {
                 "seeds": seeds,
                 "seconds": round(time.perf_counter() - start, 1),
                 "evaluation_id": ev.id,
+                "n_test": runs.get_run(engine, ev.results[0]["run_id"]).n_test,
                 "summary": ev.summary,
-                "rows": [
-                    {k: r[k] for k in ("seed", "ranking", "n_faults", "auroc", "found", "flags")}
-                    for r in ev.results
-                ],
+                "rows": [{k: r[k] for k in keys} for r in ev.results],
             }
             print(f"{name}: {results[name]['seconds']} s", file=sys.stderr, flush=True)
             out.write_text(json.dumps(results, indent=1, allow_nan=True))
-    print(markdown(results))
+    print(readme_markdown(results) if args.readme else markdown(results))
 
 
 def paired(result: dict) -> dict[str, tuple[float, float, float]]:
@@ -168,6 +169,7 @@ def markdown(results: dict) -> str:
             tests.append(
                 f"| {name} | {other} | {diff:+.3f} | {p_sign:.3g} | {p_wilcoxon:.3g} | {verdict} |"
             )
+    fixes = fix_markdown(results)
     return "\n".join(
         [
             "AUROC / share found after checking 10%, mean over seeds:",
@@ -177,8 +179,91 @@ def markdown(results: dict) -> str:
             *tests,
             "",
             *flags,
+            *(["", *fixes] if fixes else []),
         ]
     )
+
+
+def readme_markdown(results: dict) -> str:
+    """The README's compact table: per setting with faults, the combined ranking against
+    the best single influence-or-loss ranking and confident learning (AUROC / share found
+    after 10%), the smallest one-sided p-value that combined is worse than any single
+    ranking (sign or Wilcoxon), and the flags' precision / recall."""
+    lines = [
+        "| setting | faults | combined | best single | confident learning "
+        "| combined worse? smallest p | flags: precision / recall |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        s = r["summary"]
+        n_faults = next((row["n_faults"] for row in r["rows"]), 0)
+        if n_faults == 0:
+            continue
+        singles = [k for k in SINGLE[:3] if k in s]
+        best = max(singles, key=lambda k: (s[k][FOUND][0], s[k]["auroc"][0]))
+        tested = paired(r)
+        other, (_, p_sign, p_wilcoxon) = min(tested.items(), key=lambda kv: min(kv[1][1:]))
+        p = min(p_sign, p_wilcoxon)
+        worse = f"**yes** ({other}, p = {p:.2g})" if p < ALPHA else f"no (p = {p:.2g})"
+        cl = _pair(s["confident learning"]) if "confident learning" in s else "n/a"
+        c = s["combined"]
+        flags = "n/a"
+        if "flag_precision" in c:
+            flags = f"{_num(c['flag_precision'][0], 2)} / {_num(c['flag_recall'][0], 2)}"
+        lines.append(
+            f"| {name} | {n_faults} | **{_pair(c)}** | {_pair(s[best])} ({best}) | {cl} "
+            f"| {worse} | {flags} |"
+        )
+    return "\n".join(lines)
+
+
+def _pair(summary: dict) -> str:
+    return f"{_num(summary['auroc'][0], 3)} / {_num(summary[FOUND][0], 2)}"
+
+
+def fix_markdown(results: dict) -> list[str]:
+    """The fix experiment's table (settings run with ``--fix``), judged as issue 16 decides:
+    by test loss where the faulty model's mean test accuracy is within one test prediction
+    of the clean model's, by accuracy elsewhere; met when the combined ranking's fix beats
+    random correction at every checked share."""
+    lines = [
+        "| setting | judged by | checked | combined: loss / accuracy | random: loss / accuracy "
+        "| faulty | clean | met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in results.items():
+        rows = {(row["seed"], row["ranking"]): row["fix"] for row in r["rows"] if row.get("fix")}
+        if not rows or not r.get("n_test"):
+            continue
+        seeds = sorted({seed for seed, _ in rows})
+        first = [rows[(seed, "combined")][0] for seed in seeds]
+        faulty_acc = _mean([f["faulty_test_accuracy"] for f in first])
+        clean_acc = _mean([f["clean_test_accuracy"] for f in first])
+        by_loss = abs(faulty_acc - clean_acc) <= 1 / r["n_test"]
+        shares = [f["fraction"] for f in rows[(seeds[0], "combined")]]
+        for i, share in enumerate(shares):
+            mean = {
+                (ranking, metric): _mean([rows[(seed, ranking)][i][metric] for seed in seeds])
+                for ranking in ("combined", "random")
+                for metric in ("test_loss", "test_accuracy")
+            }
+            if by_loss:
+                met = mean[("combined", "test_loss")] < mean[("random", "test_loss")]
+            else:
+                met = mean[("combined", "test_accuracy")] > mean[("random", "test_accuracy")]
+            faulty = f"{_mean([f['faulty_test_loss'] for f in first]):.4f} / {faulty_acc:.4f}"
+            clean = f"{_mean([f['clean_test_loss'] for f in first]):.4f} / {clean_acc:.4f}"
+            lines.append(
+                f"| {name} | {'loss' if by_loss else 'accuracy'} | {share:.0%} | "
+                f"{mean[('combined', 'test_loss')]:.4f} / {mean[('combined', 'test_accuracy')]:.4f} | "
+                f"{mean[('random', 'test_loss')]:.4f} / {mean[('random', 'test_accuracy')]:.4f} | "
+                f"{faulty} | {clean} | {'yes' if met else '**no**'} |"
+            )
+    return lines if len(lines) > 2 else []
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _flag_cells(s: dict) -> str:

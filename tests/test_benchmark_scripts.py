@@ -13,6 +13,7 @@ from auditor.pipeline.scan import load_data
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import cifar_scale  # noqa: E402
+import detection  # noqa: E402
 import quality_own_model  # noqa: E402
 
 
@@ -66,3 +67,55 @@ def test_timed_run_measures_peak_rss_and_stops_at_the_timeout(tmp_path):
     sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
     stopped = cifar_scale.timed_run(sleep, tmp_path / "sleep.log", timeout=0.5)
     assert stopped["timed_out"] and stopped["returncode"] != 0 and stopped["wall_s"] < 30
+
+
+def _detection_rows(combined: list[float], loss: list[float], fix: bool = False) -> list[dict]:
+    rows = []
+    for seed, (c, t) in enumerate(zip(combined, loss, strict=True)):
+        for ranking, found in (("combined", c), ("training loss", t), ("random", 0.1)):
+            fixed = None
+            if fix and ranking in ("combined", "random"):
+                better = ranking == "combined"
+                fixed = [
+                    {
+                        "fraction": 0.1,
+                        "test_loss": 0.07 if better else 0.15,
+                        "test_accuracy": 0.983,
+                        "faulty_test_loss": 0.16,
+                        "faulty_test_accuracy": 0.986,
+                        "clean_test_loss": 0.07,
+                        "clean_test_accuracy": 0.984,
+                    }
+                ]
+            rows.append(
+                {"seed": seed, "ranking": ranking, "n_faults": 10, "found": {"0.1": found},
+                 "fix": fixed}
+            )  # fmt: skip
+    return rows
+
+
+def test_detection_tables_test_each_pair_and_judge_the_fix_by_loss_when_accuracy_ties():
+    """Combined below training loss on 9 of 10 seeds: worse (sign p = 11/1024); above on
+    all ten: better. A faulty model within one test prediction of the clean one is judged
+    by test loss (0.986 vs 0.984 with 433 test points)."""
+    summary = {
+        name: {"auroc": [0.99, 0.0], "found@0.1": [0.9, 0.0]}
+        for name in ("combined", "training loss", "random")
+    }
+    results = {
+        "worse": {"seeds": list(range(10)), "seconds": 1.0, "summary": summary,
+                  "rows": _detection_rows([0.8] * 9 + [0.95], [0.9] * 10)},
+        "better": {"seeds": list(range(10)), "seconds": 1.0, "summary": summary, "n_test": 433,
+                   "rows": _detection_rows([0.95] * 10, [0.9] * 10, fix=True)},
+    }  # fmt: skip
+    worse, better = detection.paired(results["worse"]), detection.paired(results["better"])
+    assert worse["training loss"][1] == 11 / 1024 and worse["training loss"][0] < 0
+    assert better["training loss"][1] == 1.0 and better["training loss"][0] > 0
+    text = detection.markdown(results)
+    assert "| worse | training loss | -0.085 | 0.0107 |" in text and "**worse** |" in text
+    assert "| better | training loss | +0.050 | 1 | 1 | better |" in text
+    fix = [line for line in text.splitlines() if line.startswith("| better | loss | 10% |")]
+    assert len(fix) == 1 and fix[0].endswith("| yes |")
+    readme = detection.readme_markdown(results).splitlines()
+    assert "| **yes** (training loss, p = 0.002) |" in readme[2]
+    assert "| no (p = 1) |" in readme[3]

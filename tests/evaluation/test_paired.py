@@ -1,0 +1,46 @@
+"""The paired one-sided tests against hand-computed cases and a brute-force reference."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from auditor.evaluation.paired import sign_test_worse, wilcoxon_worse
+
+
+def test_the_sign_test_counts_the_seeds_where_a_is_worse():
+    b = [0.5] * 10
+    a = [0.4] * 8 + [0.6, 0.5]  # 8 worse, 1 better, 1 tie (dropped)
+    assert sign_test_worse(a, b) == pytest.approx((math.comb(9, 8) + 1) / 2**9)
+    assert sign_test_worse(b, b) == 1.0
+    assert sign_test_worse([0.6] * 5, [0.5] * 5) == 1.0  # never worse
+    assert sign_test_worse([0.4] * 5, [0.5] * 5) == pytest.approx(1 / 32)
+
+
+def test_wilcoxon_by_hand():
+    assert wilcoxon_worse([0, 0, 0], [1, 2, 3]) == pytest.approx(1 / 8)  # every rank negative
+    # differences -1, -2, +3: ranks 1, 2, 3, positive sum 3; sign sets with sum <= 3:
+    # {}, {1}, {2}, {3}, {1, 2}: 5 of 8
+    assert wilcoxon_worse([0, 0, 3], [1, 2, 0]) == pytest.approx(5 / 8)
+    assert wilcoxon_worse([1, 1], [1, 1]) == 1.0
+
+
+def test_wilcoxon_with_ties_matches_a_brute_force_over_sign_flips():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 5, size=9) / 10
+    b = rng.integers(0, 5, size=9) / 10
+    d = (a - b)[a != b]
+    absd = np.abs(d)
+    ranks = np.array([(absd < v).sum() + ((absd == v).sum() + 1) / 2 for v in absd])
+    observed = ranks[d > 0].sum()
+    sums = [ranks[list(s)].sum() for s in _subsets(len(d))]
+    expected = np.mean([x <= observed + 1e-9 for x in sums])
+    assert wilcoxon_worse(a, b) == pytest.approx(expected)
+
+
+def _subsets(m: int):
+    for k in range(m + 1):
+        yield from itertools.combinations(range(m), k)
