@@ -327,6 +327,9 @@ class DetectionChart:
     y_axis: Axis
     series: list[Series]
     title: str
+    #: Per ranking with flags of its own (the scan's, confident learning's label issues):
+    #: ``"12 flagged, precision 0.92, recall 0.85"``.
+    flags: dict[str, str] = field(default_factory=dict)
 
 
 def _found_at(curve: list[list[float]], share: float) -> float | None:

@@ -216,12 +216,23 @@ def _detection(engine: Engine, run_id: int) -> charts.DetectionChart | None:
         return None
     order = {name: i for i, name in enumerate(RANKINGS)}
     rows.sort(key=lambda r: order.get(r["ranking"], len(order)))
-    return charts.detection_chart(
+    chart = charts.detection_chart(
         {r["ranking"]: r["curve"] for r in rows},
         {r["ranking"]: r["auroc"] for r in rows},
         f"{rows[0]['n_faults']} injected faults among {rows[0]['n_train']} training points",
         rows[0]["n_faults"],
     )
+    chart.flags = {r["ranking"]: _flags_text(r["flags"]) for r in rows if r.get("flags")}
+    return chart
+
+
+def _flags_text(flags: dict) -> str:
+    """``"12 flagged, precision 0.92, recall 0.85"`` (``—`` for an undefined share)."""
+    shares = []
+    for name in ("precision", "recall"):
+        value = flags.get(name)
+        shares.append(f"{name} " + ("—" if value is None else f"{value:.2f}"))
+    return ", ".join([f"{flags['count']} flagged", *shares])
 
 
 def _thresholds(rule: FlagRule, task: Task) -> dict[str, float | None]:

@@ -329,6 +329,10 @@ def test_report_shows_detection_curves_of_an_evaluated_run(tmp_path, toy_db):
         assert all(b[1] <= a[1] for a, b in zip(xy, xy[1:], strict=False))
     cells = soup.select('table.detection tr[data-ranking="combined"] td')
     assert cells[1].get_text() == render_num(by["combined"]["auroc"])
+    flags = by["combined"]["flags"]  # the scan's flags against the injected outliers
+    precision = "—" if flags["precision"] is None else f"{flags['precision']:.2f}"
+    assert cells[3].get_text().startswith(f"{flags['count']} flagged, precision {precision}")
+    assert soup.select_one('table.detection tr[data-ranking="random"] td.flags').get_text() == ""
     # a run without an evaluation has no detection section
     _, plain = report(tmp_path, toy_db[0])
     assert (
