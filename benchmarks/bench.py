@@ -68,6 +68,10 @@ PHASES = ("load", "fit", "gradients", "ihvp", "pair_scores", "storage", "ranking
 #: Test points per block of the floor's pair scores (as the scan's default ``--chunk``).
 FLOOR_BLOCK = 256
 GB = 1024**3
+#: The weight decay of every benchmarked scan: the default before ``--weight-decay auto``
+#: (issue 19), which every recorded figure used; auto would give case 2 1e-4, where LiSSA
+#: needs more than 5,000 steps.
+BENCH_WEIGHT_DECAY = 0.01
 
 
 # ----------------------------------------------------------------------------- cases
@@ -161,7 +165,7 @@ def synthetic(dirname: Path, n_train: int, n_test: int, d: int = 100, seed: int 
 
 def run_scan_case(spec: dict, device: str, workdir: Path) -> dict:
     """One timed scan (+ report + read-back) in this process; returns the table row."""
-    from auditor.config import DataArgs, ScanConfig, SolverArgs
+    from auditor.config import DataArgs, ModelArgs, ScanConfig, SolverArgs
     from auditor.pipeline.scan import scan
     from auditor.report.collect import collect
     from auditor.report.render import render_report
@@ -172,7 +176,12 @@ def run_scan_case(spec: dict, device: str, workdir: Path) -> dict:
         data = DataArgs(train=train, test=test, normalize="none")
     else:
         data = DataArgs(**spec["data"])
-    config = ScanConfig(data=data, solver=SolverArgs(**spec["solver"]), device=device)
+    config = ScanConfig(
+        data=data,
+        model=ModelArgs(weight_decay=BENCH_WEIGHT_DECAY),
+        solver=SolverArgs(**spec["solver"]),
+        device=device,
+    )
     db = workdir / "bench.db"
     engine = open_db(str(db))
     start = time.perf_counter()
@@ -296,7 +305,7 @@ def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:
     import numpy as np
     import torch
 
-    from auditor.config import DataArgs, ScanConfig
+    from auditor.config import DataArgs, ModelArgs, ScanConfig, SolverArgs
     from auditor.models import build_model
     from auditor.models.fit import risk
     from auditor.pipeline.scan import dataset_tensors, load_data, scan
@@ -305,7 +314,8 @@ def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:
     data = DataArgs(train=str(MNIST), classes=["1", "7"], test_split=0.2)
     engine = open_db(str(workdir / "bench.db"))
     start = time.perf_counter()
-    result = scan(engine, ScanConfig(data=data, device=device))
+    model = ModelArgs(weight_decay=BENCH_WEIGHT_DECAY)
+    result = scan(engine, ScanConfig(data, model, SolverArgs(solver="lissa"), device=device))
     product_s = time.perf_counter() - start
     run = runs.get_run(engine, result.run_id, with_theta=True).as_dict()
     depth, scale = run["solver"]["iterations"], run["solver"]["scale"]
@@ -375,14 +385,19 @@ def seed_method(device: str, workdir: Path, n_points: int = 3) -> dict:
 
 def child(spec: dict, device: str) -> None:
     """Run one spec after a warm-up, print its row as JSON on the last line."""
-    from auditor.config import DataArgs, ScanConfig
+    from auditor.config import DataArgs, ModelArgs, ScanConfig, SolverArgs
     from auditor.pipeline.scan import scan
     from auditor.store import open_db
 
     with tempfile.TemporaryDirectory(prefix="auditor-bench-") as tmp:
         scan(
             open_db(str(Path(tmp) / "warm.db")),
-            ScanConfig(data=DataArgs(train="toy-linear"), device=device),
+            ScanConfig(
+                data=DataArgs(train="toy-linear"),
+                model=ModelArgs(weight_decay=BENCH_WEIGHT_DECAY),
+                solver=SolverArgs(solver="lissa"),
+                device=device,
+            ),
         )
         workdir = Path(tmp)
         row = (

@@ -38,7 +38,8 @@ def settings(mnist: str) -> dict[str, tuple[ScanConfig, FaultSpec]]:
     cnn = ModelArgs(name="cnn", params="last", weight_decay=1e-4)
     faulty = detection_settings(mnist)
     return {
-        "1v7-clean": (ScanConfig(pair, ModelArgs(), exact), CLEAN),
+        # the default weight decay before --weight-decay auto (which picks 1e-3 here)
+        "1v7-clean": (ScanConfig(pair, ModelArgs(weight_decay=0.01), exact), CLEAN),
         "1v7-clean-wd3": (ScanConfig(pair, ModelArgs(weight_decay=1e-3), exact), CLEAN),
         "1v7-flip-10-wd3": faulty["1v7-flip-10"],
         "1v7-class-flip-wd3": faulty["1v7-class-flip-7>1-20"],

@@ -58,8 +58,9 @@ def prepare(workdir: Path) -> dict:
     """Load case 2, fit it with ``auditor`` and save the problem as ``problem.pt``."""
     sys.path.insert(0, str(ROOT))
     import torch
+    from bench import BENCH_WEIGHT_DECAY
 
-    from auditor.config import DataArgs, ModelArgs
+    from auditor.config import DataArgs
     from auditor.models import build_model
     from auditor.models.fit import fit
     from auditor.pipeline.loading import dataset_tensors, load_data
@@ -69,7 +70,7 @@ def prepare(workdir: Path) -> dict:
     x, y = dataset_tensors(train, cpu, torch.float32)
     x_test, y_test = dataset_tensors(test, cpu, torch.float32)
     model = build_model("logistic", train.task, train.n_features, train.n_classes)
-    weight_decay = ModelArgs().weight_decay
+    weight_decay = BENCH_WEIGHT_DECAY  # case 2's, as bench.py scans it
     start = time.perf_counter()
     fitted = fit(model, x, y, weight_decay)
     fit_s = time.perf_counter() - start

@@ -64,7 +64,7 @@ def build_run(
     rule = FlagRule(outlier_z=6.0, mislabel_z=5.0)
     config = ScanConfig(
         data=DataArgs(train="synthetic-cifar"),
-        model=ModelArgs(),
+        model=ModelArgs(weight_decay=0.01),
         solver=SolverArgs(solver="exact"),
         rule=rule,
     )
