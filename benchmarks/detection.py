@@ -29,7 +29,7 @@ from auditor.config import DataArgs, ModelArgs, ScanConfig, SolverArgs
 from auditor.evaluation.evaluate import EvalArgs, evaluate
 from auditor.evaluation.faults import FaultSpec
 from auditor.evaluation.metrics import RANKINGS, fraction_key
-from auditor.evaluation.paired import sign_test_worse, wilcoxon_worse
+from auditor.evaluation.paired import ALPHA, combined_against_each
 from auditor.store import open_db, runs
 
 MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
@@ -37,7 +37,6 @@ MNIST = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")
 SINGLE = ("training loss", "self-influence", "harmfulness", "confident learning")
 #: The metric of the paired tests: the share of the faults found after checking 10%.
 FOUND = f"found@{fraction_key(0.1)}"
-ALPHA = 0.05
 
 
 def settings(mnist: str) -> dict[str, tuple[ScanConfig, FaultSpec]]:
@@ -109,18 +108,13 @@ def main() -> None:
 
 def paired(result: dict) -> dict[str, tuple[float, float, float]]:
     """Per single ranking: the mean per-seed difference combined - it of the share found
-    after 10%, and the one-sided sign-test and Wilcoxon p-values that combined is worse."""
-    by = {(r["seed"], r["ranking"]): r for r in result["rows"]}
-    seeds = sorted({r["seed"] for r in result["rows"]})
-    tested = {}
-    for other in SINGLE:
-        if (seeds[0], other) not in by:
-            continue
-        a = [by[(s, "combined")]["found"][fraction_key(0.1)] for s in seeds]
-        b = [by[(s, other)]["found"][fraction_key(0.1)] for s in seeds]
-        diff = sum(x - y for x, y in zip(a, b, strict=True)) / len(seeds)
-        tested[other] = (diff, sign_test_worse(a, b), wilcoxon_worse(a, b))
-    return tested
+    after 10%, and the one-sided sign-test and Wilcoxon p-values that combined is worse
+    (:func:`auditor.evaluation.paired.combined_against_each`)."""
+    return {
+        c.other: (c.mean_difference, c.sign_p, c.wilcoxon_p)
+        for c in combined_against_each(result["rows"], 0.1)
+        if c.other in SINGLE
+    }
 
 
 def markdown(results: dict) -> str:

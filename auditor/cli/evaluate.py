@@ -84,7 +84,8 @@ def evaluate(**opts: Any) -> None:
     ranking), confident learning (the baseline, on out-of-fold probabilities of the same
     model; class labels only) and random. Metrics per seed: AUROC, average precision,
     share of the faults found after checking 5/10/20% of the data, the precision and
-    recall of the scan's flags and of confident learning's label issues, and the fix
+    recall of the scan's flags and of confident learning's label issues, paired tests of
+    the combined ranking against each other one (two seeds or more), and the fix
     experiment (restore the faults among the top k, retrain, test loss and accuracy
     against k random points). Prints mean ± standard deviation over seeds and stores
     every row in the database; `auditor report RUN` then shows the detection curve of
@@ -147,6 +148,24 @@ def _echo_summary(evaluation: Evaluation) -> None:
             for name, (count, precision, recall) in summary.flags
         ]
         echo_table(flag_columns, rows, right=flag_columns[1:])
+    if summary.paired:
+        share = summary.paired[0].fraction
+        click.echo(
+            f"\ncombined against each ranking, paired over the seeds (share found after "
+            f"checking {share:.0%}; one-sided p that combined finds fewer)"
+        )
+        paired_columns = ("ranking", "combined - it", "sign p", "Wilcoxon p", "verdict")
+        rows = [
+            (
+                c.other,
+                f"{c.mean_difference:+.4f}",
+                f"{c.sign_p:.3g}",
+                f"{c.wilcoxon_p:.3g}",
+                "worse" if c.worse else "not worse",
+            )
+            for c in summary.paired
+        ]
+        echo_table(paired_columns, rows, right=paired_columns[1:4])
     if not summary.fix:
         return
     click.echo("\nfix experiment: faults among the top k restored, model retrained")

@@ -41,6 +41,7 @@ from auditor.evaluation.confident import confident_learning
 from auditor.evaluation.cross_val import out_of_fold_probabilities
 from auditor.evaluation.faults import NEEDS_PROBABILITIES, FaultSpec, inject
 from auditor.evaluation.metrics import FLAGGING, RANKINGS
+from auditor.evaluation.paired import PairedComparison, combined_against_each
 from auditor.models.fit import fit
 from auditor.pipeline.distributed import torch_device
 from auditor.pipeline.loading import dataset_tensors, load_data, model_for, model_outputs
@@ -445,6 +446,9 @@ class SummaryRows:
         flags: One row per ranking with flags of its own (:data:`FLAGGING`): what they
             are called (``flags``, ``label issues``) and ``[mean, spread]`` of their count,
             precision and recall.
+        paired: The combined ranking against each other ranking over the seeds (share
+            found after checking 10%, or the first checked share): one-sided paired tests
+            that it finds fewer; empty with one seed or no faults.
     """
 
     heading: str
@@ -453,6 +457,7 @@ class SummaryRows:
     fix: list[tuple[float, str, list[float], list[float]]]
     baseline: FixRow | None
     flags: list[tuple[str, list[list[float]]]] = field(default_factory=list)
+    paired: list[PairedComparison] = field(default_factory=list)
 
 
 def summary_rows(evaluation: Evaluation) -> SummaryRows:
@@ -485,7 +490,9 @@ def summary_rows(evaluation: Evaluation) -> SummaryRows:
         for name, s in evaluation.summary.items()
         if name in FLAGGING and "flags" in s
     ]
-    return SummaryRows(heading, columns, per_ranking, fix, baseline if fix else None, flags)
+    share = 0.1 if 0.1 in fr else fr[0]
+    paired = combined_against_each(evaluation.results, share)
+    return SummaryRows(heading, columns, per_ranking, fix, baseline if fix else None, flags, paired)
 
 
 def evaluation_dict(evaluation: Evaluation) -> dict:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from auditor.evaluation.metrics import RANKINGS, fraction_key
 from auditor.ranking.rule import average_ranks
 
 #: The most nonzero differences the exact Wilcoxon enumeration takes (2^20 sign sets).
@@ -55,3 +57,55 @@ def wilcoxon_worse(a: Sequence[float], b: Sequence[float]) -> float:
 
 def _signs(m: int) -> itertools.product:
     return itertools.product((False, True), repeat=m)
+
+
+#: A one-sided p-value below this calls the combined ranking worse.
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """The combined ranking against one other ranking over an evaluation's seeds: the mean
+    per-seed difference (combined minus it) of the share of faults found after checking
+    ``fraction``, and the one-sided p-values that combined finds fewer."""
+
+    other: str
+    fraction: float
+    mean_difference: float
+    sign_p: float
+    wilcoxon_p: float
+
+    @property
+    def worse(self) -> bool:
+        """Whether either test calls combined worse at :data:`ALPHA`."""
+        return min(self.sign_p, self.wilcoxon_p) < ALPHA
+
+
+def combined_against_each(results: list[dict], fraction: float) -> list[PairedComparison]:
+    """:class:`PairedComparison` of ``combined`` with every other ranking but ``random``
+    in an evaluation's result rows (``seed``, ``ranking``, ``found`` keyed by
+    :func:`~auditor.evaluation.metrics.fraction_key`); empty without two seeds or without
+    faults to find."""
+    key = fraction_key(fraction)
+    by = {(r["seed"], r["ranking"]): _number(r["found"].get(key)) for r in results}
+    seeds = sorted({r["seed"] for r in results})
+    found = [by.get((s, "combined"), math.nan) for s in seeds]
+    if len(seeds) < 2 or any(math.isnan(v) for v in found):
+        return []
+    compared = []
+    for other in RANKINGS:
+        theirs = [by.get((s, other), math.nan) for s in seeds]
+        if other in ("combined", "random") or any(math.isnan(v) for v in theirs):
+            continue
+        diff = sum(a - b for a, b in zip(found, theirs, strict=True)) / len(seeds)
+        compared.append(
+            PairedComparison(
+                other, fraction, diff, sign_test_worse(found, theirs), wilcoxon_worse(found, theirs)
+            )
+        )
+    return compared
+
+
+def _number(value: float | None) -> float:
+    """A stored share (``None`` in JSON where it was NaN) as a float."""
+    return math.nan if value is None else float(value)

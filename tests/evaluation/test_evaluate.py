@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from auditor.cli import cli
 from auditor.evaluation.metrics import RANKINGS
+from auditor.evaluation.paired import combined_against_each
 from auditor.store import open_db, points, runs
 from auditor.store.evaluations import read_evaluation, results_for_run
 from tests.helpers import separable_csv
@@ -37,6 +38,7 @@ def test_evaluate_cli_prints_table_and_stores_rows(tmp_path, mnist_dir):
         "flags (combined)",
         "label issues (confident learning)",
     ]
+    assert "combined against each ranking, paired over the seeds" in result.stdout
     assert lines[-1].startswith("runs scanned: ")
 
     engine = open_db(db)
@@ -74,6 +76,14 @@ def test_evaluate_cli_prints_table_and_stores_rows(tmp_path, mnist_dir):
         # restoring (almost) every fault brings the test loss (almost) back to the clean one
         assert fix[-1]["loss_recovered"] > 0.9
         assert len(loss) == 1730
+    # the paired tests printed are those of the stored rows
+    for compared in combined_against_each(rows, 0.1):
+        verdict = "worse" if compared.worse else "not worse"
+        printed = f"{compared.mean_difference:+.4f}"
+        assert any(
+            line.startswith(compared.other) and printed in line and line.endswith(verdict)
+            for line in lines
+        )
     # the mean in the summary is the mean of the stored rows
     mean = np.mean([by[(s, "combined")]["auroc"] for s in (0, 1)])
     assert evaluation["summary"]["combined"]["auroc"][0] == pytest.approx(mean)

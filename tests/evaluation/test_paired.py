@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from auditor.evaluation.paired import sign_test_worse, wilcoxon_worse
+from auditor.evaluation.paired import combined_against_each, sign_test_worse, wilcoxon_worse
 
 
 def test_the_sign_test_counts_the_seeds_where_a_is_worse():
@@ -44,3 +44,31 @@ def test_wilcoxon_with_ties_matches_a_brute_force_over_sign_flips():
 def _subsets(m: int):
     for k in range(m + 1):
         yield from itertools.combinations(range(m), k)
+
+
+def _rows(found: dict[str, list[float | None]]) -> list[dict]:
+    return [
+        {"seed": seed, "ranking": name, "found": {"0.1": share}}
+        for name, shares in found.items()
+        for seed, share in enumerate(shares)
+    ]
+
+
+def test_combined_is_compared_with_every_ranking_but_random():
+    rows = _rows(
+        {
+            "training loss": [0.9, 0.9, 0.9, 0.9, 0.9],
+            "harmfulness": [0.8, 0.8, 0.8, 0.8, 0.8],
+            "combined": [0.85, 0.85, 0.85, 0.85, 0.85],
+            "random": [0.1, 0.1, 0.1, 0.1, 0.1],
+        }
+    )
+    found = {c.other: c for c in combined_against_each(rows, 0.1)}
+    assert list(found) == ["training loss", "harmfulness"]
+    loss = found["training loss"]  # worse on all five seeds: p = 1/32 both ways
+    assert loss.mean_difference == pytest.approx(-0.05)
+    assert (loss.sign_p, loss.wilcoxon_p) == (pytest.approx(1 / 32), pytest.approx(1 / 32))
+    assert loss.worse and not found["harmfulness"].worse
+    assert combined_against_each(rows[:1] + rows[5:6] + rows[10:11], 0.1) == []  # one seed
+    nothing = _rows({"combined": [None, None], "training loss": [None, None]})
+    assert combined_against_each(nothing, 0.1) == []  # no faults to find
