@@ -102,7 +102,7 @@ def main() -> None:
                 "rows": [{k: r[k] for k in keys} for r in ev.results],
             }
             print(f"{name}: {results[name]['seconds']} s", file=sys.stderr, flush=True)
-            out.write_text(json.dumps(results, indent=1, allow_nan=True))
+            out.write_text(json.dumps(results, separators=(",", ":"), allow_nan=True))
     print(readme_markdown(results) if args.readme else markdown(results))
 
 
