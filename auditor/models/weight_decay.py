@@ -69,18 +69,12 @@ def default_weight_decay(
     model: ModelTask, x: torch.Tensor, y: torch.Tensor, seed: int, fit_kwargs: dict[str, Any]
 ) -> WeightDecayChoice:
     """The weight decay of ``--weight-decay auto`` for ``model`` on the training points
-    ``x`` ``(n, d)`` with targets ``y`` ``(n,)``: validated (module docstring) for a convex
-    classifier fitted on ``x`` itself with at least :data:`FEWEST` points on each side of the
-    split, :data:`DEFAULT_WEIGHT_DECAY` otherwise. ``seed`` draws the held-out points."""
-    n_held = int(round(HELD_OUT * len(y)))
-    validated = (
-        model.convex_risk
-        and model.head is None
-        and not y.is_floating_point()
-        and min(n_held, len(y) - n_held) >= FEWEST
-    )
-    if not validated:
+    ``x`` ``(n, d)`` with targets ``y`` ``(n,)``: validated (module docstring) where
+    :func:`validated`, :data:`DEFAULT_WEIGHT_DECAY` otherwise. ``seed`` draws the held-out
+    points."""
+    if not validated(model, y):
         return WeightDecayChoice(DEFAULT_WEIGHT_DECAY)
+    n_held = int(round(HELD_OUT * len(y)))
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=generator).to(y.device)
     held, kept = order[:n_held], order[n_held:]
@@ -91,6 +85,19 @@ def default_weight_decay(
         theta = fit(model, x[kept], y[kept], weight_decay, theta0=theta, **options).theta
         accuracies[weight_decay] = model.accuracy(theta, x[held], y[held])
     return WeightDecayChoice(chosen_weight_decay(accuracies), accuracies)
+
+
+def validated(model: ModelTask, y: torch.Tensor) -> bool:
+    """Whether ``auto`` validates ``model``'s weight decay on targets ``y`` ``(n,)``: a
+    convex classifier fitted on the given features, with at least :data:`FEWEST` points on
+    each side of the split."""
+    n_held = int(round(HELD_OUT * len(y)))
+    return (
+        model.convex_risk
+        and model.head is None
+        and not y.is_floating_point()
+        and min(n_held, len(y) - n_held) >= FEWEST
+    )
 
 
 def chosen_weight_decay(held_out_accuracy: dict[float, float]) -> float:

@@ -47,12 +47,14 @@ class Phases:
         self.timings: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str, mark: bool = True) -> Iterator[None]:
+    def __call__(self, name: str, mark: bool = True, shown: str | None = None) -> Iterator[None]:
         """Time a phase (added to what it took before); ``mark`` records it as the run's
-        phase in the database."""
+        phase in the database; ``shown`` reports it to progress under that name (default:
+        its :data:`REPORTED` name when marked, else nothing)."""
         if mark:
             self.writer.mark_phase(name)
-        shown = REPORTED.get(name) if mark else None
+        if shown is None and mark:
+            shown = REPORTED.get(name)
         with one_step(self.progress, shown):
             start = time.perf_counter()
             yield

@@ -43,7 +43,7 @@ from auditor.models import ModelTask
 from auditor.models.fit import FitResult, fit
 from auditor.models.pretrained import check_features
 from auditor.models.underfit import underfit
-from auditor.models.weight_decay import WeightDecayChoice, default_weight_decay
+from auditor.models.weight_decay import WeightDecayChoice, default_weight_decay, validated
 from auditor.pipeline.blocks import (
     BlockPlan,
     check_all_stored,
@@ -272,15 +272,20 @@ class Loaded:
 def load(ctx: ScanContext, datasets: tuple[Dataset, Dataset] | None = None) -> Loaded:
     """The timed load phase on every rank: the data (``datasets``, or what the config
     names), the model and the tensors; for a resume, the check that the data still has
-    the run's fingerprint. ``auto`` settings (weight decay, solver) are resolved here, on
-    rank 0, into ``ctx.config``, so that the run stores what it used."""
-    with interruptible(None), ctx.phases("load"):
-        loaded = ctx.comm.step(_load, ctx.config, datasets, ctx.comm.device)
-        loaded.model.progress = ctx.progress
-        if ctx.resumed:
-            ctx.comm.step(check_fingerprint, ctx.previous, loaded.train, loaded.test)
-            ctx.comm.step(check_model_source, ctx.previous, loaded.model)
-        ctx.config, loaded.weight_decay = ctx.comm.root_value(_resolved, ctx.config, loaded)
+    the run's fingerprint. Then, before the run exists, ``auto`` settings (weight decay,
+    solver) are resolved on rank 0 into ``ctx.config``, so that the run stores what it
+    used; the weight decay's validation fits count as fit time."""
+    with interruptible(None):
+        with ctx.phases("load"):
+            loaded = ctx.comm.step(_load, ctx.config, datasets, ctx.comm.device)
+            loaded.model.progress = ctx.progress
+            if ctx.resumed:
+                ctx.comm.step(check_fingerprint, ctx.previous, loaded.train, loaded.test)
+                ctx.comm.step(check_model_source, ctx.previous, loaded.model)
+        auto = ctx.config.model.weight_decay is None
+        shown = "choose weight decay" if auto and validated(loaded.model, loaded.y) else None
+        with ctx.phases("fit", mark=False, shown=shown):
+            ctx.config, loaded.weight_decay = ctx.comm.root_value(_resolved, ctx.config, loaded)
     return loaded
 
 
