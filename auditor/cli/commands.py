@@ -109,9 +109,9 @@ def _report_scan(
         return
     for warning in result.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
-    if result.weight_decay is not None and result.config is not None:
+    if result.weight_decay_choice is not None and result.config is not None:
         solver = result.config.solver.solver
-        click.echo(f"{result.weight_decay.describe()}; solver {solver}", err=True)
+        click.echo(f"{result.weight_decay_choice.describe()}; solver {solver}", err=True)
     flags = ", ".join(f"{n} {f}" for f, n in sorted(result.flag_counts.items())) or "none"
     phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     if result.ranks > 1 or result.resumed:

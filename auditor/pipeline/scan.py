@@ -127,7 +127,7 @@ class ScanResult:
     #: The configuration as run: ``auto`` settings resolved (weight decay, solver).
     config: ScanConfig | None = None
     #: How ``--weight-decay auto`` chose, when this scan chose.
-    weight_decay: WeightDecayChoice | None = None
+    weight_decay_choice: WeightDecayChoice | None = None
 
 
 def scan(
@@ -266,7 +266,7 @@ class Loaded:
     x_test: torch.Tensor
     y_test: torch.Tensor
     #: How ``--weight-decay auto`` was resolved, when the config left it so.
-    weight_decay: WeightDecayChoice | None = None
+    weight_decay_choice: WeightDecayChoice | None = None
 
 
 def load(ctx: ScanContext, datasets: tuple[Dataset, Dataset] | None = None) -> Loaded:
@@ -285,7 +285,9 @@ def load(ctx: ScanContext, datasets: tuple[Dataset, Dataset] | None = None) -> L
         auto = ctx.config.model.weight_decay is None
         shown = "choose weight decay" if auto and validated(loaded.model, loaded.y) else None
         with ctx.phases("fit", mark=False, shown=shown):
-            ctx.config, loaded.weight_decay = ctx.comm.root_value(_resolved, ctx.config, loaded)
+            ctx.config, loaded.weight_decay_choice = ctx.comm.root_value(
+                _resolved, ctx.config, loaded
+            )
     return loaded
 
 
@@ -505,10 +507,11 @@ def _outputs(ctx: ScanContext, loaded: Loaded, features: Features, fitted: Fitte
 def _choice_metrics(ctx: ScanContext, loaded: Loaded) -> dict:
     """``{"weight_decay_choice": ...}`` when this scan (or the run it resumes) chose its
     weight decay by ``auto``, else ``{}``."""
-    if loaded.weight_decay is not None:
-        return {"weight_decay_choice": loaded.weight_decay.to_dict()}
+    if loaded.weight_decay_choice is not None:
+        return {"weight_decay_choice": loaded.weight_decay_choice.to_dict()}
     stored = (ctx.previous.metrics or {}) if ctx.previous is not None else {}
-    return {key: stored[key] for key in ("weight_decay_choice",) if key in stored}
+    choice = stored.get("weight_decay_choice")
+    return {} if choice is None else {"weight_decay_choice": choice}
 
 
 # --- gradients ---------------------------------------------------------------------------
@@ -782,5 +785,5 @@ def finish(
         resumed=ctx.resumed,
         scored=scored.n_scored,
         config=ctx.config,
-        weight_decay=loaded.weight_decay,
+        weight_decay_choice=loaded.weight_decay_choice,
     )

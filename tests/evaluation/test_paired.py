@@ -72,3 +72,9 @@ def test_combined_is_compared_with_every_ranking_but_random():
     assert combined_against_each(rows[:1] + rows[5:6] + rows[10:11], 0.1) == []  # one seed
     nothing = _rows({"combined": [None, None], "training loss": [None, None]})
     assert combined_against_each(nothing, 0.1) == []  # no faults to find
+
+
+def test_wilcoxon_counts_any_number_of_seeds():
+    """Thirty seeds, all worse: the one assignment with no positive rank, 2^-30; the
+    enumeration this replaced stopped at 20."""
+    assert wilcoxon_worse([0.0] * 30, list(range(1, 31))) == pytest.approx(2.0**-30)
