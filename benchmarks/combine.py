@@ -26,7 +26,7 @@ from detection import MNIST, settings
 
 from auditor.evaluation.evaluate import detection_metrics, ranking_scores, scan_with_faults
 from auditor.evaluation.metrics import fraction_key
-from auditor.evaluation.paired import sign_test_worse, wilcoxon_worse
+from auditor.evaluation.paired import ALPHA, sign_test_worse, wilcoxon_worse
 from auditor.ranking.rule import suspicion_tests
 from auditor.store import open_db, points
 
@@ -105,7 +105,7 @@ def main() -> None:
         for rule, fn in rules.items():
             got = np.array([metrics(fn(*t), d["fault"]) for t, d in zip(zs, runs, strict=True)])
             worse = any(
-                min(sign_test_worse(got[:, 1], m[:, 1]), wilcoxon_worse(got[:, 1], m[:, 1])) < 0.05
+                min(sign_test_worse(got[:, 1], m[:, 1]), wilcoxon_worse(got[:, 1], m[:, 1])) < ALPHA
                 for m in single.values()
             )
             if not worse:
